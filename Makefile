@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make demo` and `make test`. `make help` lists the rest.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SCALE ?= 0.03
+DEMO_SEED ?= 11
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned requirements
+
+world: $(STAMP) ## Build the demo world into the database (DEMO_SCALE, DEMO_SEED)
+	$(BIN)/python -m training generate --scale $(DEMO_SCALE) --seed $(DEMO_SEED) --replace
+
+train: $(STAMP) ## Train control and test models from the database into models/
+	$(BIN)/python -m training train
+
+evaluate: $(STAMP) ## Offline evaluation of the current models (writes reports/eval)
+	$(BIN)/python -m training evaluate --json reports/eval/metrics.json --report reports/eval
+
+serve: $(STAMP) ## Serve on http://$(HOST):$(PORT)
+	$(BIN)/python -m app --host $(HOST) --port $(PORT)
+
+demo: $(STAMP) world train serve ## Set up, build the demo world, train, serve
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check app training tests bench
+
+test: $(STAMP) lint ## Lint and run the whole test suite (SQLite and PostgreSQL)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) ## Benchmarks; results appended to docs/benchmarks.md
+	$(BIN)/python -m bench
+
+.PHONY: help install world train evaluate serve demo lint test bench

@@ -1,0 +1,1 @@
+"""Online side: the recommendation service."""

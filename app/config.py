@@ -1,0 +1,43 @@
+"""Settings read once from the environment and `.env` (see `.env.example`)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB_PATH = PROJECT_ROOT / "data" / "feed.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_DB_PATH}",
+        description="SQLAlchemy URL of the database holding user_data, post_text_df, feed_data.",
+    )
+    model_dir: Path = Field(
+        default=PROJECT_ROOT / "models",
+        description="Folder with versioned artifacts; `current` inside it points at the one served.",
+    )
+    world_path: Path = Field(
+        default=PROJECT_ROOT / "data" / "world.npz",
+        description="Where the demo world's latent parameters are saved.",
+    )
+    embedding_model: str = Field(
+        default="minilm-int8",
+        description="Sentence encoder for post texts: minilm-int8 (onnxruntime) is the only one bundled.",
+    )
+    ab_salt: str = Field(default="startml-ab", description="Salt of the A/B hash.")
+    ab_control_percent: int = Field(default=50, ge=0, le=100, description="Share of users in control.")
+    ab_control_model: str = Field(default="control", pattern="^(control|test|popular)$")
+    ab_test_model: str = Field(default="test", pattern="^(control|test|popular)$")
+    log_queue_size: int = Field(default=10_000, ge=1, description="Exposure log buffer bound.")
+    log_batch_size: int = Field(default=500, ge=1)
+    log_flush_seconds: float = Field(default=1.0, gt=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

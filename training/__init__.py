@@ -1,0 +1,1 @@
+"""Offline side: import, demo world, features, training, evaluation, experiments."""
