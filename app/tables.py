@@ -1,7 +1,15 @@
 """Table definitions: the course's three tables plus the exposure log, identical on SQLite and PostgreSQL."""
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
 )
 
 from app import columns as c

@@ -1,7 +1,7 @@
 """Command line: `python -m training <command>`. Thin: parse, call a stage function, report."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -9,10 +9,10 @@ from app.config import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
-DbOpt = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL.")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL.")]
 
 
-def _db(db: Optional[str]) -> str:
+def _db(db: str | None) -> str:
     return db or get_settings().database_url
 
 
@@ -40,7 +40,7 @@ def generate(
     scale: Annotated[float, typer.Option(help="1.0 = the course database's size")] = 0.03,
     seed: Annotated[int, typer.Option()] = 11,
     db: DbOpt = None,
-    world: Annotated[Optional[Path], typer.Option(help="Where to save the world; default WORLD_PATH")] = None,
+    world: Annotated[Path | None, typer.Option(help="Where to save the world; default WORLD_PATH")] = None,
     replace: Annotated[bool, typer.Option(help="Drop existing course tables first")] = False,
 ) -> None:
     """Build the demo world and write its three tables."""
