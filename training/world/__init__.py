@@ -1,0 +1,1 @@
+"""The demo world: a simulated social network whose like probabilities are known."""
