@@ -25,6 +25,10 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "data" / "world.npz",
         description="Where the demo world's latent parameters are saved.",
     )
+    cache_dir: Path = Field(
+        default=PROJECT_ROOT / "data" / "cache",
+        description="Cache of text embeddings, one file per model, keyed by a hash of each text.",
+    )
     embedding_model: str = Field(
         default="minilm-int8",
         description="Sentence encoder for post texts: minilm-int8 (onnxruntime) is the only one bundled.",

@@ -54,3 +54,99 @@ def generate(
 
 if __name__ == "__main__":
     app()
+
+
+def _split_args(test_start: str | None, test_days: float, val_days: float, train_days: float) -> dict:
+    from training.data import to_seconds
+
+    args: dict = {"test_days": test_days, "val_days": val_days, "train_days": train_days}
+    if test_start:
+        from datetime import datetime
+
+        try:
+            args["test_start"] = to_seconds(datetime.fromisoformat(test_start))
+        except ValueError:
+            raise typer.BadParameter(f"--test-start {test_start!r} is not an ISO date") from None
+    return args
+
+
+TestStart = Annotated[str | None, typer.Option(help="Start of the held-out window (ISO date); default "
+                                                       "the data end minus --test-days")]
+
+
+@app.command()
+def train(
+    db: DbOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    test_start: TestStart = None,
+    test_days: Annotated[float, typer.Option(help="Held-out window length")] = 7,
+    val_days: Annotated[float, typer.Option(help="Validation window (early stopping) length")] = 7,
+    train_days: Annotated[float, typer.Option(help="Training-label window length")] = 14,
+    max_train_rows: Annotated[int, typer.Option(help="Views sampled from the training window")] = 400_000,
+    iterations: Annotated[int, typer.Option()] = 600,
+    class_weights: Annotated[str, typer.Option(help="none (calibrated) or balanced")] = "none",
+    serve_latest: Annotated[bool, typer.Option(help="Serve features as of the data end instead of the "
+                                                    "test start (production; breaks offline replay)")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fit the control and test models and write a new artifact version."""
+    from training.train import TrainConfig
+    from training.train import train as run
+
+    settings = get_settings()
+    if class_weights not in ("none", "balanced"):
+        raise typer.BadParameter("--class-weights must be none or balanced")
+    config = TrainConfig(max_train_rows=max_train_rows, iterations=iterations, class_weights=class_weights,
+                         seed=seed)
+    path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
+               _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest)
+    typer.echo(f"trained: {path}")
+
+
+@app.command()
+def evaluate(
+    db: DbOpt = None,
+    models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write report.md and plots into this folder")] = None,
+    requests: Annotated[int, typer.Option(help="Held-out (user, time) requests")] = 1000,
+    horizon_days: Annotated[float | None, typer.Option(help="Hits count up to this many days after the "
+                                                            "held-out start; default the window end")] = None,
+    window_hours: Annotated[float, typer.Option(help="Shown-set protocol: candidates shown within this "
+                                                     "many hours after the request")] = 24.0,
+    world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Evaluate random, popularity, control and test on held-out requests."""
+    from app.db import make_engine
+    from app.engine import Recommender
+    from training.evaluate import EvalConfig, run_evaluation, write_json
+
+    settings = get_settings()
+    engine = Recommender.load(models or settings.model_dir)
+    config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed)
+    db_engine = make_engine(_db(db))
+    with db_engine.connect() as conn:
+        result, details = run_evaluation(conn, engine, world or settings.world_path, config)
+    if json_path:
+        write_json(result, json_path)
+    if report:
+        from training.report import write_report
+
+        write_report(result, details, engine, report)
+    typer.echo(format_table(result))
+
+
+def format_table(result: dict) -> str:
+    rows = [k for k in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5", "shown_hitrate@5",
+                        "expected_hitrate@5", "roc_auc", "coverage@5", "mean_popularity@5") if k in result]
+    names = ("random", "popularity", "control", "test", "oracle")
+    lines = [f"{'metric':<20}" + "".join(f"{n:>12}" for n in names)]
+    for key in rows:
+        vals = result[key]
+        lines.append(f"{key:<20}" + "".join(
+            f"{vals[n]:>12}" if vals.get(n) is not None else f"{'':>12}" for n in names))
+    if "gap_closed" in result:
+        lines.append(f"gap_closed: {result['gap_closed']}")
+    lines.append(f"requests: {result['requests']} (shown-set eligible: {result['shown_requests']})")
+    return "\n".join(lines)

@@ -27,7 +27,7 @@ from training.world.model import World, age_band
 from training.world.texts import load_posts
 
 THEMES_PER_TOPIC = {"movie": 4, "covid": 4}  # other topics: 3
-USERS_PER_CHUNK = 10_000
+USERS_PER_CHUNK = 5_000
 CALIBRATION_ROWS = 400_000
 
 

@@ -1,6 +1,6 @@
 """Statistics of the course database at scale 1.0, which the demo world reproduces."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -8,7 +8,7 @@ from app import columns as c
 
 N_USERS = 163_205
 N_FEED_ROWS = 76_900_000
-START = int(datetime(2021, 10, 1, tzinfo=timezone.utc).timestamp())
+START = int(datetime(2021, 10, 1, tzinfo=UTC).timestamp())
 N_DAYS = 90  # 2021-10-01 .. 2021-12-29
 FIRST_HOUR, LAST_HOUR = 6, 23
 

@@ -5,6 +5,7 @@ from sqlalchemy import Engine, func, select
 from app import columns as c
 from app.tables import feed_data, post_text_df, user_data
 
+
 def _rate_by(conn, column, join_posts: bool = False) -> dict:
     views = feed_data.c.action == c.VIEW
     src = feed_data.join(user_data, feed_data.c.user_id == user_data.c.user_id)

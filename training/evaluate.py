@@ -1,0 +1,250 @@
+"""Offline evaluation of the served artifacts on the held-out window after their feature snapshot.
+
+Requests are (user, time) pairs taken from held-out views, as the course's checker does. Two protocols:
+
+- full catalogue (the course's): rank every post the user had not liked before t; a hit at k is a post
+  in the top k that the user likes after t within the horizon. Informative on real logs where users
+  chose what to view; under a random feed a user sees a few percent of the catalogue, so hits are
+  rare for every ranker and differences are mostly noise.
+- shown set: the candidates are the posts shown to the user in [t, t + window); the ranker orders
+  them; a hit at k is a liked candidate in the top k. Unbiased under a random feed. Only requests
+  with at least one liked candidate and more than k candidates count.
+
+On demo-world data the true like probabilities also give each ranker's expected hit rate and the
+oracle's (the best possible top k).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from loguru import logger
+from sklearn.metrics import roc_auc_score
+from sqlalchemy import Connection
+from tqdm import tqdm
+
+from app import columns as c
+from app.engine import POPULAR, Recommender
+from app.features import assemble
+from training import data
+from training.metrics import ap_at, bootstrap_ci, expected_hit, hit_at, ndcg_at
+from training.world.model import World
+
+RANKERS = ("random", "popularity", "control", "test")
+K_MAX = 10
+ENGINE_MODEL = {"popularity": POPULAR, "control": "control", "test": "test"}
+
+
+@dataclass
+class Truth:
+    """What happened after each request, read once from the database."""
+
+    future_likes: list[set[int]]  # per request: posts liked in (t, t + horizon]
+    shown: list[np.ndarray]  # per request: posts shown in [t, t + window)
+    shown_liked: list[set[int]]
+    users: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+
+
+def sample_requests(conn: Connection, lo: int, hi: int, n: int, seed: int) -> pd.DataFrame:
+    """n (user_id, ts) pairs drawn uniformly from the views in [lo, hi)."""
+    pool = data.sample_views(conn, lo, hi, max_rows=max(20 * n, 20_000), salt=seed % 9973)
+    if pool.empty:
+        raise ValueError("no held-out views to sample requests from")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+    return pool.iloc[np.sort(pick)][[c.USER_ID, "ts"]].reset_index(drop=True)
+
+
+def read_truth(conn: Connection, requests: pd.DataFrame, horizon_end: int, window: int, likes: pd.DataFrame) -> Truth:
+    users = requests[c.USER_ID].to_numpy()
+    lo = int(requests["ts"].min())
+    views = data.views_of_users(conn, users, lo, horizon_end + window)
+    by_user_views = {u: g for u, g in views.groupby(c.USER_ID)}
+    likes = likes[likes[c.USER_ID].isin(set(users.tolist()))]
+    by_user_likes = {u: g for u, g in likes.groupby(c.USER_ID)}
+    future, shown, shown_liked = [], [], []
+    empty = pd.DataFrame({c.POST_ID: [], "ts": [], c.TARGET: []})
+    for u, t in zip(users, requests["ts"].to_numpy(), strict=True):
+        lk = by_user_likes.get(u, empty)
+        ts = lk["ts"].to_numpy()
+        future.append(set(lk[c.POST_ID].to_numpy()[(ts > t) & (ts <= horizon_end)].tolist()))
+        v = by_user_views.get(u, empty)
+        vt = v["ts"].to_numpy()
+        m = (vt >= t) & (vt < t + window)
+        shown.append(v[c.POST_ID].to_numpy()[m].astype(np.int64))
+        shown_liked.append(set(v[c.POST_ID].to_numpy()[m & (v[c.TARGET].to_numpy() == 1)].tolist()))
+    return Truth(future, shown, shown_liked)
+
+
+def ranker_scores(engine: Recommender, name: str, user_id: int, ts: int, rng: np.random.Generator) -> np.ndarray:
+    """A score for every post, through the service's own scoring path."""
+    if name == "random":
+        return rng.random(len(engine.tables.post_ids))
+    row = int(engine.tables.user_row(np.array([user_id]))[0])
+    model = ENGINE_MODEL[name] if row >= 0 else POPULAR
+    return engine.scores(model, row, ts)
+
+
+def full_catalogue_top(engine: Recommender, name: str, user_id: int, ts: int, rng) -> np.ndarray:
+    if name == "random":
+        scores = ranker_scores(engine, name, user_id, ts, rng)
+        row = int(engine.tables.user_row(np.array([user_id]))[0])
+        if row >= 0:
+            liked = engine.tables.liked_before(row, ts)
+            scores[engine.tables.post_row(liked)] = -np.inf
+        return engine.tables.post_ids[np.argsort(-scores, kind="stable")[:K_MAX]]
+    return engine.recommend(ENGINE_MODEL[name], user_id, ts, K_MAX).post_ids
+
+
+def _summary(values: dict[str, np.ndarray], seed: int) -> tuple[dict, dict]:
+    means = {k: round(float(np.mean(v)), 4) if len(v) else None for k, v in values.items()}
+    cis = {k: bootstrap_ci(v, seed=seed) for k, v in values.items()}
+    return means, cis
+
+
+def evaluate_rankings(tops: dict[str, list[np.ndarray]], truth: Truth) -> dict[str, dict[str, np.ndarray]]:
+    """Per-request metric arrays for each ranker on the full-catalogue protocol."""
+    out = {}
+    for name, ranked in tops.items():
+        rel = truth.future_likes
+        out[name] = {
+            "hitrate@1": np.array([hit_at(r, f, 1) for r, f in zip(ranked, rel, strict=True)]),
+            "hitrate@5": np.array([hit_at(r, f, 5) for r, f in zip(ranked, rel, strict=True)]),
+            "hitrate@10": np.array([hit_at(r, f, 10) for r, f in zip(ranked, rel, strict=True)]),
+            "ndcg@5": np.array([ndcg_at(r, f, 5) for r, f in zip(ranked, rel, strict=True)]),
+            "map@5": np.array([ap_at(r, f, 5) for r, f in zip(ranked, rel, strict=True)]),
+        }
+    return out
+
+
+def shown_set_hits(engine: Recommender, requests: pd.DataFrame, truth: Truth, rankers, seed: int,
+                   k: int = 5) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Hit@1..K_MAX per eligible request for each ranker, ranking only the shown candidates."""
+    rng = np.random.default_rng(seed + 1)
+    eligible = np.array([len(s) > k and len(sl) > 0 for s, sl in zip(truth.shown, truth.shown_liked, strict=True)])
+    curves = {name: [] for name in rankers}
+    for i in np.flatnonzero(eligible):
+        u, t = int(requests.at[i, c.USER_ID]), int(requests.at[i, "ts"])
+        cand = truth.shown[i]
+        rows = engine.tables.post_row(cand)
+        for name in rankers:
+            s = ranker_scores(engine, name, u, t, rng)[rows]
+            order = cand[np.lexsort((cand, -s))]
+            curves[name].append([hit_at(order, truth.shown_liked[i], kk) for kk in range(1, K_MAX + 1)])
+    return {n: np.array(v).reshape(-1, K_MAX) for n, v in curves.items()}, eligible
+
+
+def heldout_auc(engine: Recommender, views: pd.DataFrame, seed: int) -> dict[str, float]:
+    """ROC-AUC of each ranker's score on held-out views (label: target)."""
+    tables = engine.tables
+    ui = tables.user_row(views[c.USER_ID].to_numpy())
+    views, ui = views[ui >= 0], ui[ui >= 0]
+    pj = tables.post_row(views[c.POST_ID].to_numpy())
+    ts = views["ts"].to_numpy(np.int64)
+    y = views[c.TARGET].to_numpy()
+    out = {"random": roc_auc_score(y, np.random.default_rng(seed).random(len(y))),
+           "popularity": roc_auc_score(y, engine.popular_scores[pj])}
+    for name in ("control", "test"):
+        x = assemble(tables, ui, pj, ts, text=name == "test")
+        out[name] = roc_auc_score(y, engine.models[name].predict(x, prediction_type="RawFormulaVal"))
+    return {k: round(float(v), 4) for k, v in out.items()}
+
+
+def world_expectations(world: World, engine: Recommender, requests: pd.DataFrame,
+                       tops: dict[str, list[np.ndarray]], k: int = 5) -> dict[str, np.ndarray]:
+    """Expected hit@k of each ranker's top k under the world's true probabilities, and the oracle's."""
+    out = {name: [] for name in (*tops, "oracle")}
+    for i, (u, t) in enumerate(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True)):
+        p = world.all_posts_probability(int(u), int(t))
+        row = int(engine.tables.user_row(np.array([u]))[0])
+        liked = engine.tables.liked_before(row, int(t)) if row >= 0 else np.empty(0, np.int64)
+        for name, ranked in tops.items():
+            out[name].append(expected_hit(p[world.post_index(ranked[i][:k])]))
+        p = p.copy()
+        if len(liked):
+            p[world.post_index(liked)] = 0.0
+        out["oracle"].append(expected_hit(np.sort(p)[-k:]))
+    return {n: np.array(v) for n, v in out.items()}
+
+
+def load_world_for(path: Path | None, users: np.ndarray) -> World | None:
+    """The demo world behind this database, or None if there is none or it is another world."""
+    if path is None or not Path(path).is_file():
+        return None
+    world = World.load(path)
+    if len(world.user_ids) != len(users) or not np.array_equal(np.sort(world.user_ids), np.sort(users)):
+        logger.warning("world at {} does not match the database's users: expected hit rates skipped", path)
+        return None
+    return world
+
+
+@dataclass
+class EvalConfig:
+    requests: int = 1000
+    horizon_days: float | None = None  # None: to the end of the held-out window
+    window_hours: float = 24.0
+    seed: int = 0
+    auc_views: int = 100_000
+
+
+def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | None, config: EvalConfig,
+                   progress: Callable | None = None) -> tuple[dict, dict]:
+    """The metrics JSON and the per-request details a report draws from."""
+    split = engine.manifest.data["split"]
+    lo, end = int(split["test_start"]), int(split["end"])
+    requests = sample_requests(conn, lo, end, config.requests, config.seed)
+    horizon_end = end if config.horizon_days is None else lo + int(config.horizon_days * 86_400)
+    likes = data.likes(conn)
+    truth = read_truth(conn, requests, horizon_end, int(config.window_hours * 3600), likes)
+    rng = np.random.default_rng(config.seed)
+    tops: dict[str, list[np.ndarray]] = {name: [] for name in RANKERS}
+    for u, t in tqdm(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True),
+                     total=len(requests), desc="rank", disable=None):
+        for name in RANKERS:
+            tops[name].append(full_catalogue_top(engine, name, int(u), int(t), rng))
+    full = evaluate_rankings(tops, truth)
+    shown, eligible = shown_set_hits(engine, requests, truth, RANKERS, config.seed)
+    views = data.sample_views(conn, lo, end, config.auc_views, salt=config.seed + 7)
+    users = data.read_users(conn)
+    world = load_world_for(world_path, users[c.USER_ID].to_numpy())
+
+    result: dict = {"protocol": {
+        "requests_from": "views in the held-out window", "held_out": [lo, end], "horizon_end": horizon_end,
+        "shown_window_hours": config.window_hours, "seed": config.seed, "model_version": engine.version}}
+    result["requests"] = len(requests)
+    ci: dict = {}
+    for metric in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5"):
+        means, cis = _summary({n: full[n][metric] for n in RANKERS}, config.seed)
+        result[metric], ci[metric] = means, cis
+    shown5 = {n: shown[n][:, 4] for n in RANKERS}
+    result["shown_requests"] = int(eligible.sum())
+    result["shown_hitrate@5"], ci["shown_hitrate@5"] = _summary(shown5, config.seed)
+    result["roc_auc"] = heldout_auc(engine, views, config.seed)
+    result["coverage@5"] = {n: round(len({int(p) for r in tops[n] for p in r[:5]}) / len(engine.tables.post_ids), 4)
+                            for n in RANKERS}
+    pop = dict(zip(engine.tables.post_ids.tolist(), engine.popular_scores.tolist(), strict=True))
+    result["mean_popularity@5"] = {n: round(float(np.mean([pop[int(p)] for r in tops[n] for p in r[:5]])), 1)
+                                   for n in RANKERS}
+    details = {"requests": requests, "tops": tops, "full": full, "shown": shown, "eligible": eligible,
+               "truth": truth, "users": users, "views": views}
+    if world is not None:
+        exp = world_expectations(world, engine, requests, tops)
+        result["expected_hitrate@5"], ci["expected_hitrate@5"] = _summary(
+            {n: exp[n] for n in ("random", "popularity", "control", "test", "oracle")}, config.seed)
+        e = result["expected_hitrate@5"]
+        gap = e["oracle"] - e["popularity"]
+        result["gap_closed"] = {n: round((e[n] - e["popularity"]) / gap, 4) if gap > 0 else None
+                                for n in ("control", "test")}
+        details["expected"] = exp
+    result["ci95"] = ci
+    return result, details
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))

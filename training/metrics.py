@@ -1,0 +1,65 @@
+"""Ranking metrics per request, averaged afterwards, with bootstrap intervals.
+
+Each function takes a ranked list of post ids and the set of relevant ones and returns a number for
+that request; a protocol averages them over requests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def hit_at(ranked: np.ndarray, relevant: set[int], k: int) -> float:
+    """1 if any of the first k is relevant.
+
+    >>> hit_at(np.array([5, 3, 9]), {9}, 2), hit_at(np.array([5, 3, 9]), {9}, 3)
+    (0.0, 1.0)
+    """
+    return float(any(int(p) in relevant for p in ranked[:k]))
+
+
+def ndcg_at(ranked: np.ndarray, relevant: set[int], k: int) -> float:
+    """Binary-relevance NDCG@k.
+
+    >>> round(ndcg_at(np.array([5, 9]), {9}, 2), 4)  # (1/log2(3)) / (1/log2(2))
+    0.6309
+    """
+    if not relevant:
+        return 0.0
+    gains = [1.0 / np.log2(i + 2) for i, p in enumerate(ranked[:k]) if int(p) in relevant]
+    ideal = sum(1.0 / np.log2(i + 2) for i in range(min(len(relevant), k)))
+    return float(sum(gains) / ideal)
+
+
+def ap_at(ranked: np.ndarray, relevant: set[int], k: int) -> float:
+    """Average precision at k, normalised by min(|relevant|, k).
+
+    >>> ap_at(np.array([9, 5, 7]), {9, 7}, 3)  # (1/1 + 2/3) / 2
+    0.8333333333333333
+    """
+    if not relevant:
+        return 0.0
+    hits, total = 0, 0.0
+    for i, p in enumerate(ranked[:k]):
+        if int(p) in relevant:
+            hits += 1
+            total += hits / (i + 1)
+    return total / min(len(relevant), k)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of the mean over requests resampled with replacement."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(n_boot):  # a loop keeps memory flat for large request sets
+        means[b] = values[rng.integers(0, len(values), len(values))].mean()
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return (round(float(lo), 4), round(float(hi), 4))
+
+
+def expected_hit(probabilities: np.ndarray) -> float:
+    """P(at least one like) when posts with these like probabilities are shown together."""
+    return float(1.0 - np.prod(1.0 - np.asarray(probabilities, dtype=float)))
