@@ -7,6 +7,7 @@ segment like rates are met by calibrating the world's offsets on a sample before
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,13 @@ CALIBRATION_ROWS = 400_000
 
 
 # ------------------------------------------------------------------ posts
+@lru_cache(maxsize=1)
+def catalogue() -> tuple[pd.DataFrame, np.ndarray]:
+    """The fixed posts and their theme mix (the same for every seed and scale, so computed once)."""
+    posts = load_posts()
+    return posts, post_themes(posts)
+
+
 def post_themes(posts: pd.DataFrame) -> np.ndarray:
     """Theme mix of each post inside its topic (NMF on TF-IDF), rows summing to 1."""
     blocks, offsets = [], 0
@@ -108,10 +116,9 @@ def activity(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
 
 
 # ------------------------------------------------------------------ world
-def build_world(users: pd.DataFrame, posts: pd.DataFrame, views: np.ndarray, seed: int, scale: float,
-                rng: np.random.Generator) -> World:
+def build_world(users: pd.DataFrame, posts: pd.DataFrame, themes: np.ndarray, views: np.ndarray, seed: int,
+                scale: float, rng: np.random.Generator) -> World:
     n_users = len(users)
-    themes = post_themes(posts)
     topic_code = pd.Categorical(posts[c.TOPIC], categories=c.TOPICS).codes.astype(np.int64)
     world = World(
         seed=seed, scale=scale, start=ref.START, end=ref.START + ref.N_DAYS * 86_400,
@@ -224,9 +231,9 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     rng = np.random.default_rng(seed)
     n_users = max(50, round(ref.N_USERS * scale))
     users = make_users(n_users, rng)
-    posts = load_posts()
+    posts, themes = catalogue()
     views, start, end = activity(n_users, rng)
-    world = build_world(users, posts, views, seed, scale, rng)
+    world = build_world(users, posts, themes, views, seed, scale, rng)
     logger.info("world calibrated: {} users, {} posts", n_users, len(posts))
 
     engine = make_engine(db_url)

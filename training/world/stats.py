@@ -21,8 +21,8 @@ def world_statistics(engine: Engine) -> dict:
         n_posts = conn.execute(select(func.count()).select_from(post_text_df)).scalar_one()
         actions = dict(conn.execute(select(feed_data.c.action, func.count()).group_by(feed_data.c.action)).all())
         t_min, t_max = conn.execute(select(func.min(feed_data.c.timestamp), func.max(feed_data.c.timestamp))).one()
-        target_rate = conn.execute(select(func.avg(feed_data.c.target * 1.0))
-                                   .where(feed_data.c.action == c.VIEW)).scalar_one()
+        target_rate, positive = conn.execute(select(func.avg(feed_data.c.target * 1.0), func.sum(feed_data.c.target))
+                                             .where(feed_data.c.action == c.VIEW)).one()
         hour = func.extract("hour", feed_data.c.timestamp) if engine.dialect.name == "postgresql" else \
             func.cast(func.strftime("%H", feed_data.c.timestamp), user_data.c.age.type)
         hours = dict(conn.execute(select(hour, func.count()).group_by(hour)).all())
@@ -55,7 +55,7 @@ def world_statistics(engine: Engine) -> dict:
         "users": n_users, "posts": n_posts, "feed_rows": sum(actions.values()),
         "views": actions.get(c.VIEW, 0), "likes": actions.get(c.LIKE, 0),
         "first_event": str(t_min), "last_event": str(t_max),
-        "target_rate": round(float(target_rate), 4),
+        "target_rate": round(float(target_rate), 4), "positive_views": int(positive),
         "hours_with_events": sorted(int(h) for h in hours),
         "views_per_post": [int(views_min), int(views_max)],
         "users_with_a_liked_view": round(int(with_like) / max(int(active), 1), 4),
