@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     )
     embedding_model: str = Field(
         default="minilm-int8",
-        description="Sentence encoder for post texts: minilm-int8 (onnxruntime) is the only one bundled.",
+        description="Sentence encoder for post texts: minilm-int8 (onnxruntime), or hashing (tests only).",
     )
     ab_salt: str = Field(default="startml-ab", description="Salt of the A/B hash.")
     ab_control_percent: int = Field(default=50, ge=0, le=100, description="Share of users in control.")

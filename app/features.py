@@ -37,7 +37,7 @@ EMB_COMPONENTS = 16
 POST_TEXT = tuple(f"emb_pc{i}" for i in range(EMB_COMPONENTS))
 TIME = ("hour", "weekday", "u_days_since_last_view", "u_days_since_first_view")
 CROSS = ("u_like_rate_post_topic", "u_view_share_post_topic", "u_like_lift_post_topic")
-TEXT_CROSS = ("sim_liked", "sim_contrast", "sim_liked_topic")
+TEXT_CROSS = ("sim_liked", "sim_contrast", "sim_liked_topic", "sim_tfidf_topic")
 
 CONTROL_FEATURES = (*USER_NUM, *POST_NUM, *TIME, *CROSS)
 TEST_FEATURES = (*CONTROL_FEATURES, *POST_TEXT, *TEXT_CROSS)
@@ -62,11 +62,13 @@ class FeatureTables:
     user_last_view: np.ndarray  # (U,) int64, -1 if none
     user_vec: np.ndarray  # (U, d) float32: mean text vector of posts liked before as_of, unit length
     user_contrast: np.ndarray  # (U, d) float32: liked mean minus seen-not-liked mean, unit length
-    user_topic_vec: np.ndarray  # (U, n_topics, d) float16: shrunk mean of liked posts per topic
+    user_topic_vec: np.ndarray  # (U, n_topics, d) float16: shrunk mean of liked posts' post_vec per topic
+    user_topic_tfidf: np.ndarray  # (U, n_topics, d) float16: the same over post_tfidf_vec
     post_ids: np.ndarray  # (P,) int64
     post_num: np.ndarray  # (P, len(POST_NUM)) float32
     post_text: np.ndarray  # (P, EMB_COMPONENTS) float32
-    post_vec: np.ndarray  # (P, d) float32: text vector relative to its topic centre, unit length
+    post_vec: np.ndarray  # (P, d) float32: sentence embedding relative to its topic centre, unit length
+    post_tfidf_vec: np.ndarray  # (P, d) float32: TF-IDF components relative to the topic centre, unit length
     post_topic: np.ndarray  # (P,) int64 topic code
     likes_indptr: np.ndarray  # (U+1,) int64: user row i's likes are [indptr[i], indptr[i+1])
     likes_post: np.ndarray  # post ids, each user's likes in time order (all likes known, any time)
@@ -113,6 +115,10 @@ def _time_block(tables: FeatureTables, ui: np.ndarray, ts: np.ndarray) -> np.nda
     return np.stack(np.broadcast_arrays(hour, weekday, since_last, since_first), axis=-1)
 
 
+def _rowwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("nd,nd->n", a, b)
+
+
 def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarray, text: bool) -> np.ndarray:
     """Feature matrix (n, n_features) float32 for user rows `ui`, post rows `pj` at times `ts`.
 
@@ -140,16 +146,18 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarr
         np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate), axis=-1).reshape(n_rows, len(CROSS)),
     ]
     if text:
-        pvec = tables.post_vec[pj]
-        if ui.ndim == 0:
-            sim = pvec @ tables.user_vec[ui]
-            contrast = pvec @ tables.user_contrast[ui]
-            topic_vec = tables.user_topic_vec[ui].astype(np.float32)  # (n_topics, d)
-            sim_topic = np.einsum("nd,nd->n", pvec, topic_vec[topic])
+        pvec, tvec = tables.post_vec[pj], tables.post_tfidf_vec[pj]
+        if ui.ndim == 0:  # one user: convert its vectors once; the same row-wise products as a batch
+            sim = _rowwise(pvec, np.broadcast_to(tables.user_vec[ui], pvec.shape))
+            contrast = _rowwise(pvec, np.broadcast_to(tables.user_contrast[ui], pvec.shape))
+            sim_topic = _rowwise(pvec, tables.user_topic_vec[ui].astype(np.float32)[topic])
+            sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui].astype(np.float32)[topic])
         else:
-            sim = np.einsum("nd,nd->n", pvec, tables.user_vec[ui])
-            contrast = np.einsum("nd,nd->n", pvec, tables.user_contrast[ui])
-            sim_topic = np.einsum("nd,nd->n", pvec, tables.user_topic_vec[ui, topic].astype(np.float32))
+            sim = _rowwise(pvec, tables.user_vec[ui])
+            contrast = _rowwise(pvec, tables.user_contrast[ui])
+            sim_topic = _rowwise(pvec, tables.user_topic_vec[ui, topic].astype(np.float32))
+            sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui, topic].astype(np.float32))
         blocks.append(np.broadcast_to(tables.post_text[pj], (n_rows, EMB_COMPONENTS)))
-        blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic), axis=-1).reshape(n_rows, 3))
+        blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic, sim_tfidf), axis=-1)
+                      .reshape(n_rows, len(TEXT_CROSS)))
     return np.hstack(blocks, dtype=np.float32)

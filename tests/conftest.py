@@ -61,3 +61,18 @@ def db_url(request) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny demo world in SQLite with models trained on it (fast settings, hashing text encoder)."""
+    from training.train import TrainConfig, train
+    from training.world.generate import generate_world
+
+    d = tmp_path_factory.mktemp("trained")
+    url = f"sqlite:///{d / 'world.db'}"
+    generate_world(url, scale=0.002, seed=7, world_path=d / "world.npz")
+    config = TrainConfig(max_train_rows=30_000, max_val_rows=10_000, iterations=40, threads=1)
+    version_dir = train(url, d / "models", d / "cache", "hashing", config)
+    return {"db_url": url, "model_dir": d / "models", "version_dir": version_dir, "world": d / "world.npz",
+            "cache": d / "cache"}

@@ -55,7 +55,23 @@ class MiniLMInt8:
         return out
 
 
-ENCODERS = {MiniLMInt8.name: MiniLMInt8}
+class HashingEncoder:
+    """Word hashing and a fixed random projection: no semantics, milliseconds for the whole catalogue.
+    For tests and quick experiments only; the service never depends on which encoder was used."""
+
+    name = "hashing"
+    dim = 384
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        counts = HashingVectorizer(n_features=4096, alternate_sign=False, norm="l2").transform(texts)
+        projection = np.random.default_rng(0).normal(size=(4096, self.dim)).astype(np.float32)
+        out = np.asarray(counts @ projection, dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+ENCODERS: dict[str, type] = {MiniLMInt8.name: MiniLMInt8, HashingEncoder.name: HashingEncoder}
 
 
 def _key(text: str) -> str:

@@ -35,7 +35,8 @@ class PostStatic:
     topic: np.ndarray
     text_block: np.ndarray  # text_len_log, words_log, tfidf components, cluster distances
     emb_components: np.ndarray  # (P, EMB_COMPONENTS)
-    vec: np.ndarray  # (P, VEC_DIM) unit length
+    vec: np.ndarray  # (P, VEC_DIM) sentence embedding relative to its topic centre, unit length
+    tfidf_vec: np.ndarray  # (P, VEC_DIM) TF-IDF components relative to the topic centre, unit length
 
 
 def post_static(posts: pd.DataFrame, embeddings: np.ndarray, seed: int = 0) -> PostStatic:
@@ -45,22 +46,26 @@ def post_static(posts: pd.DataFrame, embeddings: np.ndarray, seed: int = 0) -> P
     comps = TruncatedSVD(n_components=TFIDF_COMPONENTS, random_state=seed).fit_transform(matrix)
     dists = KMeans(n_clusters=TFIDF_CLUSTERS, n_init=4, random_state=seed).fit_transform(comps)
     emb = PCA(n_components=EMB_COMPONENTS, random_state=seed).fit_transform(embeddings)
-    # Taste inside a topic is what the topic cannot tell: vectors are taken relative to their topic's
-    # centre, so a user's liked-mean points at the themes they prefer, not at the topic itself.
     topic = pd.Categorical(posts[c.TOPIC], categories=c.TOPICS).codes
-    centred = embeddings.astype(np.float64).copy()
-    for t in np.unique(topic):
-        centred[topic == t] -= centred[topic == t].mean(axis=0)
-    vec = PCA(n_components=VEC_DIM, random_state=seed).fit_transform(centred)
-    vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
+    vec = _topic_centred(PCA(n_components=VEC_DIM, random_state=seed).fit_transform(embeddings), topic)
+    tfidf_vec = _topic_centred(TruncatedSVD(n_components=VEC_DIM, random_state=seed).fit_transform(matrix), topic)
     block = np.column_stack([np.log1p(texts.str.len()), np.log1p(texts.str.split().str.len()), comps, dists])
     return PostStatic(
         post_ids=posts[c.POST_ID].to_numpy(np.int64),
         topic=topic.astype(np.int64),
         text_block=block.astype(np.float32),
         emb_components=emb[:, :EMB_COMPONENTS].astype(np.float32),
-        vec=vec.astype(np.float32),
+        vec=vec, tfidf_vec=tfidf_vec,
     )
+
+
+def _topic_centred(x: np.ndarray, topic: np.ndarray) -> np.ndarray:
+    """Taste inside a topic is what the topic cannot tell: vectors relative to their topic's centre, so a
+    user's liked mean points at the themes they prefer, not at the topic itself. Unit length, float32."""
+    x = x.astype(np.float64).copy()
+    for t in np.unique(topic):
+        x[topic == t] -= x[topic == t].mean(axis=0)
+    return _unit(x)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -68,25 +73,27 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
 
-def _user_vectors(likes_before: pd.DataFrame, user_row: np.ndarray, post_row: np.ndarray, static: PostStatic,
-                  n_users: int, exposure_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean text vector of liked posts overall and per topic; the contrast subtracts what the feed
-    showed on average (under a random feed the seen posts' mean is the exposure-weighted mean)."""
-    d = static.vec.shape[1]
-    sums = np.zeros((n_users, d), dtype=np.float64)
-    topic_sums = np.zeros((n_users, N_TOPICS, d), dtype=np.float32)
-    if len(likes_before):
-        np.add.at(sums, user_row, static.vec[post_row])
-        np.add.at(topic_sums, (user_row, static.topic[post_row]), static.vec[post_row])
+def _topic_means(user_row: np.ndarray, post_row: np.ndarray, vecs: np.ndarray, topic: np.ndarray,
+                 n_users: int) -> np.ndarray:
+    """Per user and topic, the shrunk mean of liked posts' vectors (U, n_topics, d) float16; not unit
+    length, because a taste seen in many likes should weigh more than one seen once."""
+    sums = np.zeros((n_users, N_TOPICS, vecs.shape[1]), dtype=np.float32)
+    counts = np.zeros((n_users, N_TOPICS), dtype=np.float32)
+    np.add.at(sums, (user_row, topic[post_row]), vecs[post_row])
+    np.add.at(counts, (user_row, topic[post_row]), 1.0)
+    return (sums / (counts[..., None] + TOPIC_VEC_PRIOR)).astype(np.float16)
+
+
+def _user_vectors(user_row: np.ndarray, post_row: np.ndarray, static: PostStatic, n_users: int,
+                  exposure_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean text vector of liked posts, and the contrast with what the feed showed on average (under a
+    random feed the seen posts' mean is the exposure-weighted mean of all posts)."""
+    sums = np.zeros((n_users, static.vec.shape[1]), dtype=np.float64)
+    np.add.at(sums, user_row, static.vec[post_row])
     counts = np.bincount(user_row, minlength=n_users)[:, None]
     mean = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
     contrast = np.where(counts > 0, mean - exposure_mean[None, :], 0.0)
-    topic_counts = np.zeros((n_users, N_TOPICS), dtype=np.float32)
-    if len(likes_before):
-        np.add.at(topic_counts, (user_row, static.topic[post_row]), 1.0)
-    # shrunk mean, not unit length: a taste seen in many likes should weigh more than one seen once
-    topic_mean = topic_sums / (topic_counts[..., None] + TOPIC_VEC_PRIOR)
-    return _unit(mean), _unit(contrast), topic_mean.astype(np.float16)
+    return _unit(mean), _unit(contrast)
 
 
 def build_tables(conn: Connection, as_of: int, users: pd.DataFrame, static: PostStatic,
@@ -141,16 +148,18 @@ def build_tables(conn: Connection, as_of: int, users: pd.DataFrame, static: Post
     prow = pd.Series(np.arange(len(static.post_ids)), index=static.post_ids)
     before = lk["ts"].to_numpy() < as_of
     exposure = p_views / max(p_views.sum(), 1.0)
-    vec, contrast, topic_vec = _user_vectors(
-        lk[before], lk_rows[before], prow[lk.loc[before, c.POST_ID]].to_numpy(), static, n_users,
-        exposure @ static.vec)
+    liked_rows, liked_posts = lk_rows[before], prow[lk.loc[before, c.POST_ID]].to_numpy()
+    vec, contrast = _user_vectors(liked_rows, liked_posts, static, n_users, exposure @ static.vec)
+    topic_vec = _topic_means(liked_rows, liked_posts, static.vec, static.topic, n_users)
+    topic_tfidf = _topic_means(liked_rows, liked_posts, static.tfidf_vec, static.topic, n_users)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(lk_rows, minlength=n_users))]).astype(np.int64)
     return FeatureTables(
         as_of=int(as_of), user_ids=user_ids, user_num=user_num,
         user_first_view=ua["first_view"].fillna(-1).to_numpy(np.int64),
         user_last_view=ua["last_view"].fillna(-1).to_numpy(np.int64),
-        user_vec=vec, user_contrast=contrast, user_topic_vec=topic_vec,
+        user_vec=vec, user_contrast=contrast, user_topic_vec=topic_vec, user_topic_tfidf=topic_tfidf,
         post_ids=static.post_ids, post_num=post_num, post_text=static.emb_components, post_vec=static.vec,
+        post_tfidf_vec=static.tfidf_vec,
         post_topic=static.topic, likes_indptr=indptr,
         likes_post=lk[c.POST_ID].to_numpy(np.int64), likes_ts=lk["ts"].to_numpy(np.int64),
     )
