@@ -1,0 +1,85 @@
+"""Artifacts: round trip, manifest contents, and refusal to load anything broken."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from app.artifacts import CURRENT, MANIFEST, TABLES_FILE, ArtifactsInvalid, load_manifest
+from app.engine import Recommender
+from app.features import FeatureTables, feature_names
+
+
+@pytest.fixture
+def models_copy(trained, tmp_path):
+    dst = tmp_path / "models"
+    shutil.copytree(trained["model_dir"], dst)
+    return dst, dst / trained["version_dir"].name
+
+
+def test_manifest_describes_the_version(trained):
+    m = json.loads((trained["version_dir"] / MANIFEST).read_text())
+    assert m["models"]["control"]["features"] == list(feature_names(False))
+    assert m["models"]["test"]["features"] == list(feature_names(True))
+    assert set(m["files"]) == {"control.cbm", "test.cbm", TABLES_FILE}
+    split = m["split"]
+    assert split["start"] < split["train_start"] < split["val_start"] < split["test_start"] < split["end"]
+    assert m["features_as_of"] == split["test_start"]
+    assert {"catboost", "numpy", "python"} <= set(m["library_versions"])
+    assert 0.5 < m["models"]["test"]["heldout_auc"] <= 1.0
+
+
+def test_tables_round_trip(trained, tmp_path):
+    tables = FeatureTables.load(trained["version_dir"] / TABLES_FILE)
+    tables.save(tmp_path / "t.npz")
+    again = FeatureTables.load(tmp_path / "t.npz")
+    for name, value in vars(tables).items():
+        np.testing.assert_array_equal(value, getattr(again, name))
+
+
+def test_engine_loads_current(models_copy):
+    model_dir, version_dir = models_copy
+    engine = Recommender.load(model_dir)
+    assert engine.version == version_dir.name
+
+
+def test_refuses_missing_pointer(tmp_path):
+    with pytest.raises(ArtifactsInvalid, match="run `make train`"):
+        Recommender.load(tmp_path)
+
+
+def test_refuses_corrupt_file(models_copy):
+    model_dir, version_dir = models_copy
+    with open(version_dir / "control.cbm", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02")
+    with pytest.raises(ArtifactsInvalid, match="corrupt"):
+        Recommender.load(model_dir)
+
+
+def test_refuses_missing_file(models_copy):
+    model_dir, version_dir = models_copy
+    (version_dir / TABLES_FILE).unlink()
+    with pytest.raises(ArtifactsInvalid, match="missing"):
+        Recommender.load(model_dir)
+
+
+def test_refuses_other_schema_or_features(models_copy):
+    model_dir, version_dir = models_copy
+    path = version_dir / MANIFEST
+    m = json.loads(path.read_text())
+    path.write_text(json.dumps({**m, "schema": 99}))
+    with pytest.raises(ArtifactsInvalid, match="schema"):
+        load_manifest(version_dir)
+    m["models"]["test"]["features"] = m["models"]["test"]["features"][:-1]
+    path.write_text(json.dumps(m))
+    with pytest.raises(ArtifactsInvalid, match="other features"):
+        load_manifest(version_dir)
+
+
+def test_pointer_to_unknown_version(models_copy):
+    model_dir, _ = models_copy
+    (model_dir / CURRENT).write_text("v-missing\n")
+    with pytest.raises(ArtifactsInvalid, match="incomplete"):
+        Recommender.load(model_dir)
