@@ -17,6 +17,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "current"
 TABLES_FILE = "tables.npz"
+POSTS_FILE = "posts.json"  # id, text, topic of every post: the service answers without the database
 MODEL_FILES = {"control": "control.cbm", "test": "test.cbm"}
 MODEL_USES_TEXT = {"control": False, "test": True}
 

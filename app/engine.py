@@ -7,6 +7,7 @@ broken by post id.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from catboost import CatBoostClassifier
 from app.artifacts import (
     MODEL_FILES,
     MODEL_USES_TEXT,
+    POSTS_FILE,
     TABLES_FILE,
     ArtifactsInvalid,
     Manifest,
@@ -63,8 +65,10 @@ def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 class Recommender:
     """Everything the service needs to rank, read from one artifact version."""
 
-    def __init__(self, manifest: Manifest, tables: FeatureTables, models: dict[str, CatBoostClassifier]):
+    def __init__(self, manifest: Manifest, tables: FeatureTables, models: dict[str, CatBoostClassifier],
+                 posts: dict[int, dict] | None = None):
         self.manifest = manifest
+        self.posts = posts or {}  # post id -> {"id", "text", "topic"}
         self.version = manifest.version
         self.tables = tables
         self.models = models
@@ -76,6 +80,7 @@ class Recommender:
         manifest = load_manifest(current_version_dir(model_dir))
         try:
             tables = FeatureTables.load(manifest.file(TABLES_FILE))
+            posts = {int(p["id"]): p for p in json.loads(manifest.file(POSTS_FILE).read_text())}
             models = {}
             for name, file in MODEL_FILES.items():
                 model = CatBoostClassifier()
@@ -83,7 +88,7 @@ class Recommender:
                 models[name] = model
         except Exception as exc:  # a half-written or foreign file: refuse with the reason
             raise ArtifactsInvalid(f"{manifest.path}: cannot load artifacts: {exc}") from None
-        return cls(manifest, tables, models)
+        return cls(manifest, tables, models, posts)
 
     def knows(self, user_id: int) -> bool:
         return bool(self.tables.user_row(np.array([user_id]))[0] >= 0)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from app.artifacts import CURRENT, MANIFEST, TABLES_FILE, ArtifactsInvalid, load_manifest
+from app.artifacts import CURRENT, MANIFEST, POSTS_FILE, TABLES_FILE, ArtifactsInvalid, load_manifest
 from app.engine import Recommender
 from app.features import FeatureTables, feature_names
 
@@ -22,7 +22,7 @@ def test_manifest_describes_the_version(trained):
     m = json.loads((trained["version_dir"] / MANIFEST).read_text())
     assert m["models"]["control"]["features"] == list(feature_names(False))
     assert m["models"]["test"]["features"] == list(feature_names(True))
-    assert set(m["files"]) == {"control.cbm", "test.cbm", TABLES_FILE}
+    assert set(m["files"]) == {"control.cbm", "test.cbm", TABLES_FILE, POSTS_FILE}
     split = m["split"]
     assert split["start"] < split["train_start"] < split["val_start"] < split["test_start"] < split["end"]
     assert m["features_as_of"] == split["test_start"]

@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from sqlalchemy import Connection
 
 from app import columns as c
-from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, TABLES_FILE, set_current, write_manifest
+from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, TABLES_FILE, set_current, write_manifest
 from app.db import make_engine
 from app.features import FeatureTables, assemble, feature_names
 from training import data
@@ -161,6 +161,8 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     for name, model in models.items():
         model.save_model(str(version_dir / MODEL_FILES[name]))
     served.save(version_dir / TABLES_FILE)
+    posts = prep.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
+    (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
     write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
         "models": model_meta, "tables": {"file": TABLES_FILE, "as_of": served.as_of,

@@ -1,0 +1,46 @@
+"""`GET /post/recommendations/`: A/B group, ranking, exposure record."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.ab import CONTROL, exp_group
+from app.api.deps import RecommenderDep, SettingsDep, WriterDep
+from app.exposure import Exposure
+from app.schemas import Response
+
+router = APIRouter()
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Naive times are UTC; aware ones are converted. Returned naive, as the feed stores them."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+@router.get("/post/recommendations/", response_model=Response)
+def recommended_posts(
+    request: Request,
+    settings: SettingsDep,
+    recommender: RecommenderDep,
+    writer: WriterDep,
+    id: Annotated[int, Query(ge=0, le=2**63 - 1, description="User id")],
+    time: Annotated[datetime | None, Query(description="ISO 8601 moment of the request; default now (UTC)")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="How many posts, 1-100")] = 10,
+) -> dict:
+    served_at = datetime.now(UTC).replace(tzinfo=None)
+    at = _as_utc(time) if time is not None else served_at
+    group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
+    model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
+    ts = int(at.replace(tzinfo=UTC).timestamp())
+    ranking = recommender.recommend(model, id, ts, limit)
+    post_ids = ranking.post_ids.tolist()
+    request.state.exp_group = group
+    request.state.model = ranking.model
+    writer.submit(Exposure(str(uuid.uuid4()), id, at, served_at, group, ranking.model, recommender.version,
+                           tuple(post_ids)))
+    return {"exp_group": group, "model": ranking.model, "model_version": recommender.version,
+            "recommendations": [recommender.posts[p] for p in post_ids]}

@@ -1,0 +1,80 @@
+"""The FastAPI application: artifacts and database opened once in `lifespan`, thin routers on top."""
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loguru import logger
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api import routes_data, routes_ops, routes_recommend
+from app.config import Settings, get_settings
+from app.db import make_engine
+from app.engine import Recommender
+from app.exposure import ExposureWriter
+from app.metrics import Metrics
+
+
+def create_app(settings: Settings | None = None,
+               load_recommender: Callable[[Path], Recommender] = Recommender.load) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        app.state.recommender = load_recommender(settings.model_dir)
+        app.state.db = make_engine(settings.database_url)
+        app.state.writer = ExposureWriter(app.state.db, settings.log_queue_size, settings.log_batch_size,
+                                          settings.log_flush_seconds)
+        app.state.writer.start()
+        logger.info("serving model version {} ({} users, {} posts), ready in {:.1f}s",
+                    app.state.recommender.version, len(app.state.recommender.tables.user_ids),
+                    len(app.state.recommender.tables.post_ids), time.perf_counter() - started)
+        yield
+        app.state.writer.stop()
+        logger.info("exposure log flushed: {} written, {} dropped, {} still buffered",
+                    app.state.writer.written, app.state.writer.dropped, app.state.writer.depth)
+        app.state.db.dispose()
+
+    app = FastAPI(title="Post recommendations", version="1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.include_router(routes_ops.router)
+    app.include_router(routes_recommend.router)
+    app.include_router(routes_data.router)
+    _install_handlers(app)
+    return app
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        group = getattr(request.state, "exp_group", "none")
+        metrics: Metrics = request.app.state.metrics
+        metrics.latency.labels(endpoint, group).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            metrics.errors.labels(endpoint, str(response.status_code)).inc()
+        elif hasattr(request.state, "model"):
+            metrics.responses.labels(request.state.model, group).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_input(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # one readable line per bad field, plus FastAPI's structured list for programs
+        errors = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
+                  for e in exc.errors()]
+        text = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": text, "errors": errors}, status_code=422)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_down(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        logger.warning("database error: {}", exc.__class__.__name__)
+        return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
