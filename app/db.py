@@ -19,6 +19,13 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            # pysqlite commits before DDL on its own; take transactions over so that a failed import
+            # rolls back the tables it created too (SQLAlchemy's documented recipe)
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:
+            conn.exec_driver_sql("BEGIN")
     return engine
 
 
