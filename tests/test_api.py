@@ -203,3 +203,24 @@ def test_ready_reports_lost_database(recommender, tmp_path):
         assert r.status_code == 503 and r.json()["status"] == "not ready"
         assert client.get("/post/recommendations/", params={"id": 5}).status_code == 200
         assert client.get("/user/5").status_code == 503
+
+
+def test_checker_agrees_with_offline_evaluation(trained, recommender):
+    """The HTTP checker and `evaluate` replay the same requests and score them with the same code."""
+    from training.check import CheckConfig, run_check
+    from training.evaluate import EvalConfig, run_evaluation
+
+    settings = Settings(database_url=trained["db_url"], model_dir="unused", log_flush_seconds=0.05)
+    db = make_engine(trained["db_url"])
+    with TestClient(create_app(settings, load_recommender=lambda _: recommender)) as client, db.connect() as conn:
+        checked = run_check(conn, client, trained["world"], CheckConfig(requests=80))
+        offline, _ = run_evaluation(conn, recommender, trained["world"], EvalConfig(
+            requests=80, auc_views=2000, ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent))
+    db.dispose()
+    assert checked["requests"] == 80 and checked["errors"] == 0
+    assert checked["hitrate@5"] == offline["served"]["hitrate@5"]["all"]
+    assert checked["expected_hitrate@5"] == offline["served"]["expected_hitrate@5"]["all"]
+    for g in ("control", "test"):
+        assert checked["by_group"][g]["requests"] == offline["served"]["requests"][g]
+        assert checked["by_group"][g]["hitrate@5"] == offline["served"]["hitrate@5"][g]
+    assert checked["latency_ms"]["p50"] > 0

@@ -124,7 +124,9 @@ def evaluate(
 
     settings = get_settings()
     engine = Recommender.load(models or settings.model_dir)
-    config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed)
+    config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
+                        ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
+                        ab_models=(settings.ab_control_model, settings.ab_test_model))
     db_engine = make_engine(_db(db))
     with db_engine.connect() as conn:
         result, details = run_evaluation(conn, engine, world or settings.world_path, config)
@@ -149,4 +151,39 @@ def format_table(result: dict) -> str:
     if "gap_closed" in result:
         lines.append(f"gap_closed: {result['gap_closed']}")
     lines.append(f"requests: {result['requests']} (shown-set eligible: {result['shown_requests']})")
+    lines.append(f"as served by A/B group (what `check` measures): {result['served']}")
     return "\n".join(lines)
+
+
+@app.command()
+def check(
+    url: Annotated[str, typer.Option(help="Base URL of the running service")] = "http://127.0.0.1:8000",
+    db: DbOpt = None,
+    requests: Annotated[int, typer.Option(help="Held-out (user, time) requests to replay")] = 1000,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here")] = None,
+    world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH")] = None,
+    horizon_days: Annotated[float | None, typer.Option(help="As in evaluate")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed as evaluate gives the same requests")] = 0,
+) -> None:
+    """Replay held-out requests against a running service, like the course's checker."""
+    import json
+
+    import httpx
+
+    from app.db import make_engine
+    from training.check import CheckConfig, run_check
+
+    settings = get_settings()
+    config = CheckConfig(requests=requests, horizon_days=horizon_days, seed=seed)
+    engine = make_engine(_db(db))
+    try:
+        with httpx.Client(base_url=url) as client, engine.connect() as conn:
+            result = run_check(conn, client, world or settings.world_path, config)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: service at {url} not reachable: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    text = json.dumps(result, indent=2)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text)
+    typer.echo(text)

@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 from tqdm import tqdm
 
 from app import columns as c
+from app.ab import exp_group
 from app.engine import POPULAR, Recommender
 from app.features import assemble
 from training import data
@@ -190,6 +191,28 @@ class EvalConfig:
     window_hours: float = 24.0
     seed: int = 0
     auc_views: int = 100_000
+    # the service's A/B settings, to report what it would serve each group (what `check` measures)
+    ab_salt: str = "startml-ab"
+    ab_control_percent: int = 50
+    ab_models: tuple[str, str] = ("control", "test")
+
+
+RANKER_OF_MODEL = {"control": "control", "test": "test", POPULAR: "popularity"}
+
+
+def groups_of(requests: pd.DataFrame, config: EvalConfig) -> np.ndarray:
+    return np.array([exp_group(int(u), config.ab_salt, config.ab_control_percent) for u in requests[c.USER_ID]])
+
+
+def served_metrics(values: dict[str, np.ndarray], groups: np.ndarray, config: EvalConfig) -> dict:
+    """Mean of a per-request metric for the ranker each request's A/B group is served, overall and by group."""
+    model_of = dict(zip(("control", "test"), config.ab_models, strict=True))
+    per_request = np.array([values[RANKER_OF_MODEL[model_of[g]]][i] for i, g in enumerate(groups)])
+    out = {"all": round(float(per_request.mean()), 4) if len(per_request) else None}
+    for g in ("control", "test"):
+        m = groups == g
+        out[g] = round(float(per_request[m].mean()), 4) if m.any() else None
+    return out
 
 
 def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | None, config: EvalConfig,
@@ -241,6 +264,11 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
         result["gap_closed"] = {n: round((e[n] - e["popularity"]) / gap, 4) if gap > 0 else None
                                 for n in ("control", "test")}
         details["expected"] = exp
+    groups = groups_of(requests, config)
+    result["served"] = {"hitrate@5": served_metrics({n: full[n]["hitrate@5"] for n in RANKERS}, groups, config),
+                        "requests": {g: int((groups == g).sum()) for g in ("control", "test")}}
+    if world is not None:
+        result["served"]["expected_hitrate@5"] = served_metrics(details["expected"], groups, config)
     result["ci95"] = ci
     return result, details
 

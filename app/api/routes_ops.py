@@ -29,6 +29,15 @@ def ready(request: Request, recommender: RecommenderDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
 
+@router.get("/model")
+def model_info(recommender: RecommenderDep) -> dict:
+    """What is being served: version, cut-offs (the held-out window starts at features_as_of), metrics."""
+    m = recommender.manifest.data
+    return {"version": recommender.version, "features_as_of": m.get("features_as_of"), "split": m.get("split"),
+            "models": {name: {k: v for k, v in meta.items() if k != "features"}
+                       for name, meta in m.get("models", {}).items()}}
+
+
 @router.get("/metrics")
 def metrics(metrics: MetricsDep, writer: WriterDep) -> Response:
     metrics.log_queue.set(writer.depth)
