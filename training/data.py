@@ -73,11 +73,11 @@ def read_posts(conn: Connection) -> pd.DataFrame:
 
 def data_range(conn: Connection) -> tuple[int, int]:
     """First event second and the second after the last event."""
-    lo, hi = conn.execute(select(func.min(epoch(feed_data.c.timestamp)),
-                                 func.max(epoch(feed_data.c.timestamp)))).one()
+    # min/max of the bare column use the time index; converting every row first would scan the feed
+    lo, hi = conn.execute(select(func.min(feed_data.c.timestamp), func.max(feed_data.c.timestamp))).one()
     if lo is None:
         raise ValueError("feed_data is empty: generate a world or import data first")
-    return int(lo), int(hi) + 1
+    return to_seconds(lo), to_seconds(hi) + 1
 
 
 # ------------------------------------------------------------------ aggregates before a cut-off

@@ -27,7 +27,7 @@ COUNTRY_COUNTS = {
 # ~76.9M rows = views + likes, likes ~ positive views ~ 12% of views -> ~68.7M views, ~421 per user.
 # The feed keeps the first showing of a post, which removes ~3% of draws; the mean below allows for it.
 VIEWS_LOG_SIGMA = 0.8
-VIEWS_LOG_MEAN = float(np.log(435) - VIEWS_LOG_SIGMA**2 / 2)
+VIEWS_LOG_MEAN = float(np.log(448) - VIEWS_LOG_SIGMA**2 / 2)
 VIEWS_PER_SESSION = 10
 # Three popularity tiers of the random feed: 6.4k-22.7k views per post at scale 1.0
 EXPOSURE_TIER_SHARES = (0.7, 0.2, 0.1)

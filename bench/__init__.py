@@ -1,0 +1,1 @@
+"""Benchmarks and multi-seed evaluations; results go to docs/."""
