@@ -187,3 +187,88 @@ def check(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(text)
     typer.echo(text)
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="Base URL of the running service")] = "http://127.0.0.1:8000",
+    world: Annotated[Path | None, typer.Option(help="The demo world; default WORLD_PATH")] = None,
+    db: DbOpt = None,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days after the data end")] = 3,
+    users_per_day: Annotated[int, typer.Option(min=1, help="Users opening the feed each day")] = 1000,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Posts per screen")] = 5,
+    max_rps: Annotated[float, typer.Option(help="Upper bound on requests per second")] = 200.0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Simulated users call the live service and react as the world says; reactions go to feed_data."""
+    import json
+    from dataclasses import asdict
+
+    import httpx
+
+    from app.db import make_engine
+    from training.simulate import SimConfig
+    from training.simulate import simulate as run
+    from training.world.model import World
+
+    path = world or get_settings().world_path
+    if not Path(path).is_file():
+        typer.echo(f"error: no world at {path}: run `python -m training generate` first", err=True)
+        raise typer.Exit(code=1)
+    engine = make_engine(_db(db))
+    config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps)
+    try:
+        with httpx.Client(base_url=url) as client:
+            client.get("/health", timeout=5).raise_for_status()
+            summary = run(engine, client, World.load(path), config)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: service at {url} not reachable: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(json.dumps(asdict(summary), indent=2))
+
+
+@app.command("ab-report")
+def ab_report(
+    out: Annotated[Path, typer.Option(help="Folder for report.md, summary.json and the plots")],
+    db: DbOpt = None,
+    since: Annotated[str | None, typer.Option(help="First request moment (ISO)")] = None,
+    until: Annotated[str | None, typer.Option(help="Last request moment (ISO)")] = None,
+    window: Annotated[str, typer.Option(help="Hit window after a response: 30m, 1h, 1d")] = "1h",
+    control_percent: Annotated[int | None, typer.Option(help="Configured split; default AB_CONTROL_PERCENT")] = None,
+    bucket_salt: Annotated[str, typer.Option(help="Salt of the 100 analysis buckets")] = "ab-buckets",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Analyse the A/B test in recommendation_log: health checks, tests, verdict, plots."""
+    from datetime import datetime
+
+    from app.db import make_engine
+    from training.abreport import (
+        ABConfig,
+        ReportError,
+        analyse,
+        load_exposures,
+        parse_window,
+        verdict_text,
+        write_report,
+    )
+    from training.data import to_seconds
+
+    try:
+        bounds = [to_seconds(datetime.fromisoformat(x)) if x else None for x in (since, until)]
+    except ValueError as exc:
+        typer.echo(f"error: --since/--until must be ISO dates: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    try:
+        config = ABConfig(window=parse_window(window), bucket_salt=bucket_salt, seed=seed,
+                          control_percent=get_settings().ab_control_percent if control_percent is None
+                          else control_percent)
+        engine = make_engine(_db(db))
+        with engine.connect() as conn:
+            frame, health = load_exposures(conn, bounds[0], bounds[1], config.window)
+        summary = analyse(frame, config, health["catalogue"], health)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    path = write_report(summary, frame, out, config)
+    typer.echo(verdict_text(summary))
+    typer.echo(f"report: {path}")
