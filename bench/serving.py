@@ -1,0 +1,205 @@
+"""Serving benchmark: the service and a pandas-per-request reference under the same HTTP load.
+
+    python -m bench.serving --db URL --models DIR [--duration 60] [--concurrency 8] [--workers 2]
+
+Each service runs as its own process tree on loopback; wrk (Debian package `wrk`) drives it with
+random known users at times inside the held-out window. Reported: latency percentiles, throughput,
+errors, service RSS, startup time, and an in-process profile of one request's parts. The result is
+appended to docs/benchmarks.md with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from app.config import PROJECT_ROOT
+from app.engine import Recommender, top_k
+from app.features import assemble
+
+LUA = """
+local pairs = {%s}
+math.randomseed(%d)
+request = function()
+  local p = pairs[math.random(#pairs)]
+  return wrk.format("GET", "/post/recommendations/?id=" .. p[1] .. "&time=" .. p[2] .. "&limit=5")
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %%d, "duration_s": %%.3f, "errors": %%d, "non_2xx": %%d, '
+    .. '"p50_ms": %%.2f, "p90_ms": %%.2f, "p99_ms": %%.2f, "max_ms": %%.2f}\\n',
+    summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency.max / 1000))
+end
+"""
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo.extend(int(x) for x in children)
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def start(cmd: list[str], env: dict, port: int) -> tuple[subprocess.Popen, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if httpx.get(f"{url}/post/recommendations/?id=1&limit=1", timeout=1).status_code < 500:
+                return proc, time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd} exited: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{cmd} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def load(port: int, script: Path, duration: int, concurrency: int, threads: int = 2) -> dict:
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "5s",
+                          "-s", str(script), f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    result["rps"] = round(result["requests"] / result["duration_s"], 1)
+    return result
+
+
+def profile(engine: Recommender, pairs: list[tuple[int, int]], n: int = 200) -> dict:
+    """Median milliseconds of each part of one request, in process (one thread)."""
+    t = engine.tables
+    parts: dict[str, list[float]] = {"assemble": [], "catboost": [], "exclude+top_k": []}
+    model = engine.models["test"]
+    for user_id, ts in pairs[:n]:
+        row = int(t.user_row(np.array([user_id]))[0])
+        a = time.perf_counter()
+        x = assemble(t, np.int64(row), np.arange(len(t.post_ids)), np.int64(ts), text=True)
+        b = time.perf_counter()
+        s = model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
+        cc = time.perf_counter()
+        liked = t.liked_before(row, ts)
+        s[t.post_row(liked)] = -np.inf
+        top_k(s, t.post_ids, 5)
+        d = time.perf_counter()
+        for key, v in zip(parts, (b - a, cc - b, d - cc), strict=True):
+            parts[key].append(v * 1000)
+    return {k: round(float(np.median(v)), 2) for k, v in parts.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.serving")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--models", type=Path, required=True)
+    ap.add_argument("--duration", type=int, default=60)
+    ap.add_argument("--reference-duration", type=int, default=30)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk not found: apt-get install wrk")
+
+    engine = Recommender.load(args.models)
+    split = engine.manifest.data["split"]
+    rng = np.random.default_rng(0)
+    users = rng.choice(engine.tables.user_ids, size=2000)
+    times = rng.integers(int(split["test_start"]), int(split["end"]), size=2000)
+    pairs = list(zip(users.tolist(), times.tolist(), strict=True))
+    prof = profile(engine, pairs)
+    lua_pairs = ",".join(f'{{{u},"{datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")}"}}'
+                         for u, t in pairs)
+    script = Path(tempfile.mkdtemp()) / "load.lua"
+    script.write_text(LUA % (lua_pairs, 42))
+    del engine
+
+    env = {**os.environ, "DATABASE_URL": args.db, "MODEL_DIR": str(args.models), "LOG_QUEUE_SIZE": "100000"}
+    py = sys.executable
+    runs = {}
+    services = (
+        ("service", [py, "-m", "app", "--port", "8011", "--workers", str(args.workers)], 8011, args.duration),
+        ("reference", [py, "-m", "uvicorn", "bench.reference_app:create_app", "--factory", "--port", "8012",
+                       "--workers", str(args.workers), "--log-level", "warning"], 8012, args.reference_duration),
+    )
+    for name, cmd, port, duration in services:
+        proc, startup = start(cmd, env, port)
+        try:
+            load(port, script, 5, args.concurrency)  # warm-up
+            for concurrency in (1, args.concurrency):
+                result = load(port, script, duration if concurrency > 1 else max(10, duration // 3), concurrency)
+                result["rss_mb"] = round(tree_rss_mb(proc.pid), 0)
+                result["startup_s"] = round(startup, 1)
+                runs[(name, concurrency)] = result
+                print(name, concurrency, json.dumps(result))
+        finally:
+            stop(proc)
+
+    c = args.concurrency
+    ratio_p50 = runs[("reference", 1)]["p50_ms"] / runs[("service", 1)]["p50_ms"]
+    ratio_rps = runs[("service", c)]["rps"] / runs[("reference", c)]["rps"]
+    command = " ".join(["python -m bench.serving", *sys.argv[1:]])
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    lines = [
+        f"## Serving, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; artifacts "
+        f"{args.models.name} ({len(users)} distinct request pairs over {len(set(users.tolist()))} users); "
+        f"wrk on the same machine, {args.workers} workers per service, limit=5, times in the held-out window; "
+        "the reference is `bench/reference_app.py` (a pandas frame per request, then CatBoost).", "",
+        "| service | concurrency | p50 ms | p90 ms | p99 ms | max ms | requests/s | requests | errors | non-2xx "
+        "| RSS MB | startup s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, conc), r in runs.items():
+        lines.append(f"| {name} | {conc} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+                     f"{r['rps']} | {r['requests']} | {r['errors']} | {r['non_2xx']} | {r['rss_mb']:.0f} | "
+                     f"{r['startup_s']} |")
+    lines += ["", f"Service vs reference in the same run: p50 at concurrency 1 {ratio_p50:.1f}x lower; throughput "
+              f"at concurrency {c} {ratio_rps:.1f}x higher.", "",
+              f"In-process profile of one request (test model, median of 200, one thread): assemble "
+              f"{prof['assemble']} ms, CatBoost {prof['catboost']} ms, exclusion and top-k {prof['exclude+top_k']} "
+              "ms; the rest of the HTTP latency is the server (routing, validation, JSON) and the load "
+              "generator sharing the two cores.", ""]
+    text = "\n".join(lines)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as fh:
+        if fh.tell() == 0:
+            fh.write("# Benchmarks\n\nAppended by the commands named in each section.\n\n")
+        fh.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
