@@ -43,7 +43,11 @@ lint: $(STAMP) ## ruff
 test: $(STAMP) lint ## Lint and run the whole test suite (SQLite and PostgreSQL)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) ## Benchmarks; results appended to docs/benchmarks.md
+bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~40 min); appends docs/benchmarks.md
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench
 
-.PHONY: help install world train evaluate serve demo lint test bench
+quality: $(STAMP) ## Offline quality over three demo worlds at scale 0.1 (docs/quality.md)
+	$(BIN)/python -m bench.quality --scale 0.1 --seeds 1 2 3
+
+.PHONY: help install world train evaluate serve demo lint test bench quality check simulate ab-report
