@@ -79,3 +79,19 @@ def test_run_evaluation_end_to_end(trained):
     lo, hi = result["ci95"]["expected_hitrate@5"]["oracle"]
     assert lo <= e["oracle"] <= hi
     assert set(result["gap_closed"]) == {"control", "test"}
+
+
+def test_report_is_written(trained, tmp_path):
+    from training.report import write_report
+
+    engine = Recommender.load(trained["model_dir"])
+    db = make_engine(trained["db_url"])
+    with db.connect() as conn:
+        result, details = run_evaluation(conn, engine, trained["world"], EvalConfig(requests=60, auc_views=5000))
+    db.dispose()
+    path = write_report(result, details, engine, tmp_path / "rep")
+    text = path.read_text()
+    assert "hitrate_at_k.png" in text and "calibration.png" in text and "segments.png" in text
+    for png in ("hitrate_at_k.png", "calibration.png", "segments.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 5000
+    assert f"| hitrate@5 | {result['hitrate@5']['random']}" in text
