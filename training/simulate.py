@@ -22,6 +22,7 @@ from app import columns as c
 from app.tables import feed_data
 from training import data
 from training.bulk import epoch_to_datetime, write_frame
+from training.metrics import expected_hit
 from training.world import reference as ref
 from training.world.model import World
 
@@ -59,13 +60,16 @@ def day_requests(world: World, day_start: int, n: int, rng: np.random.Generator)
     return pd.DataFrame({c.USER_ID: users, "ts": ts}).sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def reactions(world: World, user_id: int, post_ids: np.ndarray, ts: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Feed rows for one screen: views seconds apart, likes as the world decides."""
+def reactions(world: World, user_id: int, post_ids: np.ndarray, ts: int,
+              rng: np.random.Generator) -> tuple[pd.DataFrame, float]:
+    """Feed rows for one screen (views seconds apart, likes as the world decides), and the true
+    probability that the screen gets at least one like."""
     if len(post_ids) == 0:
-        return pd.DataFrame(columns=list(c.FEED_COLUMNS))
+        return pd.DataFrame(columns=list(c.FEED_COLUMNS)), 0.0
     gaps = rng.integers(3, 30, size=len(post_ids))  # seconds spent on each post before the next
     view_ts = ts + np.concatenate([[0], np.cumsum(gaps[:-1])])
-    liked = world.sample_likes(np.full(len(post_ids), user_id), post_ids, view_ts, rng)
+    p = world.like_probability(np.full(len(post_ids), user_id), post_ids, view_ts)
+    liked = rng.random(len(p)) < p
     like_ts = view_ts[liked] + rng.exponential(40.0, size=int(liked.sum())).astype(np.int64) + 1
     n_views, n_likes = len(post_ids), int(liked.sum())
     return pd.DataFrame({
@@ -74,7 +78,7 @@ def reactions(world: World, user_id: int, post_ids: np.ndarray, ts: int, rng: np
         c.POST_ID: np.concatenate([post_ids, post_ids[liked]]),
         c.ACTION: [c.VIEW] * n_views + [c.LIKE] * n_likes,
         c.TARGET: pd.array(list(liked.astype(int)) + [None] * n_likes, dtype="Int64"),
-    })
+    }), expected_hit(p)
 
 
 def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConfig) -> SimSummary:
@@ -101,12 +105,14 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
                 summary.errors += 1
                 continue
             posts = np.array([p["id"] for p in body["recommendations"]], dtype=np.int64)
-            screen = reactions(world, int(u), posts, int(ts), rng)
+            screen, expected = reactions(world, int(u), posts, int(ts), rng)
             rows.append(screen)
             summary.requests += 1
             n_likes = int((screen[c.ACTION] == c.LIKE).sum())
             group = summary.by_group.setdefault(body["exp_group"], {"requests": 0, "views": 0, "likes": 0})
             group["requests"] += 1
+            group["expected_hits"] = group.get("expected_hits", 0.0) + expected
+            group["hits"] = group.get("hits", 0) + int(n_likes > 0)
             group["views"] += len(posts)
             group["likes"] += n_likes
             summary.views += len(posts)
@@ -119,6 +125,10 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             frame[c.TIMESTAMP] = epoch_to_datetime(frame[c.TIMESTAMP].to_numpy()).to_numpy()
             with engine.begin() as conn:  # a day's reactions land together
                 write_frame(conn, feed_data, frame)
+    for group in summary.by_group.values():  # the truth the A/B report should find
+        if group["requests"]:
+            group["expected_hitrate"] = round(group.pop("expected_hits", 0.0) / group["requests"], 4)
+            group["hitrate"] = round(group.pop("hits", 0) / group["requests"], 4)
     summary.first_moment = datetime.fromtimestamp(first_day, tz=UTC).isoformat()
     summary.last_moment = datetime.fromtimestamp(first_day + config.days * DAY, tz=UTC).isoformat()
     summary.seconds = round(time.perf_counter() - started, 1)
