@@ -193,6 +193,20 @@ def analyse(frame: pd.DataFrame, config: ABConfig, catalogue: int | None = None,
     return out
 
 
+def aa_false_positive_rate(frame: pd.DataFrame, resamples: int, config: ABConfig) -> float:
+    """Re-split one group's own users in two with fresh salts, many times, and count how often the
+    verdict names a winner: the false-positive rate of the decision rule on this very log."""
+    base = frame[frame["exp_group"] == "control"]
+    quiet = ABConfig(**{**asdict(config), "n_boot": 20, "min_requests": 0})
+    wins = 0
+    for i in range(resamples):
+        halves = _bucket(base[c.USER_ID].to_numpy(), f"aa-{i}", 2)
+        fake = base.assign(exp_group=np.where(halves == 0, "control", "test"))
+        wins += analyse(fake, ABConfig(**{**asdict(quiet), "control_percent": 50}))["verdict"] in (
+            "test wins", "control wins")
+    return wins / resamples if resamples else float("nan")
+
+
 # ------------------------------------------------------------------ output
 def verdict_text(s: dict) -> str:
     if s.get("difference") is None:
@@ -258,6 +272,10 @@ def write_report(summary: dict, frame: pd.DataFrame, out_dir: Path, config: ABCo
         f"{h.get('log_requests_total', 0)}; recommended posts unknown to post_text_df: "
         f"{h.get('recommended_posts_unknown', 0)}.", "",
     ]
+    if "aa" in summary:
+        lines += [f"- A/A check on this log: the control group's users re-split {summary['aa']['resamples']} times "
+                  f"with fresh salts; the decision rule named a winner in {summary['aa']['false_positive_rate']:.1%} "
+                  f"of them (alpha {config.alpha}).", ""]
     if summary.get("p_values"):
         p, pw = summary["p_values"], summary["power"]
         lines += ["## Tests", "", "| test | p-value |", "|---|---|",

@@ -236,6 +236,8 @@ def ab_report(
     window: Annotated[str, typer.Option(help="Hit window after a response: 30m, 1h, 1d")] = "1h",
     control_percent: Annotated[int | None, typer.Option(help="Configured split; default AB_CONTROL_PERCENT")] = None,
     bucket_salt: Annotated[str, typer.Option(help="Salt of the 100 analysis buckets")] = "ab-buckets",
+    aa_resamples: Annotated[int, typer.Option(help="Also measure the decision rule's false-positive rate by "
+                                                   "re-splitting the control group this many times")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Analyse the A/B test in recommendation_log: health checks, tests, verdict, plots."""
@@ -245,6 +247,7 @@ def ab_report(
     from training.abreport import (
         ABConfig,
         ReportError,
+        aa_false_positive_rate,
         analyse,
         load_exposures,
         parse_window,
@@ -266,6 +269,9 @@ def ab_report(
         with engine.connect() as conn:
             frame, health = load_exposures(conn, bounds[0], bounds[1], config.window)
         summary = analyse(frame, config, health["catalogue"], health)
+        if aa_resamples:
+            summary["aa"] = {"resamples": aa_resamples,
+                             "false_positive_rate": aa_false_positive_rate(frame, aa_resamples, config)}
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
