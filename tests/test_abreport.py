@@ -43,11 +43,15 @@ def test_parse_window():
 
 
 def test_aa_false_positive_rate_is_alpha():
+    """400 A/A experiments: the decision rule errs at about alpha; the request-level z-test, which
+    ignores that a user's requests are correlated, errs far more often (measured: 0.0625 vs 0.1175)."""
     config = ABConfig(n_boot=20)
-    verdicts = [analyse(synthetic(seed), config)["verdict"] for seed in range(400)]
-    fpr = np.mean([v in ("test wins", "control wins") for v in verdicts])
+    runs = [analyse(synthetic(seed), config) for seed in range(400)]
+    fpr = np.mean([r["verdict"] in ("test wins", "control wins") for r in runs])
+    z_fpr = np.mean([r["p_values"]["z_test"] < 0.05 for r in runs])
     assert 0.03 <= fpr <= 0.07, fpr
-    assert not any(v.startswith("invalid") for v in verdicts)
+    assert z_fpr > 0.09, z_fpr
+    assert not any(r["verdict"].startswith("invalid") for r in runs)
 
 
 def test_real_effect_is_found_with_its_size():
