@@ -89,8 +89,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def load(port: int, script: Path, duration: int, concurrency: int, threads: int = 2) -> dict:
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "5s",
-                          "-s", str(script), f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True)
+    cmd = ["wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency), "-d", f"{duration}s",
+           "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     result["rps"] = round(result["requests"] / result["duration_s"], 1)
