@@ -1,12 +1,27 @@
 """`python -m app [--host H] [--port P] [--workers N]`: check the artifacts, then serve."""
 
 import argparse
+import socket
 import sys
 
 import uvicorn
+import uvicorn.config
 
 from app.artifacts import ArtifactsInvalid, current_version_dir, load_manifest
 from app.config import get_settings
+
+_bind_socket = uvicorn.config.Config.bind_socket
+
+
+def _bind_tcp_socket(self: uvicorn.config.Config) -> socket.socket:
+    """uvicorn's multi-worker path binds the listener with proto 0, so asyncio never sets TCP_NODELAY
+    on accepted connections and every keep-alive response waits ~40 ms for a delayed ACK (uvicorn
+    issue #3149). Re-wrapping the same descriptor with IPPROTO_TCP restores TCP_NODELAY."""
+    sock = _bind_socket(self)
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        sock.set_inheritable(True)
+    return sock
 
 
 def main() -> None:
@@ -21,6 +36,7 @@ def main() -> None:
     except ArtifactsInvalid as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    uvicorn.config.Config.bind_socket = _bind_tcp_socket
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)
 
