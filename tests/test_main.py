@@ -12,6 +12,7 @@ def test_listener_is_tcp_so_accepted_sockets_get_nodelay():
     listener = _bind_tcp_socket(config)
     try:
         assert listener.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only when it sees this
+        listener.listen()
         client = socket.create_connection(listener.getsockname())
         accepted, _ = listener.accept()
         assert accepted.proto == socket.IPPROTO_TCP
