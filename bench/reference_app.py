@@ -66,3 +66,20 @@ def create_app() -> FastAPI:
         return {"exp_group": group, "recommendations": recs.to_dict(orient="records")}
 
     return app
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import uvicorn
+    import uvicorn.config
+
+    from app.__main__ import _bind_tcp_socket
+
+    parser = argparse.ArgumentParser(prog="python -m bench.reference_app")
+    parser.add_argument("--port", type=int, default=8012)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    uvicorn.config.Config.bind_socket = _bind_tcp_socket  # the same TCP_NODELAY fix as the service
+    uvicorn.run("bench.reference_app:create_app", factory=True, host="127.0.0.1", port=args.port,
+                workers=args.workers, log_level="warning")

@@ -150,8 +150,8 @@ def main() -> None:
     runs = {}
     services = (
         ("service", [py, "-m", "app", "--port", "8011", "--workers", str(args.workers)], 8011, args.duration),
-        ("reference", [py, "-m", "uvicorn", "bench.reference_app:create_app", "--factory", "--port", "8012",
-                       "--workers", str(args.workers), "--log-level", "warning"], 8012, args.reference_duration),
+        ("reference", [py, "-m", "bench.reference_app", "--port", "8012", "--workers", str(args.workers)], 8012,
+         args.reference_duration),
     )
     for name, cmd, port, duration in services:
         proc, startup = start(cmd, env, port)
