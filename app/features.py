@@ -60,8 +60,8 @@ class FeatureTables:
     user_num: np.ndarray  # (U, len(USER_NUM)) float32
     user_first_view: np.ndarray  # (U,) int64, -1 if none before as_of
     user_last_view: np.ndarray  # (U,) int64, -1 if none
-    user_vec: np.ndarray  # (U, d) float32: mean text vector of posts liked before as_of, unit length
-    user_contrast: np.ndarray  # (U, d) float32: liked mean minus seen-not-liked mean, unit length
+    user_vec: np.ndarray  # (U, d) float16: mean text vector of posts liked before as_of, unit length
+    user_contrast: np.ndarray  # (U, d) float16: liked mean minus seen-not-liked mean, unit length
     user_topic_vec: np.ndarray  # (U, n_topics, d) float16: shrunk mean of liked posts' post_vec per topic
     user_topic_tfidf: np.ndarray  # (U, n_topics, d) float16: the same over post_tfidf_vec
     post_ids: np.ndarray  # (P,) int64
@@ -71,7 +71,7 @@ class FeatureTables:
     post_tfidf_vec: np.ndarray  # (P, d) float32: TF-IDF components relative to the topic centre, unit length
     post_topic: np.ndarray  # (P,) int64 topic code
     likes_indptr: np.ndarray  # (U+1,) int64: user row i's likes are [indptr[i], indptr[i+1])
-    likes_post: np.ndarray  # post ids, each user's likes in time order (all likes known, any time)
+    likes_post: np.ndarray  # int32 post ids, each user's likes in time order (all likes known, any time)
     likes_ts: np.ndarray  # like times, int64 seconds
 
     def save(self, path: Path) -> None:
@@ -148,13 +148,13 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarr
     if text:
         pvec, tvec = tables.post_vec[pj], tables.post_tfidf_vec[pj]
         if ui.ndim == 0:  # one user: convert its vectors once; the same row-wise products as a batch
-            sim = _rowwise(pvec, np.broadcast_to(tables.user_vec[ui], pvec.shape))
-            contrast = _rowwise(pvec, np.broadcast_to(tables.user_contrast[ui], pvec.shape))
+            sim = _rowwise(pvec, np.broadcast_to(tables.user_vec[ui].astype(np.float32), pvec.shape))
+            contrast = _rowwise(pvec, np.broadcast_to(tables.user_contrast[ui].astype(np.float32), pvec.shape))
             sim_topic = _rowwise(pvec, tables.user_topic_vec[ui].astype(np.float32)[topic])
             sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui].astype(np.float32)[topic])
         else:
-            sim = _rowwise(pvec, tables.user_vec[ui])
-            contrast = _rowwise(pvec, tables.user_contrast[ui])
+            sim = _rowwise(pvec, tables.user_vec[ui].astype(np.float32))
+            contrast = _rowwise(pvec, tables.user_contrast[ui].astype(np.float32))
             sim_topic = _rowwise(pvec, tables.user_topic_vec[ui, topic].astype(np.float32))
             sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui, topic].astype(np.float32))
         blocks.append(np.broadcast_to(tables.post_text[pj], (n_rows, EMB_COMPONENTS)))

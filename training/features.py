@@ -93,7 +93,8 @@ def _user_vectors(user_row: np.ndarray, post_row: np.ndarray, static: PostStatic
     counts = np.bincount(user_row, minlength=n_users)[:, None]
     mean = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
     contrast = np.where(counts > 0, mean - exposure_mean[None, :], 0.0)
-    return _unit(mean), _unit(contrast)
+    # float16 halves the largest per-user arrays the service holds; products are taken in float32
+    return _unit(mean).astype(np.float16), _unit(contrast).astype(np.float16)
 
 
 def build_tables(conn: Connection, as_of: int, users: pd.DataFrame, static: PostStatic,
@@ -161,5 +162,5 @@ def build_tables(conn: Connection, as_of: int, users: pd.DataFrame, static: Post
         post_ids=static.post_ids, post_num=post_num, post_text=static.emb_components, post_vec=static.vec,
         post_tfidf_vec=static.tfidf_vec,
         post_topic=static.topic, likes_indptr=indptr,
-        likes_post=lk[c.POST_ID].to_numpy(np.int64), likes_ts=lk["ts"].to_numpy(np.int64),
+        likes_post=lk[c.POST_ID].to_numpy(np.int32), likes_ts=lk["ts"].to_numpy(np.int64),
     )
