@@ -4,7 +4,7 @@ Requests are (user, time) pairs taken from held-out views, as the course's check
 
 - full catalogue (the course's): rank every post the user had not liked before t; a hit at k is a post
   in the top k that the user likes after t within the horizon. Informative on real logs where users
-  chose what to view; under a random feed a user sees a few percent of the catalogue, so hits are
+  chose what to view; under a random feed a user sees well under 1% of the catalogue, so hits are
   rare for every ranker and differences are mostly noise.
 - shown set: the candidates are the posts shown to the user in [t, t + window); the ranker orders
   them; a hit at k is a liked candidate in the top k. Unbiased under a random feed. Only requests
