@@ -1,6 +1,5 @@
 """Engine creation and schema management."""
 
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -32,11 +31,6 @@ def make_engine(url: str) -> Engine:
         def _begin(conn) -> None:
             conn.exec_driver_sql("BEGIN")
     return engine
-
-
-@lru_cache
-def cached_engine(url: str) -> Engine:
-    return make_engine(url)
 
 
 def create_course_tables(engine: Engine, with_indexes: bool = True) -> None:

@@ -184,7 +184,3 @@ def _versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "catboost": catboost.__version__, "numpy": np.__version__,
             "pandas": pd.__version__, "scikit-learn": sklearn.__version__}
-
-
-def read_manifest(version_dir: Path) -> dict:
-    return json.loads((version_dir / "manifest.json").read_text())

@@ -24,7 +24,7 @@ from app.tables import COURSE_TABLES, feed_data, post_text_df, recommendation_lo
 from training.bulk import epoch_to_datetime, write_frame
 from training.world import reference as ref
 from training.world.cities import city_table
-from training.world.model import World, age_band
+from training.world.model import World
 from training.world.texts import load_posts
 
 THEMES_PER_TOPIC = {"movie": 4, "covid": 4}  # other topics: 3
@@ -261,5 +261,3 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     return (f"world seed={seed} scale={scale}: {n_users} users, {len(posts)} posts, {n_feed} feed rows "
             f"in {time.perf_counter() - t0:.1f}s; world saved to {world_path}")
 
-
-__all__ = ["generate_world", "feed_chunk", "build_world", "make_users", "age_band"]
