@@ -36,8 +36,9 @@ def test_simulation_closes_the_loop(trained, tmp_path):
         rows_after = conn.execute(select(func.count()).select_from(feed_data)).scalar_one()
         bad = conn.execute(select(func.count()).where(feed_data.c.action == c.LIKE,
                                                       feed_data.c.target.is_not(None))).scalar_one()
-        # only the simulated days: other tests may have logged requests in the shared world earlier
-        frame, health = load_exposures(conn, -(-end_before // 86_400) * 86_400, None, 3600)
+        # only the simulated days: other tests may have logged requests in the shared world (at other times)
+        first_day = -(-end_before // 86_400) * 86_400
+        frame, health = load_exposures(conn, first_day, first_day + 2 * 86_400, 3600)
     engine.dispose()
     assert rows_after - rows_before == summary.views + summary.likes and bad == 0
     assert end_after > end_before  # the timeline continued after the data
