@@ -1,5 +1,6 @@
 """Settings read once from the environment and `.env` (see `.env.example`)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     ab_control_percent: int = Field(default=50, ge=0, le=100, description="Share of users in control.")
     ab_control_model: str = Field(default="control", pattern="^(control|test|popular)$")
     ab_test_model: str = Field(default="test", pattern="^(control|test|popular)$")
+    scoring_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1,
+        description="Requests scored at once per process; more than the cores only adds contention.",
+    )
     log_queue_size: int = Field(default=10_000, ge=1, description="Exposure log buffer bound.")
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_seconds: float = Field(default=1.0, gt=0)

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,6 +28,9 @@ def create_app(settings: Settings | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         app.state.recommender = load_recommender(settings.model_dir)
+        # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
+        # there are cores: the default pool's 40 threads only contend for them
+        app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
         app.state.db = make_engine(settings.database_url)
         app.state.writer = ExposureWriter(app.state.db, settings.log_queue_size, settings.log_batch_size,
                                           settings.log_flush_seconds)

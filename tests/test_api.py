@@ -1,8 +1,12 @@
 """HTTP behaviour: data endpoints on SQLite and PostgreSQL, recommendations, A/B, exposure log, operations."""
 
+import asyncio
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -183,6 +187,46 @@ def test_every_response_is_logged(trained, recommender, tmp_path):
         assert row["exp_group"] == body["exp_group"] and row["model_name"] == body["model"]
         assert row["post_ids"].split() == [str(p["id"]) for p in body["recommendations"]]
         assert row["model_version"] == recommender.version
+
+
+class _CountingRecommender:
+    """Wraps a recommender and records how many requests were being scored at once."""
+
+    def __init__(self, inner: Recommender):
+        self._inner, self._lock, self.now, self.peak = inner, threading.Lock(), 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def recommend(self, *args):
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(0.05)  # long enough for concurrent requests to overlap
+        try:
+            return self._inner.recommend(*args)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_concurrent_scoring_is_bounded(trained, recommender, tmp_path, threads):
+    counting = _CountingRecommender(recommender)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'log.db'}", model_dir="unused", scoring_threads=threads)
+    app = create_app(settings, load_recommender=lambda _: counting)
+    users = [int(u) for u in recommender.tables.user_ids[:8]]
+
+    async def burst() -> list[int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                responses = await asyncio.gather(*(client.get("/post/recommendations/", params={"id": u})
+                                                   for u in users))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * len(users)
+    assert counting.peak == threads
 
 
 def test_operations_endpoints(world_client, recommender):

@@ -1,4 +1,7 @@
-"""Dependencies injected into routes; tests override them with `app.dependency_overrides`."""
+"""Dependencies injected into routes; tests override them with `app.dependency_overrides`.
+
+The ones that only read `app.state` are `async def`: FastAPI runs a plain `def` dependency in its thread
+pool, a thread hop per request for nothing."""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -12,7 +15,7 @@ from app.exposure import ExposureWriter
 from app.metrics import Metrics
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -21,15 +24,15 @@ def get_connection(request: Request) -> Iterator[Connection]:
         yield conn
 
 
-def get_recommender(request: Request) -> Recommender:
+async def get_recommender(request: Request) -> Recommender:
     return request.app.state.recommender
 
 
-def get_writer(request: Request) -> ExposureWriter:
+async def get_writer(request: Request) -> ExposureWriter:
     return request.app.state.writer
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

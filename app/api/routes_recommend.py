@@ -2,8 +2,10 @@
 
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 
 from app.ab import CONTROL, exp_group
@@ -22,7 +24,7 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 @router.get("/post/recommendations/", response_model=Response)
-def recommended_posts(
+async def recommended_posts(
     request: Request,
     settings: SettingsDep,
     recommender: RecommenderDep,
@@ -36,7 +38,8 @@ def recommended_posts(
     group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
     model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
     ts = int(at.replace(tzinfo=UTC).timestamp())
-    ranking = recommender.recommend(model, id, ts, limit)
+    ranking = await anyio.to_thread.run_sync(partial(recommender.recommend, model, id, ts, limit),
+                                             limiter=request.app.state.scoring_limiter)
     post_ids = ranking.post_ids.tolist()
     request.state.exp_group = group
     request.state.model = ranking.model
