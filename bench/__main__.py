@@ -9,6 +9,7 @@ results are appended to docs/benchmarks.md with the commands and the machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -31,6 +32,17 @@ def timed(cmd: list[str]) -> dict:
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
     return {"seconds": round(seconds, 1), "rss_mb": round(rss), "stdout": out.stdout.strip().splitlines()[-1:]}
+
+
+def quality_line(metrics: dict) -> str:
+    """One sentence of the evaluation's headline numbers, as `evaluate --json` wrote them."""
+    def fmt(d: dict) -> str:
+        return " / ".join(f"{k} {v:.3f}" for k, v in d.items())
+    text = f"Evaluation ({metrics['requests']} requests): full-catalogue hitrate@5 {fmt(metrics['hitrate@5'])}"
+    for key in ("shown_hitrate@5", "expected_hitrate@5", "gap_closed"):
+        if key in metrics:
+            text += f"; {key.replace('_', ' ')} {fmt(metrics[key])}"
+    return text + "."
 
 
 def ensure_database(url: str) -> None:
@@ -80,6 +92,8 @@ def main() -> None:
                  "| step | command | wall time | peak RSS |", "|---|---|---|---|"]
         for name, (r, cmd) in steps.items():
             lines.append(f"| {name} | `{cmd}` | {r['seconds'] / 60:.1f} min | {r['rss_mb'] / 1024:.2f} GB |")
+        if "evaluate" in steps:
+            lines += ["", quality_line(json.loads((work / "metrics.json").read_text()))]
         out = PROJECT_ROOT / "docs" / "benchmarks.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a") as fh:
