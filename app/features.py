@@ -120,7 +120,7 @@ def _rowwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarray, text: bool) -> np.ndarray:
-    """Feature matrix (n, n_features) float32 for user rows `ui`, post rows `pj` at times `ts`.
+    """Feature matrix (n, n_features) float32, column-major, for user rows `ui`, post rows `pj` at times `ts`.
 
     The three arguments broadcast: a request is one user row and one time against every post row; a
     training batch has one entry per row. Columns follow `feature_names(text)`.
@@ -160,4 +160,11 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarr
         blocks.append(np.broadcast_to(tables.post_text[pj], (n_rows, EMB_COMPONENTS)))
         blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic, sim_tfidf), axis=-1)
                       .reshape(n_rows, len(TEXT_CROSS)))
-    return np.hstack(blocks, dtype=np.float32)
+    # column-major: CatBoost reads features column by column, and converting a row-major matrix
+    # took about as long as scoring it (bench/catboost_layout.py)
+    out = np.empty((n_rows, sum(b.shape[1] for b in blocks)), dtype=np.float32, order="F")
+    col = 0
+    for block in blocks:
+        out[:, col:col + block.shape[1]] = block
+        col += block.shape[1]
+    return out

@@ -80,6 +80,8 @@ def test_training_row_equals_served_row(engine):
     picks = np.array([0, 17, len(t.post_ids) - 1])
     batch = assemble(t, np.full(3, row), picks, np.full(3, ts), text=True)
     np.testing.assert_array_equal(served[picks], batch)
+    # CatBoost converts a row-major matrix at about the cost of scoring it (bench/catboost_layout.py)
+    assert served.flags.f_contiguous and served.dtype == np.float32
 
 
 def test_exclusion_is_by_requested_time(engine):
