@@ -100,7 +100,7 @@ class Recommender:
         if model not in self.models:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
         tables = self.tables
-        x = assemble(tables, np.int64(user_row), np.arange(len(tables.post_ids)), np.int64(ts),
+        x = assemble(tables, np.int64(user_row), None, np.int64(ts),
                      text=MODEL_USES_TEXT[model])
         return self.models[model].predict(x, prediction_type="RawFormulaVal", thread_count=1)
 

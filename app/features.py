@@ -119,18 +119,28 @@ def _rowwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", a, b)
 
 
-def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarray, text: bool) -> np.ndarray:
+def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray | None, ts: np.ndarray, text: bool) -> np.ndarray:
     """Feature matrix (n, n_features) float32, column-major, for user rows `ui`, post rows `pj` at times `ts`.
 
-    The three arguments broadcast: a request is one user row and one time against every post row; a
-    training batch has one entry per row. Columns follow `feature_names(text)`.
+    The three arguments broadcast: a request is one user row and one time against every post row
+    (`pj=None`: all posts in table order, read in place rather than gathered); a training batch has one
+    entry per row. Columns follow `feature_names(text)`.
     """
     ui, ts = np.asarray(ui, dtype=np.int64), np.asarray(ts, dtype=np.int64)
-    pj = np.asarray(pj, dtype=np.int64)
+    if pj is None:
+        pj = np.arange(len(tables.post_ids))
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a
+    else:
+        pj = np.asarray(pj, dtype=np.int64)
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a[pj]
     n = np.broadcast_shapes(ui.shape, pj.shape, ts.shape)
     n_rows = n[0] if n else 1
     user = tables.user_num[ui]
-    topic = tables.post_topic[pj]
+    topic = take(tables.post_topic)
     if ui.ndim == 0:  # one user: gather from its row only
         rate_t = user[_U_RATE0 + topic]
         share_t = user[_U_SHARE0 + topic]
@@ -141,12 +151,12 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarr
         u_rate = user[:, _U_RATE]
     blocks = [
         np.broadcast_to(user, (n_rows, user.shape[-1])),
-        np.broadcast_to(tables.post_num[pj], (n_rows, tables.post_num.shape[1])),
+        np.broadcast_to(take(tables.post_num), (n_rows, tables.post_num.shape[1])),
         np.broadcast_to(_time_block(tables, ui, ts), (n_rows, len(TIME))),
         np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate), axis=-1).reshape(n_rows, len(CROSS)),
     ]
     if text:
-        pvec, tvec = tables.post_vec[pj], tables.post_tfidf_vec[pj]
+        pvec, tvec = take(tables.post_vec), take(tables.post_tfidf_vec)
         if ui.ndim == 0:  # one user: convert its vectors once; the same row-wise products as a batch
             sim = _rowwise(pvec, np.broadcast_to(tables.user_vec[ui].astype(np.float32), pvec.shape))
             contrast = _rowwise(pvec, np.broadcast_to(tables.user_contrast[ui].astype(np.float32), pvec.shape))
@@ -157,7 +167,7 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray, ts: np.ndarr
             contrast = _rowwise(pvec, tables.user_contrast[ui].astype(np.float32))
             sim_topic = _rowwise(pvec, tables.user_topic_vec[ui, topic].astype(np.float32))
             sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui, topic].astype(np.float32))
-        blocks.append(np.broadcast_to(tables.post_text[pj], (n_rows, EMB_COMPONENTS)))
+        blocks.append(np.broadcast_to(take(tables.post_text), (n_rows, EMB_COMPONENTS)))
         blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic, sim_tfidf), axis=-1)
                       .reshape(n_rows, len(TEXT_CROSS)))
     # column-major: CatBoost reads features column by column, and converting a row-major matrix

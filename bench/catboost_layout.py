@@ -32,7 +32,7 @@ def main() -> None:
     times = rng.integers(int(split["test_start"]), int(split["end"]), size=args.requests)
     spent: dict[str, list[float]] = {"row-major": [], "column-major": []}
     for row, ts in zip(rows, times, strict=True):
-        x = assemble(tables, np.int64(row), np.arange(len(tables.post_ids)), np.int64(ts), text=True)
+        x = assemble(tables, np.int64(row), None, np.int64(ts), text=True)
         scores = {}
         for name, matrix in (("row-major", np.ascontiguousarray(x)), ("column-major", np.asfortranarray(x))):
             started = time.perf_counter()

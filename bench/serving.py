@@ -106,7 +106,7 @@ def profile(engine: Recommender, pairs: list[tuple[int, int]], n: int = 200) -> 
     for user_id, ts in pairs[:n]:
         row = int(t.user_row(np.array([user_id]))[0])
         a = time.perf_counter()
-        x = assemble(t, np.int64(row), np.arange(len(t.post_ids)), np.int64(ts), text=True)
+        x = assemble(t, np.int64(row), None, np.int64(ts), text=True)
         b = time.perf_counter()
         s = model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
         cc = time.perf_counter()

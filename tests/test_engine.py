@@ -76,7 +76,7 @@ def test_training_row_equals_served_row(engine):
     """A row built for training and the same (user, post, time) built for a request are identical."""
     t = engine.tables
     row, ts = 3, int(t.as_of) + 5 * 3600
-    served = assemble(t, np.int64(row), np.arange(len(t.post_ids)), np.int64(ts), text=True)
+    served = assemble(t, np.int64(row), None, np.int64(ts), text=True)
     picks = np.array([0, 17, len(t.post_ids) - 1])
     batch = assemble(t, np.full(3, row), picks, np.full(3, ts), text=True)
     np.testing.assert_array_equal(served[picks], batch)
