@@ -13,7 +13,7 @@ from app import columns as c
 from app.ab import exp_group
 from app.db import create_course_tables, create_log_table, make_engine
 from app.tables import feed_data, post_text_df, recommendation_log, user_data
-from training.abreport import ABConfig, analyse, load_exposures, parse_window
+from training.abreport import ABConfig, _bucket, analyse, design_effect, load_exposures, parse_window
 from training.cli import app as cli
 from training.data import to_seconds
 
@@ -60,6 +60,20 @@ def test_real_effect_is_found_with_its_size():
     d = s["difference"]
     assert abs(d["estimate"] - 0.06) < 0.03 and 0 < d["ci_low"] < d["estimate"] < d["ci_high"]
     assert s["power"]["requests_per_group_needed_for_observed_effect"] > 0
+
+
+def test_design_effect_sees_correlated_requests():
+    """Requests of one user share a propensity: the variance of bucket means is inflated and the power
+    estimate grows with it; independent requests give a design effect of about 1."""
+    correlated = synthetic(3, users=6000)
+    independent = correlated.assign(hit=(np.random.default_rng(3).random(len(correlated)) < 0.3).astype(int))
+    config = ABConfig(n_boot=20)
+    for frame in (correlated, independent):
+        frame["bucket"] = _bucket(frame[c.USER_ID].to_numpy(), config.bucket_salt, config.n_buckets)
+    assert design_effect(correlated) > 1.2  # 1.33 for these seeds
+    assert design_effect(independent) < 1.1
+    effect = analyse(synthetic(1, users=6000, rate_control=0.30, rate_test=0.36), config)["power"]
+    assert effect["design_effect"] > 1.2
 
 
 def test_sample_ratio_mismatch_is_flagged():

@@ -133,6 +133,21 @@ def _cluster_bootstrap(per_user: pd.DataFrame, config: ABConfig) -> tuple[float,
     return float(lo), float(hi)
 
 
+def design_effect(frame: pd.DataFrame) -> float:
+    """How much a user's correlated requests inflate the variance of a hit rate, from the spread of
+    the bucket means: Pearson's chi-square of bucket hit rates around their group's rate, over its
+    degrees of freedom (1 for independent requests; never reported below 1)."""
+    chi2, dof = 0.0, 0
+    for _, f in frame.groupby("exp_group"):
+        p = f["hit"].mean()
+        if not 0 < p < 1:
+            continue
+        b = f.groupby("bucket")["hit"].agg(["mean", "size"])
+        chi2 += float((b["size"] * (b["mean"] - p) ** 2).sum() / (p * (1 - p)))
+        dof += len(b) - 1
+    return max(1.0, chi2 / dof) if dof > 0 else 1.0
+
+
 def analyse(frame: pd.DataFrame, config: ABConfig, catalogue: int | None = None, health: dict | None = None) -> dict:
     """Everything the report says, from one row per request (user_id, exp_group, ts, hit, liked, posts?)."""
     frame = frame[frame["exp_group"].isin(GROUPS)]
@@ -176,14 +191,19 @@ def analyse(frame: pd.DataFrame, config: ABConfig, catalogue: int | None = None,
     lo, hi = _cluster_bootstrap(per_user, config)
     pc, pt = hc.mean(), ht.mean()
     effect = proportion_effectsize(pt, pc) if 0 < pc < 1 and 0 < pt < 1 else 0.0
+    # Power for independent requests, corrected by the design effect: the verdict's test respects that
+    # a user's requests are correlated, so it needs deff times as many requests as a naive formula says
+    deff = design_effect(frame)
     power = NormalIndPower()
-    needed = power.solve_power(abs(effect), alpha=config.alpha, power=0.8) if abs(effect) > 1e-9 else float("inf")
-    mde = power.solve_power(nobs1=len(hc), alpha=config.alpha, power=0.8, ratio=len(ht) / len(hc))
+    needed = (deff * power.solve_power(abs(effect), alpha=config.alpha, power=0.8) if abs(effect) > 1e-9
+              else float("inf"))
+    mde = power.solve_power(nobs1=len(hc) / deff, alpha=config.alpha, power=0.8, ratio=len(ht) / len(hc))
     out["difference"] = {"estimate": round(float(pt - pc), 4), "relative": round(float(pt / pc - 1), 4) if pc else None,
                          "ci_low": round(lo, 4), "ci_high": round(hi, 4)}
     out["p_values"] = {"z_test": float(z_p), "mann_whitney": float(mw_p), "bucket_t_test": float(bt.pvalue)}
     out["power"] = {"requests_per_group_needed_for_observed_effect": None if np.isinf(needed) else int(np.ceil(needed)),
-                    "minimal_detectable_effect_cohens_h": round(float(mde), 4), "alpha": config.alpha, "power": 0.8}
+                    "minimal_detectable_effect_cohens_h": round(float(mde), 4), "design_effect": round(deff, 3),
+                    "alpha": config.alpha, "power": 0.8}
     if reasons:
         out["verdict"] = "invalid: " + "; ".join(reasons)
     elif bt.pvalue < config.alpha:
@@ -283,8 +303,10 @@ def write_report(summary: dict, frame: pd.DataFrame, out_dir: Path, config: ABCo
                   f"| two-proportion z-test on requests | {p['z_test']:.4g} |",
                   f"| Mann-Whitney U on per-user hit rate | {p['mann_whitney']:.4g} |", "",
                   f"Power: the observed effect needs about {pw['requests_per_group_needed_for_observed_effect']} "
-                  f"requests per group for 80% power at alpha {config.alpha}; with the present sample the minimal "
-                  f"detectable effect is Cohen's h = {pw['minimal_detectable_effect_cohens_h']}.", ""]
+                  f"requests per group for 80% power at alpha {config.alpha}, counting the design effect of "
+                  f"{pw['design_effect']} (a user's requests are correlated, so each is worth less than an "
+                  f"independent one); with the present sample the minimal detectable effect is Cohen's h = "
+                  f"{pw['minimal_detectable_effect_cohens_h']}.", ""]
     lines += ["## Plots", "", *(f"![{p}]({p})" for p in plots), "",
               "Daily hit rate: both lines should move together; a gap that holds every day is the effect. "
               "Per-user hit rate: the shift between the two distributions, user by user."]
