@@ -127,20 +127,13 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray | None, ts: n
     entry per row. Columns follow `feature_names(text)`.
     """
     ui, ts = np.asarray(ui, dtype=np.int64), np.asarray(ts, dtype=np.int64)
-    if pj is None:
-        pj = np.arange(len(tables.post_ids))
-
-        def take(a: np.ndarray) -> np.ndarray:
-            return a
-    else:
-        pj = np.asarray(pj, dtype=np.int64)
-
-        def take(a: np.ndarray) -> np.ndarray:
-            return a[pj]
-    n = np.broadcast_shapes(ui.shape, pj.shape, ts.shape)
+    # a slice selects without copying; an index array gathers
+    posts = slice(None) if pj is None else np.asarray(pj, dtype=np.int64)
+    posts_shape = (len(tables.post_ids),) if pj is None else posts.shape
+    n = np.broadcast_shapes(ui.shape, posts_shape, ts.shape)
     n_rows = n[0] if n else 1
     user = tables.user_num[ui]
-    topic = take(tables.post_topic)
+    topic = tables.post_topic[posts]
     if ui.ndim == 0:  # one user: gather from its row only
         rate_t = user[_U_RATE0 + topic]
         share_t = user[_U_SHARE0 + topic]
@@ -151,12 +144,12 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray | None, ts: n
         u_rate = user[:, _U_RATE]
     blocks = [
         np.broadcast_to(user, (n_rows, user.shape[-1])),
-        np.broadcast_to(take(tables.post_num), (n_rows, tables.post_num.shape[1])),
+        np.broadcast_to(tables.post_num[posts], (n_rows, tables.post_num.shape[1])),
         np.broadcast_to(_time_block(tables, ui, ts), (n_rows, len(TIME))),
         np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate), axis=-1).reshape(n_rows, len(CROSS)),
     ]
     if text:
-        pvec, tvec = take(tables.post_vec), take(tables.post_tfidf_vec)
+        pvec, tvec = tables.post_vec[posts], tables.post_tfidf_vec[posts]
         if ui.ndim == 0:  # one user: convert its vectors once; the same row-wise products as a batch
             sim = _rowwise(pvec, np.broadcast_to(tables.user_vec[ui].astype(np.float32), pvec.shape))
             contrast = _rowwise(pvec, np.broadcast_to(tables.user_contrast[ui].astype(np.float32), pvec.shape))
@@ -167,14 +160,10 @@ def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray | None, ts: n
             contrast = _rowwise(pvec, tables.user_contrast[ui].astype(np.float32))
             sim_topic = _rowwise(pvec, tables.user_topic_vec[ui, topic].astype(np.float32))
             sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui, topic].astype(np.float32))
-        blocks.append(np.broadcast_to(take(tables.post_text), (n_rows, EMB_COMPONENTS)))
+        blocks.append(np.broadcast_to(tables.post_text[posts], (n_rows, EMB_COMPONENTS)))
         blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic, sim_tfidf), axis=-1)
                       .reshape(n_rows, len(TEXT_CROSS)))
     # column-major: CatBoost reads features column by column, and converting a row-major matrix
     # took about as long as scoring it (bench/catboost_layout.py)
     out = np.empty((n_rows, sum(b.shape[1] for b in blocks)), dtype=np.float32, order="F")
-    col = 0
-    for block in blocks:
-        out[:, col:col + block.shape[1]] = block
-        col += block.shape[1]
-    return out
+    return np.concatenate(blocks, axis=1, out=out)

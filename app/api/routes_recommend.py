@@ -2,7 +2,6 @@
 
 import uuid
 from datetime import UTC, datetime
-from functools import partial
 from typing import Annotated
 
 import anyio.to_thread
@@ -38,7 +37,7 @@ async def recommended_posts(
     group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
     model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
     ts = int(at.replace(tzinfo=UTC).timestamp())
-    ranking = await anyio.to_thread.run_sync(partial(recommender.recommend, model, id, ts, limit),
+    ranking = await anyio.to_thread.run_sync(recommender.recommend, model, id, ts, limit,
                                              limiter=request.app.state.scoring_limiter)
     post_ids = ranking.post_ids.tolist()
     request.state.exp_group = group
