@@ -13,7 +13,7 @@ from app import columns as c
 from app.ab import exp_group
 from app.db import create_course_tables, create_log_table, make_engine
 from app.tables import feed_data, post_text_df, recommendation_log, user_data
-from training.abreport import ABConfig, _bucket, analyse, design_effect, load_exposures, parse_window
+from training.abreport import ABConfig, _bucket, analyse, bucket_stats, design_effect, load_exposures, parse_window
 from training.cli import app as cli
 from training.data import to_seconds
 
@@ -70,8 +70,8 @@ def test_design_effect_sees_correlated_requests():
     config = ABConfig(n_boot=20)
     for frame in (correlated, independent):
         frame["bucket"] = _bucket(frame[c.USER_ID].to_numpy(), config.bucket_salt, config.n_buckets)
-    assert design_effect(correlated) > 1.2  # 1.33 for these seeds
-    assert design_effect(independent) < 1.1
+    assert design_effect(bucket_stats(correlated)) > 1.2  # 1.33 for these seeds
+    assert design_effect(bucket_stats(independent)) < 1.1
     effect = analyse(synthetic(1, users=6000, rate_control=0.30, rate_test=0.36), config)["power"]
     assert effect["design_effect"] > 1.2
 

@@ -133,16 +133,20 @@ def _cluster_bootstrap(per_user: pd.DataFrame, config: ABConfig) -> tuple[float,
     return float(lo), float(hi)
 
 
-def design_effect(frame: pd.DataFrame) -> float:
+def bucket_stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Hit rate ("mean") and requests ("size") per (exp_group, bucket)."""
+    return frame.groupby(["exp_group", "bucket"])["hit"].agg(["mean", "size"])
+
+
+def design_effect(buckets: pd.DataFrame) -> float:
     """How much a user's correlated requests inflate the variance of a hit rate, from the spread of
-    the bucket means: Pearson's chi-square of bucket hit rates around their group's rate, over its
-    degrees of freedom (1 for independent requests; never reported below 1)."""
+    the bucket means (`bucket_stats`): Pearson's chi-square of bucket hit rates around their group's
+    rate, over its degrees of freedom (1 for independent requests; never reported below 1)."""
     chi2, dof = 0.0, 0
-    for _, f in frame.groupby("exp_group"):
-        p = f["hit"].mean()
+    for _, b in buckets.groupby(level="exp_group"):
+        p = (b["mean"] * b["size"]).sum() / b["size"].sum()
         if not 0 < p < 1:
             continue
-        b = f.groupby("bucket")["hit"].agg(["mean", "size"])
         chi2 += float((b["size"] * (b["mean"] - p) ** 2).sum() / (p * (1 - p)))
         dof += len(b) - 1
     return max(1.0, chi2 / dof) if dof > 0 else 1.0
@@ -186,14 +190,14 @@ def analyse(frame: pd.DataFrame, config: ABConfig, catalogue: int | None = None,
     mw_p = stats.mannwhitneyu(per_user.loc[per_user["exp_group"] == "test", "hitrate"],
                               per_user.loc[per_user["exp_group"] == "control", "hitrate"]).pvalue
     frame = frame.assign(bucket=_bucket(frame[c.USER_ID].to_numpy(), config.bucket_salt, config.n_buckets))
-    bucket_rates = frame.groupby(["exp_group", "bucket"])["hit"].mean()
-    bt = stats.ttest_ind(bucket_rates["test"], bucket_rates["control"], equal_var=False)
+    buckets = bucket_stats(frame)
+    bt = stats.ttest_ind(buckets.loc["test", "mean"], buckets.loc["control", "mean"], equal_var=False)
     lo, hi = _cluster_bootstrap(per_user, config)
     pc, pt = hc.mean(), ht.mean()
     effect = proportion_effectsize(pt, pc) if 0 < pc < 1 and 0 < pt < 1 else 0.0
     # Power for independent requests, corrected by the design effect: the verdict's test respects that
     # a user's requests are correlated, so it needs deff times as many requests as a naive formula says
-    deff = design_effect(frame)
+    deff = design_effect(buckets)
     power = NormalIndPower()
     needed = (deff * power.solve_power(abs(effect), alpha=config.alpha, power=0.8) if abs(effect) > 1e-9
               else float("inf"))
