@@ -17,6 +17,7 @@ import numpy as np
 
 from app.engine import Recommender
 from app.features import assemble
+from bench.serving import held_out_requests
 
 
 def main() -> None:
@@ -26,10 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     engine = Recommender.load(args.models)
     tables, model = engine.tables, engine.models["test"]
-    split = engine.manifest.data["split"]
-    rng = np.random.default_rng(0)
-    rows = rng.integers(0, len(tables.user_ids), size=args.requests)
-    times = rng.integers(int(split["test_start"]), int(split["end"]), size=args.requests)
+    users, times = held_out_requests(engine, args.requests)
+    rows = tables.user_row(users)
     spent: dict[str, list[float]] = {"row-major": [], "column-major": []}
     for row, ts in zip(rows, times, strict=True):
         x = assemble(tables, np.int64(row), None, np.int64(ts), text=True)

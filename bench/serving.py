@@ -98,6 +98,14 @@ def load(port: int, script: Path, duration: int, concurrency: int, threads: int 
     return result
 
 
+def held_out_requests(engine: Recommender, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n (known user id, second) pairs with times in the artifacts' held-out window."""
+    split = engine.manifest.data["split"]
+    rng = np.random.default_rng(seed)
+    users = rng.choice(engine.tables.user_ids, size=n)
+    return users, rng.integers(int(split["test_start"]), int(split["end"]), size=n)
+
+
 def profile(engine: Recommender, pairs: list[tuple[int, int]], n: int = 200) -> dict:
     """Median milliseconds of each part of one request, in process (one thread)."""
     t = engine.tables
@@ -133,10 +141,7 @@ def main() -> None:
         sys.exit("error: wrk not found: apt-get install wrk")
 
     engine = Recommender.load(args.models)
-    split = engine.manifest.data["split"]
-    rng = np.random.default_rng(0)
-    users = rng.choice(engine.tables.user_ids, size=2000)
-    times = rng.integers(int(split["test_start"]), int(split["end"]), size=2000)
+    users, times = held_out_requests(engine, 2000)
     pairs = list(zip(users.tolist(), times.tolist(), strict=True))
     prof = profile(engine, pairs)
     lua_pairs = ",".join(f'{{{u},"{datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")}"}}'
