@@ -6,9 +6,10 @@ import sys
 
 import uvicorn
 import uvicorn.config
+from pydantic import ValidationError
 
 from app.artifacts import ArtifactsInvalid, current_version_dir, load_manifest
-from app.config import get_settings
+from app.config import get_settings, settings_error
 
 _bind_socket = uvicorn.config.Config.bind_socket
 
@@ -30,7 +31,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"error: {settings_error(exc)}", file=sys.stderr)
+        sys.exit(1)
     try:  # refuse early, in one line, rather than with a traceback from inside the server
         load_manifest(current_version_dir(settings.model_dir))
     except ArtifactsInvalid as exc:

@@ -4,7 +4,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +50,9 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line naming each bad setting as it is spelt in the environment, and why."""
+    return "invalid settings: " + "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']).upper()}={e['input']!r}: {e['msg']}" for e in exc.errors())

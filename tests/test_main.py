@@ -1,7 +1,12 @@
-"""`python -m app`: the multi-worker listener keeps TCP_NODELAY for accepted connections."""
+"""Entry points: the multi-worker listener keeps TCP_NODELAY; bad settings are refused in one line."""
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import uvicorn.config
 
 from app.__main__ import _bind_tcp_socket
@@ -20,3 +25,17 @@ def test_listener_is_tcp_so_accepted_sockets_get_nodelay():
         client.close()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("module", ["app", "training"])
+def test_bad_setting_is_one_line_error(module, tmp_path):
+    # run outside the checkout so that a developer's .env cannot mask the bad values
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root, "SCORING_THREADS": "0", "AB_CONTROL_PERCENT": "200"}
+    args = [sys.executable, "-m", module] + (["evaluate", "--requests", "1"] if module == "training" else [])
+    out = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid settings:"), out.stderr
+    assert "SCORING_THREADS='0'" in lines[0] and "AB_CONTROL_PERCENT='200'" in lines[0]
