@@ -13,10 +13,10 @@ from pathlib import Path
 
 from app.features import feature_names
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the state snapshot (state.npz) replaced the feature tables
 MANIFEST = "manifest.json"
 CURRENT = "current"
-TABLES_FILE = "tables.npz"
+STATE_FILE = "state.npz"  # app.snapshot.Snapshot
 POSTS_FILE = "posts.json"  # id, text, topic of every post: the service answers without the database
 MODEL_FILES = {"control": "control.cbm", "test": "test.cbm"}
 MODEL_USES_TEXT = {"control": False, "test": True}

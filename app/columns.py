@@ -7,6 +7,7 @@ ACTION = "action"
 TARGET = "target"
 TEXT = "text"
 TOPIC = "topic"
+SEQ = "seq"  # feed_data insertion sequence
 
 GENDER = "gender"
 AGE = "age"

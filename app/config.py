@@ -42,6 +42,18 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1, ge=1,
         description="Requests scored at once per process; more than the cores only adds contention.",
     )
+    exclude_viewed_hours: float = Field(
+        default=72.0, ge=0, le=24 * 365,
+        description="A screen leaves out posts the user viewed this many hours before the request (0: none); "
+                    "posts liked before it are always left out.",
+    )
+    state_follow: bool = Field(
+        default=True,
+        description="Follow feed_data and user_data after the artifact's snapshot; false serves the snapshot "
+                    "frozen, as before the live state (for comparison).",
+    )
+    state_poll_seconds: float = Field(default=0.2, gt=0, le=60, description="How often the state polls the database.")
+    state_batch_rows: int = Field(default=50_000, ge=1, description="Feed rows read per poll while catching up.")
     log_queue_size: int = Field(default=10_000, ge=1, description="Exposure log buffer bound.")
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_seconds: float = Field(default=1.0, gt=0)

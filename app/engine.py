@@ -1,8 +1,9 @@
 """The scoring engine: artifacts loaded once, then (user, time, k) -> best posts in milliseconds.
 
-Per request: one feature matrix for all posts built by `assemble` (NumPy only), one CatBoost call,
-exclusion of posts the user liked before the requested time, top k by `argpartition` with ties
-broken by post id.
+Per request: the user and the catalogue as of the requested moment from the live state
+(`app.live_state`), one feature matrix for all posts built by `assemble` (NumPy only), one CatBoost
+call, exclusion of posts the user liked before that moment and of those viewed within the exclusion
+window, top k by `argpartition` with ties broken by post id.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from app.artifacts import (
     MODEL_FILES,
     MODEL_USES_TEXT,
     POSTS_FILE,
-    TABLES_FILE,
+    STATE_FILE,
     ArtifactsInvalid,
     Manifest,
     current_version_dir,
     load_manifest,
 )
-from app.features import POST_NUM, FeatureTables, assemble
+from app.features import PostView, assemble
+from app.live_state import LiveState, UserAt
+from app.snapshot import Snapshot
 
 POPULAR = "popular"
 MODEL_NAMES = (*MODEL_FILES, POPULAR)
-_P_LIKES = POST_NUM.index("p_likes")
 
 
 class UnknownModel(ValueError):
@@ -38,7 +40,8 @@ class UnknownModel(ValueError):
 @dataclass(frozen=True)
 class Ranking:
     post_ids: np.ndarray
-    model: str  # the model that actually ranked (popular for users the models don't know)
+    model: str  # the model that actually ranked (popular for users the state does not know)
+    features_as_of: int  # the moment the features describe: the request's, or the base cut before it
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -63,23 +66,21 @@ def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 
 
 class Recommender:
-    """Everything the service needs to rank, read from one artifact version."""
+    """Everything the service needs to rank: one artifact version's models and its live state."""
 
-    def __init__(self, manifest: Manifest, tables: FeatureTables, models: dict[str, CatBoostClassifier],
+    def __init__(self, manifest: Manifest, state: LiveState, models: dict[str, CatBoostClassifier],
                  posts: dict[int, dict] | None = None):
         self.manifest = manifest
         self.posts = posts or {}  # post id -> {"id", "text", "topic"}
         self.version = manifest.version
-        self.tables = tables
+        self.state = state
         self.models = models
-        # stage 1 of the course: most liked posts before the snapshot, ties by post id
-        self.popular_scores = tables.post_num[:, _P_LIKES].astype(np.float64)
 
     @classmethod
-    def load(cls, model_dir: Path) -> Recommender:
+    def load(cls, model_dir: Path, exclude_viewed_hours: float = 72.0) -> Recommender:
         manifest = load_manifest(current_version_dir(model_dir))
         try:
-            tables = FeatureTables.load(manifest.file(TABLES_FILE))
+            snapshot = Snapshot.load(manifest.file(STATE_FILE))
             posts = {int(p["id"]): p for p in json.loads(manifest.file(POSTS_FILE).read_text())}
             models = {}
             for name, file in MODEL_FILES.items():
@@ -88,34 +89,47 @@ class Recommender:
                 models[name] = model
         except Exception as exc:  # a half-written or foreign file: refuse with the reason
             raise ArtifactsInvalid(f"{manifest.path}: cannot load artifacts: {exc}") from None
-        return cls(manifest, tables, models, posts)
+        return cls(manifest, LiveState(snapshot, int(exclude_viewed_hours * 3600)), models, posts)
+
+    @property
+    def post_ids(self) -> np.ndarray:
+        return self.state.post_ids
 
     def knows(self, user_id: int) -> bool:
-        return bool(self.tables.user_row(np.array([user_id]))[0] >= 0)
+        return self.state.user_row(user_id) >= 0
 
-    def scores(self, model: str, user_row: int, ts: int) -> np.ndarray:
-        """Score of every post (in tables.post_ids order) for one known user at second ts."""
-        if model == POPULAR:
-            return self.popular_scores.copy()
+    def popular_scores(self, t: int) -> np.ndarray:
+        """Stage 1 of the course: liked views of each post before t (ties by post id in top_k)."""
+        return self.state.counts_at(t)[:, 1].astype(np.float64)
+
+    def model_scores(self, model: str, user: UserAt, posts: PostView, ts: int) -> np.ndarray:
+        """Score of every post (in post_ids order) for one user as of second ts."""
         if model not in self.models:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
-        tables = self.tables
-        x = assemble(tables, np.int64(user_row), None, np.int64(ts),
-                     text=MODEL_USES_TEXT[model])
+        x = assemble(user.view, np.int64(0), posts, None, np.int64(ts), text=MODEL_USES_TEXT[model])
         return self.models[model].predict(x, prediction_type="RawFormulaVal", thread_count=1)
 
+    def scores(self, model: str, user_id: int, ts: int) -> tuple[np.ndarray, UserAt | None]:
+        """Every post's score under `model` (popular for unknown users) and the user as of ts."""
+        row = self.state.user_row(user_id)
+        user, posts = self.state.at(row, ts)
+        if model == POPULAR or user is None:
+            return self.popular_scores(ts), user
+        return self.model_scores(model, user, posts, ts), user
+
     def recommend(self, model: str, user_id: int, ts: int, k: int) -> Ranking:
-        """Top k post ids for the user at second ts, excluding posts liked before ts."""
-        row = int(self.tables.user_row(np.array([user_id]))[0])
-        served = model if row >= 0 else POPULAR  # cold start: users the models never saw
-        scores = self.scores(served, row, ts)
-        if row >= 0:
-            liked = self.tables.liked_before(row, ts)
-            if len(liked):
-                scores[self.tables.post_row(liked)] = -np.inf
-        keep = top_k(scores, self.tables.post_ids, k)
+        """Top k post ids for the user at second ts, excluding posts liked before ts and posts viewed in
+        the exclusion window before it."""
+        if model not in MODEL_NAMES:
+            raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
+        scores, user = self.scores(model, user_id, ts)
+        served = model if user is not None else POPULAR  # users the state does not know
+        if user is not None:
+            scores[user.liked] = -np.inf
+            scores[user.viewed] = -np.inf
+        keep = top_k(scores, self.post_ids, k)
         keep = keep[np.isfinite(scores[keep])]
-        return Ranking(self.tables.post_ids[keep], served)
+        return Ranking(self.post_ids[keep], served, self.state.features_as_of(ts))
 
     def recommend_many(self, model: str, user_ids: np.ndarray, times: np.ndarray, k: int) -> list[Ranking]:
         """Batch form: one ranking per (user, time) pair."""

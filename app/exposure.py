@@ -31,11 +31,13 @@ class Exposure:
     model_name: str
     model_version: str
     post_ids: tuple[int, ...]
+    features_as_of: datetime | None = None
 
     def row(self) -> dict:
         return {"request_id": self.request_id, "user_id": self.user_id, "requested_at": self.requested_at,
                 "served_at": self.served_at, "exp_group": self.exp_group, "model_name": self.model_name,
-                "model_version": self.model_version, "post_ids": " ".join(map(str, self.post_ids))}
+                "model_version": self.model_version, "post_ids": " ".join(map(str, self.post_ids)),
+                "features_as_of": self.features_as_of}
 
 
 class ExposureWriter:

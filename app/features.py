@@ -1,38 +1,44 @@
 """The one place that turns (user, posts, time) into a model's input matrix.
 
 Training builds every row with `assemble`, and the service builds every request with it, so what a
-model learned is exactly what it is served. Inputs are `FeatureTables`: per-user and per-post arrays
-computed from events before a cut-off (`as_of`), plus each user's full like history for exclusion.
+model learned is exactly what it is served. Its inputs are a `UserView` (the user side as of the
+request's moment, from `app.user_state`) and a `PostView` (the catalogue with its counters as of the
+same moment, from `app.post_counters`); `finalize_users` and `finalize_posts` turn the event counts
+both sides keep into feature values, with the artifact's fitted `Priors`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from app import columns as c
 
 N_TOPICS = len(c.TOPICS)
 SECONDS_PER_DAY = 86_400
 
-# Columns of FeatureTables.user_num, in order.
+# Profile block: what a user_data row says, plus the city's fitted prior (see Priors).
+PROFILE = (c.GENDER, c.AGE, "country_code", "os_ios", "source_organic", c.EXP_GROUP,
+           "city_like_rate", "city_users_log")
+# Columns of UserView.num, in order.
 USER_NUM = (
-    c.GENDER, c.AGE, "country_code", "os_ios", "source_organic", c.EXP_GROUP,
-    "city_like_rate", "city_users_log",
+    *PROFILE,
     "u_views", "u_likes", "u_like_rate", "u_active_days",
     *(f"u_view_share_{t}" for t in c.TOPICS),
     *(f"u_like_rate_{t}" for t in c.TOPICS),
 )
-# Columns of FeatureTables.post_num (control); the text block is FeatureTables.post_text.
 TFIDF_COMPONENTS = 10
 TFIDF_CLUSTERS = 8
-POST_NUM = (
-    "topic_code", "text_len_log", "words_log", "p_views", "p_likes", "p_like_rate",
+# Post columns that never change, then the counters that follow the feed (PostView.counters).
+POST_STATIC = (
+    "topic_code", "text_len_log", "words_log",
     *(f"tfidf_pc{i}" for i in range(TFIDF_COMPONENTS)),
     *(f"tfidf_dist{i}" for i in range(TFIDF_CLUSTERS)),
 )
+POST_COUNTERS = ("p_views", "p_likes", "p_like_rate")
+POST_NUM = (*POST_STATIC, *POST_COUNTERS)
 EMB_COMPONENTS = 16
 POST_TEXT = tuple(f"emb_pc{i}" for i in range(EMB_COMPONENTS))
 TIME = ("hour", "weekday", "u_days_since_last_view", "u_days_since_first_view")
@@ -46,70 +52,150 @@ _U_RATE = USER_NUM.index("u_like_rate")
 _U_SHARE0 = USER_NUM.index(f"u_view_share_{c.TOPICS[0]}")
 _U_RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
 
+# Smoothing weights (pseudo-views) toward a prior rate.
+PRIOR_VIEWS_USER = 20  # toward the global like rate
+PRIOR_VIEWS_TOPIC = 10  # toward the user's own rate
+PRIOR_VIEWS_POST = 200
+PRIOR_VIEWS_CITY = 2000
+TOPIC_VEC_PRIOR = 2.0  # pseudo-likes pulling a user's per-topic taste vector toward zero
+
 
 def feature_names(text: bool) -> tuple[str, ...]:
     return TEST_FEATURES if text else CONTROL_FEATURES
 
 
+# --------------------------------------------------------------------------------------- user side
+# Columns of the per-user event counts (`app.user_state.fold_user`), int64: additive over events
+# except first/last view (min/max, -1 = none) and active days (distinct days, kept exact with the
+# day lists of `app.user_state`).
+COUNT_VIEWS, COUNT_LIKED, COUNT_FIRST, COUNT_LAST, COUNT_DAYS = range(5)
+COUNT_TOPIC_VIEWS = slice(5, 5 + N_TOPICS)
+COUNT_TOPIC_LIKED = slice(5 + N_TOPICS, 5 + 2 * N_TOPICS)
+N_COUNTS = 5 + 2 * N_TOPICS
+
+
+def empty_counts(n: int = 1) -> np.ndarray:
+    out = np.zeros((n, N_COUNTS), dtype=np.int64)
+    out[:, COUNT_FIRST] = out[:, COUNT_LAST] = -1
+    return out
+
+
 @dataclass
-class FeatureTables:
-    """Arrays indexed by row; `user_ids` and `post_ids` are sorted and map ids to rows."""
+class Taste:
+    """Sums of the text vectors of the posts a user liked before a moment, one row per moment."""
 
-    as_of: int  # features use events strictly before this second
-    user_ids: np.ndarray  # (U,) int64
-    user_num: np.ndarray  # (U, len(USER_NUM)) float32
-    user_first_view: np.ndarray  # (U,) int64, -1 if none before as_of
-    user_last_view: np.ndarray  # (U,) int64, -1 if none
-    user_vec: np.ndarray  # (U, d) float16: mean text vector of posts liked before as_of, unit length
-    user_contrast: np.ndarray  # (U, d) float16: liked mean minus seen-not-liked mean, unit length
-    user_topic_vec: np.ndarray  # (U, n_topics, d) float16: shrunk mean of liked posts' post_vec per topic
-    user_topic_tfidf: np.ndarray  # (U, n_topics, d) float16: the same over post_tfidf_vec
-    post_ids: np.ndarray  # (P,) int64
-    post_num: np.ndarray  # (P, len(POST_NUM)) float32
-    post_text: np.ndarray  # (P, EMB_COMPONENTS) float32
-    post_vec: np.ndarray  # (P, d) float32: sentence embedding relative to its topic centre, unit length
-    post_tfidf_vec: np.ndarray  # (P, d) float32: TF-IDF components relative to the topic centre, unit length
-    post_topic: np.ndarray  # (P,) int64 topic code
-    likes_indptr: np.ndarray  # (U+1,) int64: user row i's likes are [indptr[i], indptr[i+1])
-    likes_post: np.ndarray  # int32 post ids, each user's likes in time order (all likes known, any time)
-    likes_ts: np.ndarray  # like times, int64 seconds
-
-    def save(self, path: Path) -> None:
-        np.savez(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
-
-    @classmethod
-    def load(cls, path: Path) -> FeatureTables:
-        with np.load(path) as data:
-            kwargs = {f.name: data[f.name] for f in fields(cls)}
-        kwargs["as_of"] = int(kwargs["as_of"])
-        return cls(**kwargs)
-
-    def user_row(self, user_ids: np.ndarray) -> np.ndarray:
-        """Rows of known users; -1 for ids the tables do not hold."""
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        idx = np.clip(np.searchsorted(self.user_ids, user_ids), 0, max(len(self.user_ids) - 1, 0))
-        found = (len(self.user_ids) > 0) & (self.user_ids[idx] == user_ids)
-        return np.where(found, idx, -1)
-
-    def post_row(self, post_ids: np.ndarray) -> np.ndarray:
-        post_ids = np.asarray(post_ids, dtype=np.int64)
-        idx = np.clip(np.searchsorted(self.post_ids, post_ids), 0, len(self.post_ids) - 1)
-        if not np.all(self.post_ids[idx] == post_ids):
-            raise KeyError("post id not in the feature tables")
-        return idx
-
-    def liked_before(self, user_row: int, ts: int) -> np.ndarray:
-        """Post ids the user liked strictly before `ts`."""
-        lo, hi = self.likes_indptr[user_row], self.likes_indptr[user_row + 1]
-        cut = lo + np.searchsorted(self.likes_ts[lo:hi], ts, side="left")
-        return self.likes_post[lo:cut]
+    likes: np.ndarray  # (n,) like events counted
+    vec_sum: np.ndarray  # (n, d) float64, sentence space
+    topic_likes: np.ndarray  # (n, n_topics)
+    topic_sum: np.ndarray  # (n, n_topics, d) float64, sentence space
+    topic_tfidf_sum: np.ndarray  # (n, n_topics, d) float64, TF-IDF space
 
 
-def _time_block(tables: FeatureTables, ui: np.ndarray, ts: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Priors:
+    """Constants fitted once per artifact on events before the first training row, like the text
+    transforms: the smoothing target of every rate, the centre of the contrast vector, and the city
+    table. Constants keep every feature a function of one user's (or one post's) events, which is what
+    lets the state answer "as of t" per user and per post."""
+
+    global_rate: float
+    exposure_mean: np.ndarray  # (d,) view-weighted mean of the posts' sentence vectors
+    city_names: tuple[str, ...]
+    city_rate: np.ndarray  # smoothed like rate per city
+    city_users_log: np.ndarray  # log1p(users) per city
+
+    def city_features(self, cities: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(like rate, log users) per city; an unseen city gets the global rate and no users."""
+        index = pd.Index(self.city_names)
+        pos = index.get_indexer(cities.astype(str))
+        known = pos >= 0
+        rate = np.where(known, self.city_rate[np.maximum(pos, 0)], self.global_rate)
+        users = np.where(known, self.city_users_log[np.maximum(pos, 0)], 0.0)
+        return rate, users
+
+
+def profile_features(users: pd.DataFrame, priors: Priors) -> np.ndarray:
+    """The PROFILE block (n, 8) float32 of user_data rows."""
+    rate, users_log = priors.city_features(users[c.CITY])
+    return np.column_stack([
+        users[c.GENDER].to_numpy(float), users[c.AGE].to_numpy(float),
+        pd.Categorical(users[c.COUNTRY], categories=c.COUNTRIES).codes.astype(float),
+        (users[c.OS] == c.OS_VALUES[1]).to_numpy(float), (users[c.SOURCE] == c.SOURCES[1]).to_numpy(float),
+        users[c.EXP_GROUP].to_numpy(float), rate, users_log,
+    ]).astype(np.float32)
+
+
+@dataclass
+class UserView:
+    """The user side of `assemble` for n (user, moment) pairs."""
+
+    num: np.ndarray  # (n, len(USER_NUM)) float32
+    first_view: np.ndarray  # (n,) int64, -1 if none
+    last_view: np.ndarray  # (n,) int64, -1 if none
+    vec: np.ndarray  # (n, d) float32: unit mean of liked posts' vectors
+    contrast: np.ndarray  # (n, d) float32: unit (liked mean - exposure mean)
+    topic_vec: np.ndarray  # (n, n_topics, d) float32: shrunk mean of liked posts' vectors per topic
+    topic_tfidf: np.ndarray  # (n, n_topics, d) float32: the same in TF-IDF space
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def finalize_users(profile: np.ndarray, counts: np.ndarray, taste: Taste, priors: Priors) -> UserView:
+    """Feature values from a user's profile, event counts and taste sums (one row per moment)."""
+    counts = np.atleast_2d(counts)
+    views = counts[:, COUNT_VIEWS].astype(np.float64)
+    liked = counts[:, COUNT_LIKED].astype(np.float64)
+    g = priors.global_rate
+    u_rate = (liked + PRIOR_VIEWS_USER * g) / (views + PRIOR_VIEWS_USER)
+    topic_views = counts[:, COUNT_TOPIC_VIEWS].astype(np.float64)
+    topic_liked = counts[:, COUNT_TOPIC_LIKED].astype(np.float64)
+    view_share = topic_views / np.maximum(topic_views.sum(axis=1, keepdims=True), 1)
+    topic_rate = (topic_liked + PRIOR_VIEWS_TOPIC * u_rate[:, None]) / (topic_views + PRIOR_VIEWS_TOPIC)
+    num = np.column_stack([
+        np.broadcast_to(profile, (len(counts), len(PROFILE))), views, liked, u_rate,
+        counts[:, COUNT_DAYS].astype(np.float64), view_share, topic_rate,
+    ]).astype(np.float32)
+    has = taste.likes > 0
+    mean = taste.vec_sum / np.maximum(taste.likes, 1)[:, None]
+    contrast = np.where(has[:, None], mean - priors.exposure_mean[None, :], 0.0)
+    shrink = (taste.topic_likes + TOPIC_VEC_PRIOR)[..., None]
+    return UserView(
+        num=num, first_view=counts[:, COUNT_FIRST].copy(), last_view=counts[:, COUNT_LAST].copy(),
+        vec=_unit(mean), contrast=_unit(contrast),
+        topic_vec=(taste.topic_sum / shrink).astype(np.float32),
+        topic_tfidf=(taste.topic_tfidf_sum / shrink).astype(np.float32),
+    )
+
+
+# --------------------------------------------------------------------------------------- post side
+@dataclass
+class PostView:
+    """The catalogue side of `assemble`: static columns and text, counters as of one moment."""
+
+    static: np.ndarray  # (P, len(POST_STATIC)) float32
+    counters: np.ndarray  # (P, len(POST_COUNTERS)) float32, as of the moment
+    text: np.ndarray  # (P, EMB_COMPONENTS) float32
+    vec: np.ndarray  # (P, d) float32 sentence embedding relative to its topic centre, unit length
+    tfidf_vec: np.ndarray  # (P, d) float32 TF-IDF components relative to the topic centre, unit length
+    topic: np.ndarray  # (P,) int64
+
+
+def finalize_posts(counts: np.ndarray, priors: Priors) -> np.ndarray:
+    """POST_COUNTERS (n, 3) float32 from (views, liked views) counts (n, 2)."""
+    views, liked = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
+    rate = (liked + PRIOR_VIEWS_POST * priors.global_rate) / (views + PRIOR_VIEWS_POST)
+    return np.column_stack([views, liked, rate]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------- assembly
+def _time_block(user: UserView, ui, ts: np.ndarray) -> np.ndarray:
     days = ts // SECONDS_PER_DAY
     hour = (ts // 3600) % 24
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    last, first = tables.user_last_view[ui], tables.user_first_view[ui]
+    last, first = user.last_view[ui], user.first_view[ui]
     since_last = np.where(last >= 0, (ts - last) / SECONDS_PER_DAY, np.nan)
     since_first = np.where(first >= 0, (ts - first) / SECONDS_PER_DAY, np.nan)
     return np.stack(np.broadcast_arrays(hour, weekday, since_last, since_first), axis=-1)
@@ -119,48 +205,53 @@ def _rowwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", a, b)
 
 
-def assemble(tables: FeatureTables, ui: np.ndarray, pj: np.ndarray | None, ts: np.ndarray, text: bool) -> np.ndarray:
-    """Feature matrix (n, n_features) float32, column-major, for user rows `ui`, post rows `pj` at times `ts`.
+def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, text: bool,
+             counters: np.ndarray | None = None) -> np.ndarray:
+    """Feature matrix (n, n_features) float32, column-major, for user-view rows `ui`, post rows `pj` at
+    times `ts`.
 
     The three arguments broadcast: a request is one user row and one time against every post row
-    (`pj=None`: all posts in table order, read in place rather than gathered); a training batch has one
-    entry per row. Columns follow `feature_names(text)`.
+    (`pj=None`: the whole catalogue, read in place rather than gathered); a training batch has one
+    entry per row. `counters` (n, 3) overrides `posts.counters[pj]` when each row sees its post at its
+    own moment (training). Columns follow `feature_names(text)`.
     """
     ui, ts = np.asarray(ui, dtype=np.int64), np.asarray(ts, dtype=np.int64)
     # a slice selects without copying; an index array gathers
-    posts = slice(None) if pj is None else np.asarray(pj, dtype=np.int64)
-    posts_shape = (len(tables.post_ids),) if pj is None else posts.shape
+    sel = slice(None) if pj is None else np.asarray(pj, dtype=np.int64)
+    posts_shape = (len(posts.topic),) if pj is None else sel.shape
     n = np.broadcast_shapes(ui.shape, posts_shape, ts.shape)
     n_rows = n[0] if n else 1
-    user = tables.user_num[ui]
-    topic = tables.post_topic[posts]
+    unum = user.num[ui]
+    topic = posts.topic[sel]
     if ui.ndim == 0:  # one user: gather from its row only
-        rate_t = user[_U_RATE0 + topic]
-        share_t = user[_U_SHARE0 + topic]
-        u_rate = user[_U_RATE]
+        rate_t = unum[_U_RATE0 + topic]
+        share_t = unum[_U_SHARE0 + topic]
+        u_rate = unum[_U_RATE]
     else:
-        rate_t = user[np.arange(len(ui)), _U_RATE0 + topic]
-        share_t = user[np.arange(len(ui)), _U_SHARE0 + topic]
-        u_rate = user[:, _U_RATE]
+        rate_t = unum[np.arange(len(ui)), _U_RATE0 + topic]
+        share_t = unum[np.arange(len(ui)), _U_SHARE0 + topic]
+        u_rate = unum[:, _U_RATE]
+    post_counters = posts.counters[sel] if counters is None else counters
     blocks = [
-        np.broadcast_to(user, (n_rows, user.shape[-1])),
-        np.broadcast_to(tables.post_num[posts], (n_rows, tables.post_num.shape[1])),
-        np.broadcast_to(_time_block(tables, ui, ts), (n_rows, len(TIME))),
+        np.broadcast_to(unum, (n_rows, unum.shape[-1])),
+        np.broadcast_to(posts.static[sel], (n_rows, posts.static.shape[1])),
+        np.broadcast_to(post_counters, (n_rows, len(POST_COUNTERS))),
+        np.broadcast_to(_time_block(user, ui, ts), (n_rows, len(TIME))),
         np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate), axis=-1).reshape(n_rows, len(CROSS)),
     ]
     if text:
-        pvec, tvec = tables.post_vec[posts], tables.post_tfidf_vec[posts]
-        if ui.ndim == 0:  # one user: convert its vectors once; the same row-wise products as a batch
-            sim = _rowwise(pvec, np.broadcast_to(tables.user_vec[ui].astype(np.float32), pvec.shape))
-            contrast = _rowwise(pvec, np.broadcast_to(tables.user_contrast[ui].astype(np.float32), pvec.shape))
-            sim_topic = _rowwise(pvec, tables.user_topic_vec[ui].astype(np.float32)[topic])
-            sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui].astype(np.float32)[topic])
+        pvec, tvec = posts.vec[sel], posts.tfidf_vec[sel]
+        if ui.ndim == 0:  # one user: the same row-wise products as a batch, on its row broadcast
+            sim = _rowwise(pvec, np.broadcast_to(user.vec[ui], pvec.shape))
+            contrast = _rowwise(pvec, np.broadcast_to(user.contrast[ui], pvec.shape))
+            sim_topic = _rowwise(pvec, user.topic_vec[ui][topic])
+            sim_tfidf = _rowwise(tvec, user.topic_tfidf[ui][topic])
         else:
-            sim = _rowwise(pvec, tables.user_vec[ui].astype(np.float32))
-            contrast = _rowwise(pvec, tables.user_contrast[ui].astype(np.float32))
-            sim_topic = _rowwise(pvec, tables.user_topic_vec[ui, topic].astype(np.float32))
-            sim_tfidf = _rowwise(tvec, tables.user_topic_tfidf[ui, topic].astype(np.float32))
-        blocks.append(np.broadcast_to(tables.post_text[posts], (n_rows, EMB_COMPONENTS)))
+            sim = _rowwise(pvec, user.vec[ui])
+            contrast = _rowwise(pvec, user.contrast[ui])
+            sim_topic = _rowwise(pvec, user.topic_vec[ui, topic])
+            sim_tfidf = _rowwise(tvec, user.topic_tfidf[ui, topic])
+        blocks.append(np.broadcast_to(posts.text[sel], (n_rows, EMB_COMPONENTS)))
         blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic, sim_tfidf), axis=-1)
                       .reshape(n_rows, len(TEXT_CROSS)))
     # column-major: CatBoost reads features column by column, and converting a row-major matrix

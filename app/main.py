@@ -3,7 +3,6 @@
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
@@ -17,17 +16,22 @@ from app.config import Settings, get_settings
 from app.db import make_engine
 from app.engine import Recommender
 from app.exposure import ExposureWriter
+from app.follower import Follower, check_feed
 from app.metrics import Metrics
 
 
+def _load(settings: Settings) -> Recommender:
+    return Recommender.load(settings.model_dir, settings.exclude_viewed_hours)
+
+
 def create_app(settings: Settings | None = None,
-               load_recommender: Callable[[Path], Recommender] = Recommender.load) -> FastAPI:
+               load_recommender: Callable[[Settings], Recommender] = _load) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
-        app.state.recommender = load_recommender(settings.model_dir)
+        app.state.recommender = recommender = load_recommender(settings)
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them
         app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
@@ -35,10 +39,22 @@ def create_app(settings: Settings | None = None,
         app.state.writer = ExposureWriter(app.state.db, settings.log_queue_size, settings.log_batch_size,
                                           settings.log_flush_seconds)
         app.state.writer.start()
-        logger.info("serving model version {} ({} users, {} posts), ready in {:.1f}s",
-                    app.state.recommender.version, len(app.state.recommender.tables.user_ids),
-                    len(app.state.recommender.tables.post_ids), time.perf_counter() - started)
+        app.state.follower = None
+        if settings.state_follow:
+            problem = check_feed(app.state.db)
+            if problem and "insertion sequence" in problem:
+                raise RuntimeError(problem)  # a schema to migrate, not a transient fault
+            app.state.follower = Follower(app.state.db, recommender.state, settings.state_poll_seconds,
+                                          settings.state_batch_rows)
+            app.state.follower.start()
+        state = recommender.state
+        logger.info("serving model version {} ({} users, {} posts, {} events after the base cut; {}), "
+                    "started in {:.1f}s", recommender.version, state.n_users, state.n_posts,
+                    len(state.snapshot.events.ts), "following the database" if app.state.follower else "frozen",
+                    time.perf_counter() - started)
         yield
+        if app.state.follower is not None:
+            app.state.follower.stop()
         app.state.writer.stop()
         logger.info("exposure log flushed: {} written, {} dropped, {} still buffered",
                     app.state.writer.written, app.state.writer.dropped, app.state.writer.depth)

@@ -20,3 +20,21 @@ class Metrics:
                                  registry=self.registry)
         self.log_written = Gauge("exposure_log_written_total", "Exposure records written",
                                  registry=self.registry)
+        # the live state (app.live_state, app.follower)
+        self.state_applied_seq = Gauge("state_applied_seq", "Highest feed_data sequence applied to the state",
+                                       registry=self.registry)
+        self.state_database_seq = Gauge("state_database_seq", "Highest feed_data sequence at the last poll",
+                                        registry=self.registry)
+        self.state_lag = Gauge("state_lag_seconds", "Seconds since the state last held everything the "
+                               "database held (-1: never)", registry=self.registry)
+        self.state_events = Gauge("state_events_applied_total", "Feed events applied after the snapshot",
+                                  registry=self.registry)
+        self.state_late = Gauge("state_late_events_total", "Applied events older than one already applied",
+                                registry=self.registry)
+        self.state_pending = Gauge("state_pending_events", "Events waiting for their user or post",
+                                   registry=self.registry)
+        self.state_rate = Gauge("state_apply_rate_events_per_second", "Events per second of the last busy poll",
+                                registry=self.registry)
+        self.state_users = Gauge("state_users", "Users the state can rank", registry=self.registry)
+        self.state_poll_failures = Gauge("state_poll_failures", "Consecutive failed polls",
+                                         registry=self.registry)

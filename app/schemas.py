@@ -38,6 +38,7 @@ class Response(BaseModel):
     exp_group: str
     model: str
     model_version: str
+    features_as_of: datetime  # the requested moment, or the snapshot's base cut when asked before it (UTC)
     recommendations: list[PostGet]
 
 

@@ -4,6 +4,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -37,6 +38,10 @@ post_text_df = Table(
 
 feed_data = Table(
     "feed_data", metadata,
+    # Insertion order, which the live state follows (the timestamp says when an event happened, not
+    # when it arrived). On SQLite an INTEGER PRIMARY KEY is the rowid, which databases made before
+    # this column existed have too; on PostgreSQL an identity column.
+    Column(c.SEQ, BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
     Column(c.TIMESTAMP, DateTime, nullable=False),
     Column(c.USER_ID, Integer, nullable=False),
     Column(c.POST_ID, Integer, nullable=False),
@@ -60,6 +65,8 @@ recommendation_log = Table(
     Column(c.EXP_GROUP, Text, nullable=False),
     Column("model_name", Text, nullable=False),
     Column("model_version", Text, nullable=False),
+    # the moment the features describe: the requested time, or the snapshot's base cut before it
+    Column("features_as_of", DateTime, nullable=True),
     Column("post_ids", Text, nullable=False),  # space-separated, best first: portable across backends
     Index("ix_reclog_user_time", "user_id", "requested_at"),
 )

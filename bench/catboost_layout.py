@@ -26,12 +26,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     args = ap.parse_args()
     engine = Recommender.load(args.models)
-    tables, model = engine.tables, engine.models["test"]
+    state, model = engine.state, engine.models["test"]
     users, times = held_out_requests(engine, args.requests)
-    rows = tables.user_row(users)
     spent: dict[str, list[float]] = {"row-major": [], "column-major": []}
-    for row, ts in zip(rows, times, strict=True):
-        x = assemble(tables, np.int64(row), None, np.int64(ts), text=True)
+    for user_id, ts in zip(users, times, strict=True):
+        user, posts = state.at(state.user_row(int(user_id)), int(ts))
+        x = assemble(user.view, np.int64(0), posts, None, np.int64(ts), text=True)
         scores = {}
         for name, matrix in (("row-major", np.ascontiguousarray(x)), ("column-major", np.asfortranarray(x))):
             started = time.perf_counter()
@@ -40,7 +40,7 @@ def main() -> None:
         if not np.array_equal(scores["row-major"], scores["column-major"]):
             raise SystemExit("error: the two layouts gave different scores")
     c, f = (float(np.median(spent[k])) for k in ("row-major", "column-major"))
-    print(f"CatBoost on {len(tables.post_ids)} x {x.shape[1]} float32, median of {args.requests}: "
+    print(f"CatBoost on {len(engine.post_ids)} x {x.shape[1]} float32, median of {args.requests}: "
           f"row-major {c:.2f} ms, column-major {f:.2f} ms ({c / f:.1f}x); scores identical")
 
 

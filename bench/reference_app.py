@@ -1,7 +1,8 @@
 """A reference service in the style of the typical course solution, for comparison only.
 
-Same artifacts and models, but per request it builds a pandas frame of every post, adds the user's
-columns and the time features with pandas operations, and hands the frame to CatBoost. Run with
+Same artifacts, models and state (the user as of the request's moment), but per request it builds a
+pandas frame of every post, adds the user's columns and the time features with pandas operations, and
+hands the frame to CatBoost. Run with
 `uvicorn bench.reference_app:create_app --factory` (MODEL_DIR as for the real service).
 """
 
@@ -15,19 +16,17 @@ from app import columns as c
 from app.ab import CONTROL, exp_group
 from app.config import get_settings
 from app.engine import Recommender
-from app.features import POST_NUM, POST_TEXT, USER_NUM, feature_names
+from app.features import POST_COUNTERS, POST_STATIC, POST_TEXT, USER_NUM, feature_names
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
     engine = Recommender.load(settings.model_dir)
-    t = engine.tables
-    users = pd.DataFrame(t.user_num, columns=list(USER_NUM), index=t.user_ids)
-    users["last_view"], users["first_view"] = t.user_last_view, t.user_first_view
-    posts = pd.DataFrame(t.post_num, columns=list(POST_NUM))
-    posts[list(POST_TEXT)] = t.post_text
-    posts["post_id"] = t.post_ids
-    posts["topic"] = [c.TOPICS[k] for k in t.post_topic]
+    state = engine.state
+    p = state.posts
+    posts = pd.DataFrame(np.column_stack([p.static, p.text]), columns=[*POST_STATIC, *POST_TEXT])
+    posts["post_id"] = state.post_ids
+    posts["topic"] = [c.TOPICS[k] for k in p.topic]
     texts = pd.DataFrame(list(engine.posts.values())).set_index("id")
     app = FastAPI()
 
@@ -37,31 +36,32 @@ def create_app() -> FastAPI:
         ts = int(moment.replace(tzinfo=UTC).timestamp())
         group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
         model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
-        if id not in users.index:
+        user, post_view = state.at(state.user_row(id), ts)  # the same state as the service's
+        if user is None:
             return {"exp_group": group, "recommendations": []}
-        row = int(np.searchsorted(t.user_ids, id))
-        user = users.loc[id]
+        v = user.view
+        u = pd.Series(v.num[0], index=list(USER_NUM))
         df = posts.copy()
+        df[list(POST_COUNTERS)] = post_view.counters
         for col in USER_NUM:
-            df[col] = user[col]
+            df[col] = u[col]
+        last, first = int(v.last_view[0]), int(v.first_view[0])
         df["hour"] = moment.hour
         df["weekday"] = moment.weekday()
-        df["u_days_since_last_view"] = (ts - user["last_view"]) / 86400 if user["last_view"] >= 0 else np.nan
-        df["u_days_since_first_view"] = (ts - user["first_view"]) / 86400 if user["first_view"] >= 0 else np.nan
-        df["u_like_rate_post_topic"] = df["topic"].map({k: user[f"u_like_rate_{k}"] for k in c.TOPICS})
-        df["u_view_share_post_topic"] = df["topic"].map({k: user[f"u_view_share_{k}"] for k in c.TOPICS})
+        df["u_days_since_last_view"] = (ts - last) / 86400 if last >= 0 else np.nan
+        df["u_days_since_first_view"] = (ts - first) / 86400 if first >= 0 else np.nan
+        df["u_like_rate_post_topic"] = df["topic"].map({k: u[f"u_like_rate_{k}"] for k in c.TOPICS})
+        df["u_view_share_post_topic"] = df["topic"].map({k: u[f"u_view_share_{k}"] for k in c.TOPICS})
         df["u_like_lift_post_topic"] = df["u_like_rate_post_topic"] - df["u_like_rate"]
         if model == "test":
-            df["sim_liked"] = t.post_vec @ t.user_vec[row]
-            df["sim_contrast"] = t.post_vec @ t.user_contrast[row]
-            df["sim_liked_topic"] = np.einsum("nd,nd->n", t.post_vec,
-                                              t.user_topic_vec[row].astype(np.float32)[t.post_topic])
-            df["sim_tfidf_topic"] = np.einsum("nd,nd->n", t.post_tfidf_vec,
-                                              t.user_topic_tfidf[row].astype(np.float32)[t.post_topic])
+            df["sim_liked"] = p.vec @ v.vec[0]
+            df["sim_contrast"] = p.vec @ v.contrast[0]
+            df["sim_liked_topic"] = np.einsum("nd,nd->n", p.vec, v.topic_vec[0][p.topic])
+            df["sim_tfidf_topic"] = np.einsum("nd,nd->n", p.tfidf_vec, v.topic_tfidf[0][p.topic])
         name = model if model in engine.models else "control"
         df["score"] = engine.models[name].predict_proba(df[list(feature_names(name == "test"))])[:, 1]
-        liked = set(t.liked_before(row, ts).tolist())
-        top = df[~df["post_id"].isin(liked)].sort_values("score", ascending=False).head(limit)
+        hidden = set(state.post_ids[np.concatenate([user.liked, user.viewed])].tolist())
+        top = df[~df["post_id"].isin(hidden)].sort_values("score", ascending=False).head(limit)
         recs = texts.loc[top["post_id"]].reset_index()
         return {"exp_group": group, "recommendations": recs.to_dict(orient="records")}
 

@@ -15,7 +15,7 @@ import numpy as np
 from app import columns as c
 from app.db import make_engine
 from app.engine import Recommender
-from app.features import TEXT_CROSS, assemble, feature_names
+from app.features import TEXT_CROSS, feature_names
 from training import data
 from training.world.model import World
 
@@ -34,9 +34,8 @@ def main() -> None:
     with db.connect() as conn:
         views = data.sample_views(conn, int(split["test_start"]), int(split["end"]), args.views, salt=3)
     db.dispose()
-    t = engine.tables
-    ui, pj = t.user_row(views[c.USER_ID].to_numpy()), t.post_row(views[c.POST_ID].to_numpy())
-    x = assemble(t, ui, pj, views["ts"].to_numpy(np.int64), text=True)
+    x = engine.state.features_for(views[c.USER_ID].to_numpy(), views[c.POST_ID].to_numpy(),
+                                  views["ts"].to_numpy(np.int64), text=True)
     wu, wp = world.user_index(views[c.USER_ID].to_numpy()), world.post_index(views[c.POST_ID].to_numpy())
     theme = np.einsum("nk,nk->n", world.user_theme_taste[wu], world.post_themes[wp])
     topic = world.user_topic_taste[wu, world.post_topic[wp]]

@@ -6,9 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from app.artifacts import CURRENT, MANIFEST, POSTS_FILE, TABLES_FILE, ArtifactsInvalid, load_manifest
+from app.artifacts import CURRENT, MANIFEST, POSTS_FILE, STATE_FILE, ArtifactsInvalid, load_manifest
 from app.engine import Recommender
-from app.features import FeatureTables, feature_names
+from app.features import feature_names
+from app.snapshot import Snapshot
 
 
 @pytest.fixture
@@ -22,20 +23,28 @@ def test_manifest_describes_the_version(trained):
     m = json.loads((trained["version_dir"] / MANIFEST).read_text())
     assert m["models"]["control"]["features"] == list(feature_names(False))
     assert m["models"]["test"]["features"] == list(feature_names(True))
-    assert set(m["files"]) == {"control.cbm", "test.cbm", TABLES_FILE, POSTS_FILE}
+    assert set(m["files"]) == {"control.cbm", "test.cbm", STATE_FILE, POSTS_FILE}
     split = m["split"]
     assert split["start"] < split["train_start"] < split["val_start"] < split["test_start"] < split["end"]
-    assert m["features_as_of"] == split["test_start"]
+    # exact answers from the exclusion window before the held-out start; every event up to the data end
+    assert m["state"]["base_as_of"] == m["features_as_of"] == split["test_start"] - 72 * 3600
+    assert m["state"]["events_until"] == split["end"]
+    assert m["priors"]["fitted_before"] == split["train_start"]
     assert {"catboost", "numpy", "python"} <= set(m["library_versions"])
     assert 0.5 < m["models"]["test"]["heldout_auc"] <= 1.0
 
 
-def test_tables_round_trip(trained, tmp_path):
-    tables = FeatureTables.load(trained["version_dir"] / TABLES_FILE)
-    tables.save(tmp_path / "t.npz")
-    again = FeatureTables.load(tmp_path / "t.npz")
-    for name, value in vars(tables).items():
-        np.testing.assert_array_equal(value, getattr(again, name))
+def test_state_round_trip(trained, tmp_path):
+    snap = Snapshot.load(trained["version_dir"] / STATE_FILE)
+    snap.save(tmp_path / "s.npz")
+    again = Snapshot.load(tmp_path / "s.npz")
+    for name, value in vars(snap).items():
+        for key, v in (vars(value).items() if hasattr(value, "__dataclass_fields__") else [(name, value)]):
+            w = getattr(getattr(again, name), key) if hasattr(value, "__dataclass_fields__") else getattr(again, name)
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(v, w, err_msg=f"{name}.{key}")
+            else:
+                assert v == w, f"{name}.{key}"
 
 
 def test_engine_loads_current(models_copy):
@@ -60,7 +69,7 @@ def test_refuses_corrupt_file(models_copy):
 
 def test_refuses_missing_file(models_copy):
     model_dir, version_dir = models_copy
-    (version_dir / TABLES_FILE).unlink()
+    (version_dir / STATE_FILE).unlink()
     with pytest.raises(ArtifactsInvalid, match="missing"):
         Recommender.load(model_dir)
 

@@ -8,7 +8,18 @@ import pytest
 
 from app import columns as c
 from app.engine import POPULAR, Recommender, top_k
-from app.features import CROSS, POST_NUM, POST_TEXT, TEXT_CROSS, TIME, USER_NUM, assemble, feature_names
+from app.features import (
+    CROSS,
+    POST_COUNTERS,
+    POST_STATIC,
+    POST_TEXT,
+    TEXT_CROSS,
+    TIME,
+    USER_NUM,
+    assemble,
+    feature_names,
+)
+from app.user_state import LIKE
 
 
 @pytest.fixture(scope="module")
@@ -16,104 +27,130 @@ def engine(trained) -> Recommender:
     return Recommender.load(trained["model_dir"])
 
 
-def reference_features(t, user_row: int, ts: int, text: bool) -> pd.DataFrame:
+def reference_features(user, posts, ts: int, text: bool) -> pd.DataFrame:
     """One dict per post, feature by feature, in plain Python: the way a course solution builds a frame."""
     moment = datetime.fromtimestamp(ts, tz=UTC)
-    user = dict(zip(USER_NUM, t.user_num[user_row].tolist(), strict=True))
-    last, first = int(t.user_last_view[user_row]), int(t.user_first_view[user_row])
+    v = user.view
+    u = dict(zip(USER_NUM, v.num[0].tolist(), strict=True))
+    last, first = int(v.last_view[0]), int(v.first_view[0])
     rows = []
-    for j in range(len(t.post_ids)):
-        post = dict(zip(POST_NUM, t.post_num[j].tolist(), strict=True))
-        topic = c.TOPICS[int(t.post_topic[j])]
-        row = {**user, **post,
+    for j in range(len(posts.topic)):
+        post = {**dict(zip(POST_STATIC, posts.static[j].tolist(), strict=True)),
+                **dict(zip(POST_COUNTERS, posts.counters[j].tolist(), strict=True))}
+        topic = c.TOPICS[int(posts.topic[j])]
+        row = {**u, **post,
                "hour": moment.hour, "weekday": moment.weekday(),
                "u_days_since_last_view": (ts - last) / 86400 if last >= 0 else np.nan,
                "u_days_since_first_view": (ts - first) / 86400 if first >= 0 else np.nan,
-               "u_like_rate_post_topic": user[f"u_like_rate_{topic}"],
-               "u_view_share_post_topic": user[f"u_view_share_{topic}"],
-               "u_like_lift_post_topic": user[f"u_like_rate_{topic}"] - user["u_like_rate"]}
+               "u_like_rate_post_topic": u[f"u_like_rate_{topic}"],
+               "u_view_share_post_topic": u[f"u_view_share_{topic}"],
+               "u_like_lift_post_topic": u[f"u_like_rate_{topic}"] - u["u_like_rate"]}
         if text:
-            row.update(dict(zip(POST_TEXT, t.post_text[j].tolist(), strict=True)))
-            k = int(t.post_topic[j])
-            row["sim_liked"] = float(np.dot(t.post_vec[j], t.user_vec[user_row]))
-            row["sim_contrast"] = float(np.dot(t.post_vec[j], t.user_contrast[user_row]))
-            row["sim_liked_topic"] = float(np.dot(t.post_vec[j], t.user_topic_vec[user_row, k].astype(np.float32)))
-            row["sim_tfidf_topic"] = float(np.dot(t.post_tfidf_vec[j],
-                                                  t.user_topic_tfidf[user_row, k].astype(np.float32)))
+            k = int(posts.topic[j])
+            row.update(dict(zip(POST_TEXT, posts.text[j].tolist(), strict=True)))
+            row["sim_liked"] = float(np.dot(posts.vec[j], v.vec[0]))
+            row["sim_contrast"] = float(np.dot(posts.vec[j], v.contrast[0]))
+            row["sim_liked_topic"] = float(np.dot(posts.vec[j], v.topic_vec[0, k]))
+            row["sim_tfidf_topic"] = float(np.dot(posts.tfidf_vec[j], v.topic_tfidf[0, k]))
         rows.append(row)
     return pd.DataFrame(rows)[list(feature_names(text))]
 
 
 def reference_recommend(engine: Recommender, model: str, user_id: int, ts: int, k: int) -> list[int]:
-    t = engine.tables
-    row = int(np.flatnonzero(t.user_ids == user_id)[0])
-    frame = reference_features(t, row, ts, text=model == "test")
+    state = engine.state
+    user, posts = state.at(state.user_row(user_id), ts)
+    frame = reference_features(user, posts, ts, text=model == "test")
     scores = engine.models[model].predict(frame.to_numpy(np.float32), prediction_type="RawFormulaVal")
-    liked = {int(p) for p, lt in zip(t.likes_post[t.likes_indptr[row]:t.likes_indptr[row + 1]],
-                                     t.likes_ts[t.likes_indptr[row]:t.likes_indptr[row + 1]], strict=True) if lt < ts}
-    ranked = sorted(((-s, int(p)) for s, p in zip(scores, t.post_ids, strict=True) if int(p) not in liked))
+    hidden = {int(p) for p in engine.post_ids[np.concatenate([user.liked, user.viewed])]}
+    ranked = sorted(((-s, int(p)) for s, p in zip(scores, engine.post_ids, strict=True) if int(p) not in hidden))
     return [p for _, p in ranked[:k]]
 
 
 def test_feature_blocks_cover_the_names():
-    assert len(feature_names(False)) == len(USER_NUM) + len(POST_NUM) + len(TIME) + len(CROSS)
+    assert len(feature_names(False)) == len(USER_NUM) + len(POST_STATIC) + len(POST_COUNTERS) + len(TIME) + len(CROSS)
     assert len(feature_names(True)) == len(feature_names(False)) + len(POST_TEXT) + len(TEXT_CROSS)
 
 
 @pytest.mark.parametrize("model", ["control", "test"])
 def test_ranking_matches_slow_reference(engine, model):
-    t = engine.tables
+    snap = engine.state.snapshot
     rng = np.random.default_rng(1)
     lo, hi = int(engine.manifest.data["split"]["test_start"]), int(engine.manifest.data["split"]["end"])
-    for user_id in rng.choice(t.user_ids, size=4, replace=False):
+    for user_id in rng.choice(snap.user_ids, size=4, replace=False):
         ts = int(rng.integers(lo - 30 * 86400, hi))
         got = engine.recommend(model, int(user_id), ts, 10)
         assert got.model == model
         assert got.post_ids.tolist() == reference_recommend(engine, model, int(user_id), ts, 10)
 
 
-def test_training_row_equals_served_row(engine):
-    """A row built for training and the same (user, post, time) built for a request are identical."""
-    t = engine.tables
-    row, ts = 3, int(t.as_of) + 5 * 3600
-    served = assemble(t, np.int64(row), None, np.int64(ts), text=True)
-    picks = np.array([0, 17, len(t.post_ids) - 1])
-    batch = assemble(t, np.full(3, row), picks, np.full(3, ts), text=True)
+def test_served_row_is_one_row_of_the_batch(engine):
+    """The request's whole-catalogue matrix and a batch of rows for the same (user, posts, time) agree."""
+    state = engine.state
+    ts = state.base_as_of + 5 * 86400
+    user, posts = state.at(3, ts)
+    served = assemble(user.view, np.int64(0), posts, None, np.int64(ts), text=True)
+    picks = np.array([0, 17, len(engine.post_ids) - 1])
+    batch = assemble(user.view, np.zeros(3, np.int64), posts, picks, np.full(3, ts), text=True)
     np.testing.assert_array_equal(served[picks], batch)
     # CatBoost converts a row-major matrix at about the cost of scoring it (bench/catboost_layout.py)
     assert served.flags.f_contiguous and served.dtype == np.float32
 
 
-def test_exclusion_is_by_requested_time(engine):
-    t = engine.tables
-    counts = np.diff(t.likes_indptr)
-    row = int(np.argmax(counts))
-    lo = t.likes_indptr[row]
-    liked_post, liked_at = int(t.likes_post[lo]), int(t.likes_ts[lo])
-    user_id = int(t.user_ids[row])
-    k = len(t.post_ids)  # everything: exclusion is the only reason a post is missing
+def test_exclusion_is_by_requested_time(trained):
+    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0)
+    snap = engine.state.snapshot
+    ev = snap.events
+    i = int(np.flatnonzero(ev.kind == LIKE)[0])
+    row = int(np.searchsorted(ev.indptr, i, side="right") - 1)
+    user_id, liked_post, liked_at = int(snap.user_ids[row]), int(snap.post_ids[ev.post[i]]), int(ev.ts[i])
+    k = len(engine.post_ids)  # everything: exclusion is the only reason a post is missing
     at_like = engine.recommend("control", user_id, liked_at, k).post_ids
     after = engine.recommend("control", user_id, liked_at + 1, k).post_ids
     assert liked_post in at_like  # liked at ts is not "before ts"
     assert liked_post not in after
-    assert len(at_like) == k - len(t.liked_before(row, liked_at))
+    user, _ = engine.state.at(row, liked_at)
+    assert len(at_like) == k - len(np.unique(user.liked))
 
 
-def test_cold_start_gets_popular(engine):
-    unknown = int(engine.tables.user_ids.max()) + 1000
-    got = engine.recommend("test", unknown, int(engine.tables.as_of), 5)
+def test_recently_viewed_posts_are_left_out(trained):
+    """With the default window a post viewed an hour ago is not served; with a window of 0 it may be."""
+    hidden = Recommender.load(trained["model_dir"])
+    shown = Recommender.load(trained["model_dir"], exclude_viewed_hours=0)
+    snap = hidden.state.snapshot
+    ev = snap.events
+    i = int(np.flatnonzero(ev.kind == 0)[-1])  # the last view the snapshot holds
+    row = int(np.searchsorted(ev.indptr, i, side="right") - 1)
+    user_id, post, t = int(snap.user_ids[row]), int(snap.post_ids[ev.post[i]]), int(ev.ts[i]) + 3600
+    k = len(hidden.post_ids)
+    assert post not in hidden.recommend("control", user_id, t, k).post_ids
+    user, _ = shown.state.at(row, t)
+    if post not in snap.post_ids[user.liked]:
+        assert post in shown.recommend("control", user_id, t, k).post_ids
+    assert post in hidden.recommend("control", user_id, t + 73 * 3600, k).post_ids or \
+        post in snap.post_ids[hidden.state.at(row, t + 73 * 3600)[0].liked]
+
+
+def test_unknown_user_gets_popular_as_of_the_moment(engine):
+    unknown = int(engine.state.snapshot.user_ids.max()) + 1000
+    t = engine.state.base_as_of + 86400
+    got = engine.recommend("test", unknown, t, 5)
     assert got.model == POPULAR
-    likes = engine.popular_scores
-    expected = engine.tables.post_ids[np.lexsort((engine.tables.post_ids, -likes))[:5]]
+    likes = engine.state.counts_at(t)[:, 1]
+    expected = engine.post_ids[np.lexsort((engine.post_ids, -likes))[:5]]
     assert got.post_ids.tolist() == expected.tolist()
 
 
 def test_batch_equals_single(engine):
-    t = engine.tables
-    users, times = t.user_ids[:5], np.full(5, t.as_of + 3600)
+    users, times = engine.state.snapshot.user_ids[:5], np.full(5, engine.state.base_as_of + 3600)
     batch = engine.recommend_many("test", users, times, 7)
     for u, ts, ranking in zip(users, times, batch, strict=True):
         assert ranking.post_ids.tolist() == engine.recommend("test", int(u), int(ts), 7).post_ids.tolist()
+
+
+def test_features_as_of(engine):
+    base = engine.state.base_as_of
+    assert engine.recommend("test", int(engine.state.snapshot.user_ids[0]), base + 10, 3).features_as_of == base + 10
+    assert engine.recommend("test", int(engine.state.snapshot.user_ids[0]), base - 10, 3).features_as_of == base
 
 
 def test_top_k_orders_ties_by_id():

@@ -33,13 +33,12 @@ class _FixedScores:
     """Stands in for the engine: fixed scores per post, the shape shown_set_hits needs."""
 
     def __init__(self, post_ids, scores):
-        self.tables = type("T", (), {"post_ids": np.asarray(post_ids),
-                                     "post_row": lambda _, ids: np.searchsorted(post_ids, ids),
-                                     "user_row": lambda _, ids: np.zeros(len(ids), dtype=int)})()
+        self.post_ids = np.asarray(post_ids)
+        self.state = type("S", (), {"post_rows": lambda _, ids: np.searchsorted(post_ids, ids)})()
         self._scores = np.asarray(scores, dtype=float)
 
-    def scores(self, model, row, ts):
-        return self._scores.copy()
+    def scores(self, model, user_id, ts):
+        return self._scores.copy(), None
 
 
 def test_shown_set_protocol_by_hand():

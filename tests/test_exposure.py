@@ -81,7 +81,7 @@ def test_service_refuses_corrupt_artifacts(trained, tmp_path):
 
     models = tmp_path / "models"
     shutil.copytree(trained["model_dir"], models)
-    (models / trained["version_dir"].name / "tables.npz").write_bytes(b"not an npz")
+    (models / trained["version_dir"].name / "state.npz").write_bytes(b"not an npz")
     out = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True,
                          env={"MODEL_DIR": str(models), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 1 and "corrupt" in out.stderr and len(out.stderr.strip().splitlines()) == 1

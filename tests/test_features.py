@@ -1,91 +1,208 @@
-"""No leakage: a feature table for cut-off t does not change when events after t are added."""
-
-import shutil
-from dataclasses import fields
+"""Point-in-time features: no leakage, hand-computable values, one answer whichever way the state is
+reached (rebuilt from scratch, applied incrementally, or computed for a training row)."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import insert
 
 from app import columns as c
 from app.db import make_engine
-from app.features import FeatureTables, assemble
-from app.tables import feed_data
-from training import data
-from training.embeddings import embed_texts
-from training.features import build_tables, post_static
+from app.features import (
+    COUNT_DAYS,
+    COUNT_FIRST,
+    COUNT_LAST,
+    COUNT_LIKED,
+    COUNT_VIEWS,
+    USER_NUM,
+    empty_counts,
+    feature_names,
+)
+from app.feed_events import EventBatch
+from app.live_state import LiveState
+from app.post_counters import PostTimeline, counts_before
+from app.user_state import LIKE, VIEW, fold_user, taste_at
+from training.features import History, build_snapshot, history_from, rows_matrix, sample_views
+from training.train import prepare
+
+DAY = 86_400
 
 
-def _tables(url: str, as_of: int, cache) -> FeatureTables:
-    engine = make_engine(url)
+@pytest.fixture(scope="module")
+def prepared(trained):
+    engine = make_engine(trained["db_url"])
     with engine.connect() as conn:
-        users, posts = data.read_users(conn), data.read_posts(conn)
-        static = post_static(posts, embed_texts(posts[c.TEXT].tolist(), "hashing", cache))
-        tables = build_tables(conn, as_of, users, static, data.likes(conn))
+        prep = prepare(conn, {}, trained["cache"], "hashing")
     engine.dispose()
-    return tables
+    return prep
 
 
-def _add_future_events(url: str, as_of: int, users: np.ndarray, posts: np.ndarray) -> None:
-    engine = make_engine(url)
-    rows = []
-    for i, (u, p) in enumerate(zip(users, posts, strict=True)):
-        ts = data.to_datetime(as_of + 60 * i)  # the first one exactly at the cut-off
-        rows.append({c.TIMESTAMP: ts, c.USER_ID: int(u), c.POST_ID: int(p), c.ACTION: c.VIEW, c.TARGET: 1})
-        rows.append({c.TIMESTAMP: ts, c.USER_ID: int(u), c.POST_ID: int(p), c.ACTION: c.LIKE, c.TARGET: None})
-    with engine.begin() as conn:
-        conn.execute(insert(feed_data), rows)
-    engine.dispose()
+def _rows(prep, n=300, seed=0) -> pd.DataFrame:
+    s = prep.split
+    rows = sample_views(prep.history, s.val_start, s.end, 10**9)
+    return rows.sample(n=min(n, len(rows)), random_state=seed).reset_index(drop=True)
 
 
-def test_features_ignore_events_at_or_after_the_cutoff(trained, tmp_path):
-    url = f"sqlite:///{tmp_path / 'copy.db'}"
-    shutil.copy(trained["db_url"].removeprefix("sqlite:///"), tmp_path / "copy.db")
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        lo, hi = data.data_range(conn)
-    engine.dispose()
-    as_of = lo + (hi - lo) // 2
-    before = _tables(url, as_of, trained["cache"])
-    rng = np.random.default_rng(0)
-    users = rng.choice(before.user_ids, size=40)
-    _add_future_events(url, as_of, users, rng.choice(before.post_ids, size=40))
-    after = _tables(url, as_of, trained["cache"])
-
-    like_history = {"likes_indptr", "likes_post", "likes_ts"}  # every like, any time: exclusion data
-    for f in fields(FeatureTables):
-        if f.name not in like_history:
-            np.testing.assert_array_equal(getattr(before, f.name), getattr(after, f.name), err_msg=f.name)
-    # the requests the snapshot serves see the same features
-    for row in before.user_row(users[:5]):
-        for text in (False, True):
-            t = np.int64(as_of + 3600)
-            np.testing.assert_array_equal(
-                assemble(before, np.int64(row), np.arange(len(before.post_ids)), t, text),
-                assemble(after, np.int64(row), np.arange(len(after.post_ids)), t, text))
-    # exclusion before the cut-off is unchanged; the new likes exist from their own time on
-    row = int(before.user_row(users[:1])[0])
-    assert before.liked_before(row, as_of).tolist() == after.liked_before(row, as_of).tolist()
-    assert len(after.liked_before(row, as_of + 1)) == len(before.liked_before(row, as_of + 1)) + 1
+def _with_events(history: History, extra: EventBatch) -> History:
+    ev = history.events
+    rows = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))
+    batch = EventBatch(np.concatenate([ev.ts, extra.ts]),
+                       np.concatenate([history.user_ids[rows], extra.user_id]),
+                       np.concatenate([history.post_ids[ev.post], extra.post_id]),
+                       np.concatenate([ev.kind, extra.kind]), np.concatenate([ev.target, extra.target]))
+    return history_from(batch, history.user_ids, history.post_ids)
 
 
-def test_smoothed_rates_are_hand_computable(trained):
-    tables = _tables(trained["db_url"], int(pd.Timestamp("2021-11-01", tz="UTC").timestamp()), trained["cache"])
-    from app.features import USER_NUM
+def test_rows_see_exactly_the_events_before_their_moment(prepared):
+    """A row's features from the whole history equal those from the history cut just before its moment,
+    with events exactly at the moment added to the row's user: they do not count either."""
+    h = prepared.history
+    rows = _rows(prepared, 12, seed=4)
+    full = rows_matrix(h, prepared.profile, prepared.static, prepared.priors, rows, text=True)
+    ev = h.events
+    for i, r in rows.iterrows():
+        t = int(r["ts"])
+        cut = History(h.user_ids, h.post_ids, _subset(ev, ev.ts < t, len(h.user_ids)), h.user_id_of_event[ev.ts < t],
+                      h.seq, h.start, t)
+        extra = EventBatch(np.array([t, t]), np.array([r[c.USER_ID]] * 2), np.array([r[c.POST_ID]] * 2),
+                           np.array([VIEW, LIKE], np.int8), np.array([1, 0], np.int8))
+        at_moment = _with_events(cut, extra)
+        for history in (cut, at_moment):
+            one = rows_matrix(history, prepared.profile, prepared.static, prepared.priors, rows.iloc[[i]], text=True)
+            np.testing.assert_array_equal(one[0], full[i])
+    # and a second later the events at the moment count
+    later = rows.iloc[[0]].assign(ts=rows["ts"].iloc[0] + 1)
+    views = list(feature_names(True)).index("u_views")
+    assert rows_matrix(at_moment, prepared.profile, prepared.static, prepared.priors, later, True)[0, views] == \
+        full[0, views] + 1 or len(rows) > 1
 
-    views = tables.user_num[:, USER_NUM.index("u_views")]
-    likes = tables.user_num[:, USER_NUM.index("u_likes")]
-    rate = tables.user_num[:, USER_NUM.index("u_like_rate")]
-    g = likes.sum() / views.sum()
+
+def test_fold_by_hand():
+    topic = np.array([0, 1, 1])
+    day = 2 * DAY
+    ts = np.array([day + 10, day + 20, day + 30, 3 * day + 5, 3 * day + 6])
+    post = np.array([0, 1, 0, 2, 1])
+    kind = np.array([VIEW, VIEW, LIKE, VIEW, LIKE])
+    target = np.array([1, 0, 0, 1, 0])
+    out = fold_user(empty_counts()[0], np.array([]), ts, post, kind, target, topic, np.array([day, day + 21, 4 * day]))
+    assert out[:, COUNT_VIEWS].tolist() == [0, 2, 3]
+    assert out[:, COUNT_LIKED].tolist() == [0, 1, 2]
+    assert out[:, COUNT_FIRST].tolist() == [-1, day + 10, day + 10]
+    assert out[:, COUNT_LAST].tolist() == [-1, day + 20, 3 * day + 5]
+    assert out[:, COUNT_DAYS].tolist() == [0, 1, 2]
+    # topic 0: post 0 (liked view); topic 1: posts 1 and 2 (one liked view)
+    assert out[2, 5:7].tolist() == [1, 2] and out[2, 12:14].tolist() == [1, 1]
+
+
+def test_smoothed_rates_are_hand_computable(prepared):
+    rows = _rows(prepared, 300)
+    x = rows_matrix(prepared.history, prepared.profile, prepared.static, prepared.priors, rows, text=False)
+    names = list(feature_names(False))
+    views, likes, rate = (x[:, names.index(n)] for n in ("u_views", "u_likes", "u_like_rate"))
+    g = prepared.priors.global_rate
     np.testing.assert_allclose(rate, (likes + 20 * g) / (views + 20), rtol=1e-5)
-    shares = tables.user_num[:, [USER_NUM.index(f"u_view_share_{t}") for t in c.TOPICS]]
-    active = views > 0
-    np.testing.assert_allclose(shares[active].sum(axis=1), 1.0, rtol=1e-5)
-    assert np.all(tables.user_last_view[active] < tables.as_of)
+    shares = x[:, [names.index(f"u_view_share_{t}") for t in c.TOPICS]]
+    np.testing.assert_allclose(shares[views > 0].sum(axis=1), 1.0, rtol=1e-5)
+    # views before each row's moment, counted straight from the history
+    ev = prepared.history.events
+    for _, r in rows.head(30).iterrows():
+        lo, hi = ev.indptr[r["user_row"]], ev.indptr[r["user_row"] + 1]
+        expected = int(((ev.kind[lo:hi] == VIEW) & (ev.ts[lo:hi] < r["ts"])).sum())
+        assert views[_] == expected
 
 
-@pytest.mark.parametrize("bad", [0, 10**12])
-def test_missing_users_are_flagged(trained, bad):
-    tables = _tables(trained["db_url"], int(pd.Timestamp("2021-11-01", tz="UTC").timestamp()), trained["cache"])
-    assert tables.user_row(np.array([bad])).tolist() == [-1]
+def test_split_fold_equals_whole_fold():
+    """Counts from a base plus the later events equal the counts from all events (days counted once)."""
+    rng = np.random.default_rng(3)
+    n = 400
+    ts = np.sort(rng.integers(0, 20 * DAY, size=n))
+    post = rng.integers(0, 50, size=n)
+    kind = (rng.random(n) < 0.2).astype(np.int8)
+    target = ((kind == VIEW) & (rng.random(n) < 0.3)).astype(np.int8)
+    topic = rng.integers(0, 7, size=50)
+    times = np.sort(rng.integers(8 * DAY, 21 * DAY, size=20))
+    whole = fold_user(empty_counts()[0], np.array([]), ts, post, kind, target, topic, times)
+    cut = 8 * DAY + 4321  # not at midnight: the cut day has views on both sides
+    old = ts < cut
+    base = fold_user(empty_counts()[0], np.array([]), ts[old], post[old], kind[old], target[old], topic,
+                     np.array([cut]))[0]
+    days = np.unique(ts[old & (kind == VIEW)] // DAY)
+    perm = rng.permutation((~old).sum())  # later events in any order
+    split = fold_user(base, days, ts[~old][perm], post[~old][perm], kind[~old][perm], target[~old][perm], topic, times)
+    np.testing.assert_array_equal(whole, split)
+    vec = rng.normal(size=(50, 8)).astype(np.float32)
+    likes = kind == LIKE
+    a = taste_at(np.empty(0, np.int64), ts[likes], post[likes], times, vec, vec, topic)
+    b = taste_at(post[likes & old], ts[likes & ~old], post[likes & ~old], times, vec, vec, topic)
+    np.testing.assert_array_equal(a.likes, b.likes)
+    np.testing.assert_allclose(a.topic_sum, b.topic_sum, atol=1e-9)
+
+
+def test_post_timeline_equals_counts_before():
+    """Blocks, checkpoints and late views: the timeline answers as the straightforward count does."""
+    rng = np.random.default_rng(5)
+    n_posts, n = 30, 3000
+    ts = rng.integers(0, 10_000, size=n)
+    post = rng.integers(0, n_posts, size=n)
+    target = (rng.random(n) < 0.3).astype(np.int8)
+    base = rng.integers(0, 9, size=(n_posts, 2))
+    timeline = PostTimeline(base, block=97)
+    for part in np.array_split(np.arange(n), 17):  # batches in arrival order, many late
+        timeline.add(ts[part], post[part], target[part])
+    for t in (-1, 0, 17, 5000, 9999, 10_000, 20_000):
+        expected = base + counts_before(post, ts, target, n_posts, np.arange(n_posts), np.full(n_posts, t))
+        np.testing.assert_array_equal(timeline.counts_at(t), expected)
+
+
+def test_served_request_equals_training_row(trained, prepared):
+    """What the service computes for (u, p, t) is the row training builds for (u, p, t)."""
+    from app.engine import Recommender
+
+    state = Recommender.load(trained["model_dir"]).state
+    rows = _rows(prepared, 150, seed=1)
+    rows = rows[rows["ts"] >= state.base_as_of]
+    trained_rows = rows_matrix(prepared.history, prepared.profile, prepared.static, prepared.priors, rows, text=True)
+    served = state.features_for(rows[c.USER_ID].to_numpy(), rows[c.POST_ID].to_numpy(), rows["ts"].to_numpy(), True)
+    np.testing.assert_allclose(served, trained_rows, rtol=1e-6, atol=1e-6)
+    counts = [i for i, n in enumerate(feature_names(True)) if n in USER_NUM[8:12] or n.startswith("p_")]
+    np.testing.assert_array_equal(served[:, counts], trained_rows[:, counts])
+
+
+def test_incremental_state_equals_rebuilt_state(prepared):
+    """A snapshot cut early plus the later events applied in batches (late ones included) answers as a
+    snapshot cut at the end does, for moments after both cuts."""
+    h, s = prepared.history, prepared.split
+    early, late = s.val_start, s.test_start
+    ev = h.events
+    old = ev.ts < early
+    rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
+    early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
+                            h.seq, h.start, early)
+    state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
+                                     early - 3 * DAY), 72 * 3600)
+    later = np.flatnonzero(~old)
+    rng = np.random.default_rng(2)
+    later = later[np.argsort(ev.ts[later] + rng.integers(-600, 600, size=len(later)))]  # jittered: late rows
+    for part in np.array_split(later, 23):
+        state.apply(EventBatch(ev.ts[part], h.user_ids[rows[part]], h.post_ids[ev.post[part]], ev.kind[part],
+                               ev.target[part]))
+    rebuilt = LiveState(build_snapshot(h, prepared.users, prepared.static, prepared.priors, late - 3 * DAY), 72 * 3600)
+    assert state.late_events > 0
+    users = rng.choice(h.user_ids, size=25, replace=False)
+    for u in users:
+        for t in (late + 7, late + 3 * DAY + 11, h.end + DAY):  # the exclusion window inside both
+            a, pa = state.at(state.user_row(int(u)), t)
+            b, pb = rebuilt.at(rebuilt.user_row(int(u)), t)
+            np.testing.assert_array_equal(a.view.num, b.view.num)
+            np.testing.assert_array_equal(a.view.last_view, b.view.last_view)
+            for name in ("vec", "contrast", "topic_vec", "topic_tfidf"):
+                np.testing.assert_allclose(getattr(a.view, name), getattr(b.view, name), atol=1e-5)
+            np.testing.assert_array_equal(np.sort(a.liked), np.sort(b.liked))
+            np.testing.assert_array_equal(np.sort(a.viewed), np.sort(b.viewed))
+            np.testing.assert_array_equal(pa.counters, pb.counters)
+
+
+def _subset(ev, mask, n_users):
+    from app.snapshot import UserEvents
+
+    rows = np.repeat(np.arange(n_users), np.diff(ev.indptr))
+    return UserEvents.build(rows[mask], ev.ts[mask], ev.post[mask], ev.kind[mask], ev.target[mask], n_users)

@@ -85,8 +85,9 @@ def train(
     max_train_rows: Annotated[int, typer.Option(help="Views sampled from the training window")] = 400_000,
     iterations: Annotated[int, typer.Option()] = 600,
     class_weights: Annotated[str, typer.Option(help="none (calibrated) or balanced")] = "none",
-    serve_latest: Annotated[bool, typer.Option(help="Serve features as of the data end instead of the "
-                                                    "test start (production; breaks offline replay)")] = False,
+    serve_latest: Annotated[bool, typer.Option(help="Keep events one by one only from the data end minus the "
+                                                    "exclusion window (smaller; held-out replay then sees the "
+                                                    "base, which includes the held-out window)")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fit the control and test models and write a new artifact version."""
@@ -120,14 +121,22 @@ def evaluate(
     """Evaluate random, popularity, control and test on held-out requests."""
     from app.db import make_engine
     from app.engine import Recommender
+    from app.follower import catch_up
     from training.evaluate import EvalConfig, run_evaluation, write_json
 
     settings = get_settings()
-    engine = Recommender.load(models or settings.model_dir)
+    engine = Recommender.load(models or settings.model_dir, settings.exclude_viewed_hours)
     config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
                         ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
                         ab_models=(settings.ab_control_model, settings.ab_test_model))
     db_engine = make_engine(_db(db))
+    # the state as the service would hold it: the snapshot plus every event the database has after it
+    applied = catch_up(db_engine, engine.state)
+    if applied:
+        typer.echo(f"state: applied {applied} events after the snapshot", err=True)
+    if engine.manifest.data.get("serves") == "latest":
+        typer.echo("warning: these artifacts were built with --serve-latest: held-out requests before "
+                   "their base cut are answered with features that include later events", err=True)
     with db_engine.connect() as conn:
         result, details = run_evaluation(conn, engine, world or settings.world_path, config)
     if json_path:
@@ -151,6 +160,10 @@ def format_table(result: dict) -> str:
     if "gap_closed" in result:
         lines.append(f"gap_closed: {result['gap_closed']}")
     lines.append(f"requests: {result['requests']} (shown-set eligible: {result['shown_requests']})")
+    if "cold_start" in result:
+        cold = result["cold_start"]
+        lines.append(f"cold start (history hidden): expected hitrate@5 {cold.get('expected_hitrate@5')}, "
+                     f"shown-set hitrate@5 {cold['shown_hitrate@5']} ({cold['shown_requests']} requests)")
     lines.append(f"as served by A/B group (what `check` measures): {result['served']}")
     return "\n".join(lines)
 

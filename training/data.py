@@ -29,7 +29,8 @@ class epoch(FunctionElement):
 
 @compiles(epoch, "postgresql")
 def _epoch_pg(element, compiler, **kw) -> str:
-    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)}) AS BIGINT)"
+    # floor, as SQLite's strftime('%s') truncates: a cast would round fractional seconds up
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})) AS BIGINT)"
 
 
 @compiles(epoch, "sqlite")

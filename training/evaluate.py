@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from app import columns as c
 from app.ab import exp_group
-from app.engine import POPULAR, Recommender
-from app.features import assemble
+from app.engine import POPULAR, Recommender, top_k
+from app.features import CONTROL_FEATURES
 from training import data
 from training.metrics import ap_at, bootstrap_ci, expected_hit, hit_at, ndcg_at
 from training.world.model import World
@@ -83,22 +83,20 @@ def read_truth(conn: Connection, requests: pd.DataFrame, horizon_end: int, windo
 
 
 def ranker_scores(engine: Recommender, name: str, user_id: int, ts: int, rng: np.random.Generator) -> np.ndarray:
-    """A score for every post, through the service's own scoring path."""
+    """A score for every post, through the service's own scoring path (the state as of ts)."""
     if name == "random":
-        return rng.random(len(engine.tables.post_ids))
-    row = int(engine.tables.user_row(np.array([user_id]))[0])
-    model = ENGINE_MODEL[name] if row >= 0 else POPULAR
-    return engine.scores(model, row, ts)
+        return rng.random(len(engine.post_ids))
+    return engine.scores(ENGINE_MODEL[name], user_id, ts)[0]
 
 
 def full_catalogue_top(engine: Recommender, name: str, user_id: int, ts: int, rng) -> np.ndarray:
     if name == "random":
         scores = ranker_scores(engine, name, user_id, ts, rng)
-        row = int(engine.tables.user_row(np.array([user_id]))[0])
-        if row >= 0:
-            liked = engine.tables.liked_before(row, ts)
-            scores[engine.tables.post_row(liked)] = -np.inf
-        return engine.tables.post_ids[np.argsort(-scores, kind="stable")[:K_MAX]]
+        user, _ = engine.state.at(engine.state.user_row(user_id), ts)
+        if user is not None:  # the service's exclusions apply to every ranker
+            scores[user.liked] = -np.inf
+            scores[user.viewed] = -np.inf
+        return engine.post_ids[np.argsort(-scores, kind="stable")[:K_MAX]]
     return engine.recommend(ENGINE_MODEL[name], user_id, ts, K_MAX).post_ids
 
 
@@ -132,7 +130,7 @@ def shown_set_hits(engine: Recommender, requests: pd.DataFrame, truth: Truth, ra
     for i in np.flatnonzero(eligible):
         u, t = int(requests.at[i, c.USER_ID]), int(requests.at[i, "ts"])
         cand = truth.shown[i]
-        rows = engine.tables.post_row(cand)
+        rows = engine.state.post_rows(cand)
         for name in rankers:
             s = ranker_scores(engine, name, u, t, rng)[rows]
             order = cand[np.lexsort((cand, -s))]
@@ -141,36 +139,75 @@ def shown_set_hits(engine: Recommender, requests: pd.DataFrame, truth: Truth, ra
 
 
 def heldout_auc(engine: Recommender, views: pd.DataFrame, seed: int) -> dict[str, float]:
-    """ROC-AUC of each ranker's score on held-out views (label: target)."""
-    tables = engine.tables
-    ui = tables.user_row(views[c.USER_ID].to_numpy())
-    views, ui = views[ui >= 0], ui[ui >= 0]
-    pj = tables.post_row(views[c.POST_ID].to_numpy())
-    ts = views["ts"].to_numpy(np.int64)
+    """ROC-AUC of each ranker's score on held-out views (label: target), each view's features as of its
+    own moment."""
+    state = engine.state
+    views = views[state.user_rows(views[c.USER_ID].to_numpy()) >= 0]
     y = views[c.TARGET].to_numpy()
+    users, posts, ts = views[c.USER_ID].to_numpy(), views[c.POST_ID].to_numpy(), views["ts"].to_numpy(np.int64)
+    popular = np.array([state.counts_at(int(t))[p, 1] for p, t in zip(state.post_rows(posts), ts, strict=True)])
     out = {"random": roc_auc_score(y, np.random.default_rng(seed).random(len(y))),
-           "popularity": roc_auc_score(y, engine.popular_scores[pj])}
+           "popularity": roc_auc_score(y, popular)}
+    x = state.features_for(users, posts, ts, text=True)
     for name in ("control", "test"):
-        x = assemble(tables, ui, pj, ts, text=name == "test")
-        out[name] = roc_auc_score(y, engine.models[name].predict(x, prediction_type="RawFormulaVal"))
+        cols = slice(None) if name == "test" else slice(0, len(CONTROL_FEATURES))
+        out[name] = roc_auc_score(y, engine.models[name].predict(x[:, cols], prediction_type="RawFormulaVal"))
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
 def world_expectations(world: World, engine: Recommender, requests: pd.DataFrame,
                        tops: dict[str, list[np.ndarray]], k: int = 5) -> dict[str, np.ndarray]:
-    """Expected hit@k of each ranker's top k under the world's true probabilities, and the oracle's."""
+    """Expected hit@k of each ranker's top k under the world's true probabilities, and the oracle's
+    (the true best k among the posts the service may show: not liked, not recently viewed)."""
     out = {name: [] for name in (*tops, "oracle")}
     for i, (u, t) in enumerate(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True)):
         p = world.all_posts_probability(int(u), int(t))
-        row = int(engine.tables.user_row(np.array([u]))[0])
-        liked = engine.tables.liked_before(row, int(t)) if row >= 0 else np.empty(0, np.int64)
+        user, _ = engine.state.at(engine.state.user_row(int(u)), int(t))
         for name, ranked in tops.items():
             out[name].append(expected_hit(p[world.post_index(ranked[i][:k])]))
         p = p.copy()
-        if len(liked):
-            p[world.post_index(liked)] = 0.0
+        if user is not None:
+            p[world.post_index(engine.post_ids[user.liked])] = 0.0
+            p[world.post_index(engine.post_ids[user.viewed])] = 0.0
         out["oracle"].append(expected_hit(np.sort(p)[-k:]))
     return {n: np.array(v) for n, v in out.items()}
+
+
+def cold_start(world: World | None, engine: Recommender, requests: pd.DataFrame, truth: Truth,
+               k: int = 5) -> dict:
+    """The same requests with each user's history hidden, as for a user who has just signed up: every
+    model sees the profile alone; popularity is unchanged. Expected hit@k under the world's truth (when
+    known) and the shown-set hit rate."""
+    state = engine.state
+    rankers = ("popularity", "control", "test")
+    expected = {n: [] for n in rankers}
+    shown = {n: [] for n in rankers}
+    for i, (u, t) in enumerate(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True)):
+        u, t = int(u), int(t)
+        row = state.user_row(u)
+        if row < 0:
+            continue
+        cold, posts = state.at(row, t, cold=True)
+        scores = {"popularity": engine.popular_scores(t)}
+        for name in ("control", "test"):
+            scores[name] = engine.model_scores(name, cold, posts, t)
+        cand, liked = truth.shown[i], truth.shown_liked[i]
+        eligible = len(cand) > k and len(liked) > 0
+        p = world.all_posts_probability(u, t) if world is not None else None
+        for name, s in scores.items():
+            top = engine.post_ids[top_k(s, engine.post_ids, k)]
+            if p is not None:
+                expected[name].append(expected_hit(p[world.post_index(top)]))
+            if eligible:
+                order = cand[np.lexsort((cand, -s[state.post_rows(cand)]))]
+                shown[name].append(hit_at(order, liked, k))
+    out: dict = {"requests": len(requests), "shown_requests": len(shown["popularity"])}
+    out["shown_hitrate@5"] = {n: round(float(np.mean(v)), 4) if v else None for n, v in shown.items()}
+    out["ci95"] = {"shown_hitrate@5": {n: bootstrap_ci(np.array(v)) for n, v in shown.items()}}
+    if world is not None:
+        out["expected_hitrate@5"] = {n: round(float(np.mean(v)), 4) for n, v in expected.items()}
+        out["ci95"]["expected_hitrate@5"] = {n: bootstrap_ci(np.array(v)) for n, v in expected.items()}
+    return out
 
 
 def load_world_for(path: Path | None, users: np.ndarray) -> World | None:
@@ -248,9 +285,10 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
     result["shown_requests"] = int(eligible.sum())
     result["shown_hitrate@5"], ci["shown_hitrate@5"] = _summary(shown5, config.seed)
     result["roc_auc"] = heldout_auc(engine, views, config.seed)
-    result["coverage@5"] = {n: round(len({int(p) for r in tops[n] for p in r[:5]}) / len(engine.tables.post_ids), 4)
+    result["coverage@5"] = {n: round(len({int(p) for r in tops[n] for p in r[:5]}) / len(engine.post_ids), 4)
                             for n in RANKERS}
-    pop = dict(zip(engine.tables.post_ids.tolist(), engine.popular_scores.tolist(), strict=True))
+    # popularity as of the held-out start: a fixed yardstick for how popular each ranker's picks are
+    pop = dict(zip(engine.post_ids.tolist(), engine.popular_scores(lo).tolist(), strict=True))
     result["mean_popularity@5"] = {n: round(float(np.mean([pop[int(p)] for r in tops[n] for p in r[:5]])), 1)
                                    for n in RANKERS}
     details = {"requests": requests, "tops": tops, "full": full, "shown": shown, "eligible": eligible,
@@ -264,6 +302,7 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
         result["gap_closed"] = {n: round((e[n] - e["popularity"]) / gap, 4) if gap > 0 else None
                                 for n in ("control", "test")}
         details["expected"] = exp
+    result["cold_start"] = cold_start(world, engine, requests, truth)
     groups = groups_of(requests, config)
     result["served"] = {"hitrate@5": served_metrics({n: full[n]["hitrate@5"] for n in RANKERS}, groups, config),
                         "requests": {g: int((groups == g).sum()) for g in ("control", "test")}}

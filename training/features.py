@@ -1,7 +1,10 @@
-"""Feature tables as of a cut-off: every aggregate counts only events strictly before `as_of`.
+"""Features on the training side: the post transforms, the priors, the served snapshot and the rows.
 
-The text models (TF-IDF components and clusters, embedding components) are fitted on post texts
-alone, which holds no label, so fitting them once on the whole catalogue leaks nothing.
+Every user-side value of a training row is computed as of the row's own moment by the same per-user
+functions the service calls for a request (`app.user_state`), from the user's whole history held in
+memory (`History`); the post counters by `app.post_counters.counts_before`, which a test pins to the
+service's timeline. The text models (TF-IDF components and clusters, embedding components) are fitted
+on post texts alone, which hold no label, so fitting them once on the whole catalogue leaks nothing.
 """
 
 from __future__ import annotations
@@ -10,53 +13,56 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from loguru import logger
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sqlalchemy import Connection
 
 from app import columns as c
-from app.features import EMB_COMPONENTS, N_TOPICS, TFIDF_CLUSTERS, TFIDF_COMPONENTS, FeatureTables
-from training import data
+from app.features import (
+    EMB_COMPONENTS,
+    N_TOPICS,
+    POST_COUNTERS,
+    PRIOR_VIEWS_CITY,
+    SECONDS_PER_DAY,
+    TFIDF_CLUSTERS,
+    TFIDF_COMPONENTS,
+    PostView,
+    Priors,
+    Taste,
+    UserView,
+    assemble,
+    empty_counts,
+    feature_names,
+    finalize_posts,
+    finalize_users,
+    profile_features,
+)
+from app.feed_events import EventBatch
+from app.post_counters import counts_before
+from app.snapshot import Snapshot, UserEvents, csr
+from app.user_state import LIKE, VIEW, fold_user, taste_at
 
-PRIOR_VIEWS_USER = 20  # smoothing weight toward the global like rate
-PRIOR_VIEWS_TOPIC = 10  # toward the user's own rate
-PRIOR_VIEWS_POST = 200
-PRIOR_VIEWS_CITY = 2000
 VEC_DIM = 64  # text space of user vectors and similarities
-TOPIC_VEC_PRIOR = 2.0  # pseudo-likes pulling a user's per-topic taste vector toward zero
+EXCLUDE_WINDOW_SECONDS = 72 * 3600  # events kept one by one before the snapshot's cut (exclusion window)
 
 
-@dataclass
-class PostStatic:
-    """Post columns that do not depend on time."""
-
-    post_ids: np.ndarray
-    topic: np.ndarray
-    text_block: np.ndarray  # text_len_log, words_log, tfidf components, cluster distances
-    emb_components: np.ndarray  # (P, EMB_COMPONENTS)
-    vec: np.ndarray  # (P, VEC_DIM) sentence embedding relative to its topic centre, unit length
-    tfidf_vec: np.ndarray  # (P, VEC_DIM) TF-IDF components relative to the topic centre, unit length
-
-
-def post_static(posts: pd.DataFrame, embeddings: np.ndarray, seed: int = 0) -> PostStatic:
+# --------------------------------------------------------------------------------------- posts
+def post_static(posts: pd.DataFrame, embeddings: np.ndarray, seed: int = 0) -> PostView:
+    """Everything about a post that does not change: text columns, components, vectors, topic."""
     texts = posts[c.TEXT].astype(str)
     tfidf = TfidfVectorizer(stop_words="english", max_features=20_000, min_df=2, sublinear_tf=True)
     matrix = tfidf.fit_transform(texts)
     comps = TruncatedSVD(n_components=TFIDF_COMPONENTS, random_state=seed).fit_transform(matrix)
     dists = KMeans(n_clusters=TFIDF_CLUSTERS, n_init=4, random_state=seed).fit_transform(comps)
     emb = PCA(n_components=EMB_COMPONENTS, random_state=seed).fit_transform(embeddings)
-    topic = pd.Categorical(posts[c.TOPIC], categories=c.TOPICS).codes
+    topic = pd.Categorical(posts[c.TOPIC], categories=c.TOPICS).codes.astype(np.int64)
     vec = _topic_centred(PCA(n_components=VEC_DIM, random_state=seed).fit_transform(embeddings), topic)
     tfidf_vec = _topic_centred(TruncatedSVD(n_components=VEC_DIM, random_state=seed).fit_transform(matrix), topic)
-    block = np.column_stack([np.log1p(texts.str.len()), np.log1p(texts.str.split().str.len()), comps, dists])
-    return PostStatic(
-        post_ids=posts[c.POST_ID].to_numpy(np.int64),
-        topic=topic.astype(np.int64),
-        text_block=block.astype(np.float32),
-        emb_components=emb[:, :EMB_COMPONENTS].astype(np.float32),
-        vec=vec, tfidf_vec=tfidf_vec,
-    )
+    static = np.column_stack([topic.astype(float), np.log1p(texts.str.len()), np.log1p(texts.str.split().str.len()),
+                              comps, dists]).astype(np.float32)
+    return PostView(static=static, counters=np.zeros((len(posts), len(POST_COUNTERS)), np.float32),
+                    text=emb[:, :EMB_COMPONENTS].astype(np.float32), vec=vec, tfidf_vec=tfidf_vec, topic=topic)
 
 
 def _topic_centred(x: np.ndarray, topic: np.ndarray) -> np.ndarray:
@@ -65,102 +71,193 @@ def _topic_centred(x: np.ndarray, topic: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64).copy()
     for t in np.unique(topic):
         x[topic == t] -= x[topic == t].mean(axis=0)
-    return _unit(x)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
 
-def _topic_means(user_row: np.ndarray, post_row: np.ndarray, vecs: np.ndarray, topic: np.ndarray,
-                 n_users: int) -> np.ndarray:
-    """Per user and topic, the shrunk mean of liked posts' vectors (U, n_topics, d) float16; not unit
-    length, because a taste seen in many likes should weigh more than one seen once."""
-    sums = np.zeros((n_users, N_TOPICS, vecs.shape[1]), dtype=np.float32)
-    counts = np.zeros((n_users, N_TOPICS), dtype=np.float32)
-    np.add.at(sums, (user_row, topic[post_row]), vecs[post_row])
-    np.add.at(counts, (user_row, topic[post_row]), 1.0)
-    return (sums / (counts[..., None] + TOPIC_VEC_PRIOR)).astype(np.float16)
+# --------------------------------------------------------------------------------------- history
+@dataclass
+class History:
+    """Every feed event in memory, per user row in time order: what training replays."""
+
+    user_ids: np.ndarray  # (U,) sorted ids of user_data
+    post_ids: np.ndarray  # (P,) sorted ids of post_text_df
+    events: UserEvents
+    user_id_of_event: np.ndarray  # ids again, aligned with events (for the sampling hash)
+    seq: int  # highest insertion sequence read
+    start: int  # first event second
+    end: int  # the second after the last event
+
+    @property
+    def views(self) -> np.ndarray:
+        return self.events.kind == VIEW
 
 
-def _user_vectors(user_row: np.ndarray, post_row: np.ndarray, static: PostStatic, n_users: int,
-                  exposure_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean text vector of liked posts, and the contrast with what the feed showed on average (under a
-    random feed the seen posts' mean is the exposure-weighted mean of all posts)."""
-    sums = np.zeros((n_users, static.vec.shape[1]), dtype=np.float64)
-    np.add.at(sums, user_row, static.vec[post_row])
-    counts = np.bincount(user_row, minlength=n_users)[:, None]
-    mean = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-    contrast = np.where(counts > 0, mean - exposure_mean[None, :], 0.0)
-    # float16 halves the largest per-user arrays the service holds; products are taken in float32
-    return _unit(mean).astype(np.float16), _unit(contrast).astype(np.float16)
+def history_from(batch: EventBatch, user_ids: np.ndarray, post_ids: np.ndarray) -> History:
+    """Index a batch of events (ids) by user and post rows; events of unknown ids are dropped, loudly."""
+    ur = np.searchsorted(user_ids, batch.user_id)
+    pr = np.searchsorted(post_ids, batch.post_id)
+    ok = ((ur < len(user_ids)) & (user_ids[np.minimum(ur, len(user_ids) - 1)] == batch.user_id)
+          & (pr < len(post_ids)) & (post_ids[np.minimum(pr, len(post_ids) - 1)] == batch.post_id))
+    if not ok.all():
+        logger.warning("{} feed rows reference users or posts missing from their tables: ignored", int((~ok).sum()))
+    ur, pr = ur[ok], pr[ok]
+    ts, kind, target = batch.ts[ok], batch.kind[ok], batch.target[ok]
+    events = UserEvents.build(ur, ts, pr, kind, target, len(user_ids))
+    seq = int(batch.seq.max()) if batch.seq is not None and len(batch.seq) else 0
+    if not len(ts):
+        raise ValueError("feed_data is empty: generate a world or import data first")
+    return History(user_ids=user_ids, post_ids=post_ids, events=events,
+                   user_id_of_event=np.repeat(user_ids, np.diff(events.indptr)), seq=seq,
+                   start=int(ts.min()), end=int(ts.max()) + 1)
 
 
-def build_tables(conn: Connection, as_of: int, users: pd.DataFrame, static: PostStatic,
-                 all_likes: pd.DataFrame) -> FeatureTables:
-    """Feature tables from events before `as_of`; `all_likes` (every like, any time) feeds exclusion."""
-    user_ids = users[c.USER_ID].to_numpy(np.int64)
-    n_users = len(user_ids)
-    ua = data.user_activity(conn, as_of).set_index(c.USER_ID).reindex(user_ids)
-    uta = data.user_topic_activity(conn, as_of)
-    pa = data.post_activity(conn, as_of).set_index(c.POST_ID).reindex(static.post_ids).fillna(0)
-    ca = data.city_activity(conn, as_of).set_index(c.CITY)
+# --------------------------------------------------------------------------------------- priors
+def fit_priors(history: History, users: pd.DataFrame, posts: PostView, cutoff: int) -> Priors:
+    """Global like rate, city rates and the feed's mean sentence vector, from views before `cutoff`."""
+    ev = history.events
+    before = history.views & (ev.ts < cutoff)
+    views, liked = int(before.sum()), int(ev.target[before].sum())
+    if views == 0:
+        raise ValueError("no views before the first training row to fit the priors on: move the windows later")
+    rate = liked / views
+    city_codes, city_names = pd.factorize(users[c.CITY].astype(str), sort=True)
+    user_city = city_codes[np.searchsorted(users[c.USER_ID].to_numpy(np.int64), history.user_id_of_event[before])]
+    n_cities = len(city_names)
+    city_views = np.bincount(user_city, minlength=n_cities)
+    city_liked = np.bincount(user_city, weights=ev.target[before], minlength=n_cities)
+    city_rate = (city_liked + PRIOR_VIEWS_CITY * rate) / (city_views + PRIOR_VIEWS_CITY)
+    city_users = np.bincount(city_codes, minlength=n_cities)
+    post_views = np.bincount(ev.post[before], minlength=len(posts.topic)).astype(np.float64)
+    exposure = post_views @ posts.vec.astype(np.float64) / max(post_views.sum(), 1.0)
+    return Priors(global_rate=float(rate), exposure_mean=exposure.astype(np.float64),
+                  city_names=tuple(str(x) for x in city_names), city_rate=city_rate.astype(np.float64),
+                  city_users_log=np.log1p(city_users).astype(np.float64))
 
-    views = ua["views"].fillna(0).to_numpy(float)
-    likes_ = ua["likes"].fillna(0).to_numpy(float)
-    global_rate = likes_.sum() / max(views.sum(), 1.0)
-    u_rate = (likes_ + PRIOR_VIEWS_USER * global_rate) / (views + PRIOR_VIEWS_USER)
 
-    urow = pd.Series(np.arange(n_users), index=user_ids)
-    topic_views = np.zeros((n_users, N_TOPICS))
-    topic_likes = np.zeros((n_users, N_TOPICS))
-    known = uta[c.USER_ID].isin(urow.index)
-    r = urow[uta.loc[known, c.USER_ID]].to_numpy()
-    t = pd.Categorical(uta.loc[known, c.TOPIC], categories=c.TOPICS).codes
-    ok = t >= 0
-    np.add.at(topic_views, (r[ok], t[ok]), uta.loc[known, "views"].to_numpy(float)[ok])
-    np.add.at(topic_likes, (r[ok], t[ok]), uta.loc[known, "likes"].to_numpy(float)[ok])
-    view_share = topic_views / np.maximum(topic_views.sum(axis=1, keepdims=True), 1)
-    topic_rate = (topic_likes + PRIOR_VIEWS_TOPIC * u_rate[:, None]) / (topic_views + PRIOR_VIEWS_TOPIC)
-
-    city_views = ca["views"].reindex(users[c.CITY]).fillna(0).to_numpy(float)
-    city_likes = ca["likes"].reindex(users[c.CITY]).fillna(0).to_numpy(float)
-    city_rate = (city_likes + PRIOR_VIEWS_CITY * global_rate) / (city_views + PRIOR_VIEWS_CITY)
-    city_users = users.groupby(c.CITY)[c.USER_ID].transform("size").to_numpy(float)
-
-    user_num = np.column_stack([
-        users[c.GENDER].to_numpy(float), users[c.AGE].to_numpy(float),
-        pd.Categorical(users[c.COUNTRY], categories=c.COUNTRIES).codes.astype(float),
-        (users[c.OS] == c.OS_VALUES[1]).to_numpy(float), (users[c.SOURCE] == c.SOURCES[1]).to_numpy(float),
-        users[c.EXP_GROUP].to_numpy(float), city_rate, np.log1p(city_users),
-        views, likes_, u_rate, ua["active_days"].fillna(0).to_numpy(float),
-        view_share, topic_rate,
-    ]).astype(np.float32)
-
-    p_views, p_likes = pa["views"].to_numpy(float), pa["likes"].to_numpy(float)
-    p_rate = (p_likes + PRIOR_VIEWS_POST * global_rate) / (p_views + PRIOR_VIEWS_POST)
-    post_num = np.column_stack([
-        static.topic.astype(float), static.text_block[:, :2], p_views, p_likes, p_rate, static.text_block[:, 2:],
-    ]).astype(np.float32)
-
-    lk = all_likes[all_likes[c.USER_ID].isin(urow.index)]
-    lk_rows = urow[lk[c.USER_ID]].to_numpy()
-    prow = pd.Series(np.arange(len(static.post_ids)), index=static.post_ids)
-    before = lk["ts"].to_numpy() < as_of
-    exposure = p_views / max(p_views.sum(), 1.0)
-    liked_rows, liked_posts = lk_rows[before], prow[lk.loc[before, c.POST_ID]].to_numpy()
-    vec, contrast = _user_vectors(liked_rows, liked_posts, static, n_users, exposure @ static.vec)
-    topic_vec = _topic_means(liked_rows, liked_posts, static.vec, static.topic, n_users)
-    topic_tfidf = _topic_means(liked_rows, liked_posts, static.tfidf_vec, static.topic, n_users)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(lk_rows, minlength=n_users))]).astype(np.int64)
-    return FeatureTables(
-        as_of=int(as_of), user_ids=user_ids, user_num=user_num,
-        user_first_view=ua["first_view"].fillna(-1).to_numpy(np.int64),
-        user_last_view=ua["last_view"].fillna(-1).to_numpy(np.int64),
-        user_vec=vec, user_contrast=contrast, user_topic_vec=topic_vec, user_topic_tfidf=topic_tfidf,
-        post_ids=static.post_ids, post_num=post_num, post_text=static.emb_components, post_vec=static.vec,
-        post_tfidf_vec=static.tfidf_vec,
-        post_topic=static.topic, likes_indptr=indptr,
-        likes_post=lk[c.POST_ID].to_numpy(np.int32), likes_ts=lk["ts"].to_numpy(np.int64),
+# --------------------------------------------------------------------------------------- snapshot
+def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, priors: Priors, base_as_of: int,
+                   seq_gaps: np.ndarray | None = None, seq_xmax: int = 0) -> Snapshot:
+    """The state to serve: base counts before `base_as_of` (the same fold as every training row) and
+    every event from `base_as_of` on, one by one."""
+    ev = history.events
+    n_users = len(history.user_ids)
+    base = empty_counts(n_users)
+    day_parts, day_rows = [], []
+    for row in range(n_users):
+        lo, hi = ev.indptr[row], ev.indptr[row + 1]
+        if lo == hi:
+            continue
+        ts, post, kind, target = ev.ts[lo:hi], ev.post[lo:hi], ev.kind[lo:hi], ev.target[lo:hi]
+        base[row] = fold_user(base[row], np.empty(0, np.int64), ts, post, kind, target, posts.topic,
+                              np.array([base_as_of]))[0]
+        days = np.unique(ts[(kind == VIEW) & (ts < base_as_of)] // SECONDS_PER_DAY)
+        day_parts.append(days)
+        day_rows.append(np.full(len(days), row))
+    rows_of_event = np.repeat(np.arange(n_users), np.diff(ev.indptr))
+    days_indptr, days = csr(np.concatenate(day_rows or [np.empty(0, np.int64)]).astype(np.int64),
+                            np.concatenate(day_parts or [np.empty(0, np.int64)]).astype(np.int32), n_users)
+    old = ev.ts < base_as_of
+    liked = old & (ev.kind == LIKE)
+    likes_indptr, likes = csr(rows_of_event[liked], ev.post[liked], n_users)
+    recent = ~old
+    events = UserEvents.build(rows_of_event[recent], ev.ts[recent], ev.post[recent], ev.kind[recent],
+                              ev.target[recent], n_users)
+    views_old = old & (ev.kind == VIEW)
+    post_base = np.column_stack([
+        np.bincount(ev.post[views_old], minlength=len(posts.topic)),
+        np.bincount(ev.post[views_old], weights=ev.target[views_old], minlength=len(posts.topic)).astype(np.int64),
+    ]).astype(np.int64)
+    users = users.set_index(c.USER_ID).loc[history.user_ids].reset_index()
+    return Snapshot(
+        base_as_of=int(base_as_of), events_until=history.end, seq=history.seq,
+        seq_gaps=np.empty((0, 2), np.int64) if seq_gaps is None else np.asarray(seq_gaps, np.int64).reshape(-1, 2),
+        seq_xmax=int(seq_xmax), priors=priors, user_ids=history.user_ids,
+        profile=profile_features(users, priors), base_counts=base, days_indptr=days_indptr, days=days,
+        likes_indptr=likes_indptr, likes=likes.astype(np.int32), events=events, post_ids=history.post_ids,
+        posts=posts, post_base=post_base,
     )
+
+
+# --------------------------------------------------------------------------------------- rows
+def sample_views(history: History, lo: int, hi: int, max_rows: int, salt: int = 0) -> pd.DataFrame:
+    """About `max_rows` views with lo <= time < hi, chosen by a hash of (user, post), as (user_row,
+    post_row, user_id, post_id, ts, target) ordered by user and time."""
+    ev = history.events
+    window = history.views & (ev.ts >= lo) & (ev.ts < hi)
+    total = int(window.sum())
+    buckets = 10_000
+    keep = buckets if total <= max_rows else max(1, int(buckets * max_rows / total))
+    # a deterministic pseudo-random bucket per (user, post), in int64 whatever the ids
+    bucket = (history.user_id_of_event * 7919 + history.post_ids[ev.post].astype(np.int64) * 104_729 + salt) % buckets
+    pick = np.flatnonzero(window & (bucket < keep))
+    rows_of_event = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))
+    return pd.DataFrame({
+        "user_row": rows_of_event[pick], "post_row": ev.post[pick].astype(np.int64),
+        c.USER_ID: history.user_id_of_event[pick], c.POST_ID: history.post_ids[ev.post[pick]],
+        "ts": ev.ts[pick], c.TARGET: ev.target[pick].astype(np.int64),
+    })
+
+
+def user_views_at(history: History, profile: np.ndarray, posts: PostView, priors: Priors,
+                  user_rows: np.ndarray, times: np.ndarray) -> UserView:
+    """The user side of each (user row, moment) pair, as the service would have computed it then:
+    `fold_user` and `taste_at` over the user's events, once per user for all of its moments."""
+    ev = history.events
+    user_rows = np.asarray(user_rows, np.int64)
+    times = np.asarray(times, np.int64)
+    order = np.argsort(user_rows, kind="stable")
+    counts = np.empty((len(user_rows), empty_counts().shape[1]), np.int64)
+    d = posts.vec.shape[1]
+    taste = Taste(likes=np.zeros(len(user_rows), np.int64), vec_sum=np.zeros((len(user_rows), d)),
+                  topic_likes=np.zeros((len(user_rows), N_TOPICS)),
+                  topic_sum=np.zeros((len(user_rows), N_TOPICS, d)),
+                  topic_tfidf_sum=np.zeros((len(user_rows), N_TOPICS, d)))
+    sorted_rows = user_rows[order]
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]) if len(order) else np.empty(0, int)
+    ends = np.r_[starts[1:], len(order)]
+    no_days, no_likes = np.empty(0, np.int64), np.empty(0, np.int32)
+    for a, b in zip(starts, ends, strict=True):
+        row, idx = int(sorted_rows[a]), order[a:b]
+        lo, hi = ev.indptr[row], ev.indptr[row + 1]
+        ts, post, kind, target = ev.ts[lo:hi], ev.post[lo:hi], ev.kind[lo:hi], ev.target[lo:hi]
+        counts[idx] = fold_user(empty_counts()[0], no_days, ts, post, kind, target, posts.topic, times[idx])
+        is_like = kind == LIKE
+        part = taste_at(no_likes, ts[is_like], post[is_like], times[idx], posts.vec, posts.tfidf_vec, posts.topic)
+        for name in ("likes", "vec_sum", "topic_likes", "topic_sum", "topic_tfidf_sum"):
+            getattr(taste, name)[idx] = getattr(part, name)
+    return finalize_users(profile[user_rows], counts, taste, priors)
+
+
+def post_counters_at(history: History, priors: Priors, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """POST_COUNTERS of each (post row, moment) pair: the views of the post strictly before the moment."""
+    ev = history.events
+    views = history.views
+    counts = counts_before(ev.post[views], ev.ts[views], ev.target[views], len(history.post_ids), post_rows, times)
+    return finalize_posts(counts, priors)
+
+
+def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: Priors, rows: pd.DataFrame,
+                text: bool, chunk: int = 20_000) -> np.ndarray:
+    """Training rows through the same `assemble` the service uses for requests, each row as of its own
+    moment. Rows are processed in chunks of whole users to bound the memory of the taste vectors."""
+    names = feature_names(text)
+    if rows.empty:
+        return np.empty((0, len(names)), np.float32)
+    out = np.empty((len(rows), len(names)), np.float32, order="F")
+    user_rows = rows["user_row"].to_numpy(np.int64)
+    post_rows = rows["post_row"].to_numpy(np.int64)
+    ts = rows["ts"].to_numpy(np.int64)
+    counters = post_counters_at(history, priors, post_rows, ts)
+    order = np.argsort(user_rows, kind="stable")
+    i = 0
+    while i < len(order):
+        # extend the chunk to the end of its last user: each user's moments in one fold
+        j = min(i + chunk, len(order))
+        while j < len(order) and user_rows[order[j]] == user_rows[order[j - 1]]:
+            j += 1
+        idx = order[i:j]
+        view = user_views_at(history, profile, posts, priors, user_rows[idx], ts[idx])
+        out[idx] = assemble(view, np.arange(len(idx)), posts, post_rows[idx], ts[idx], text, counters=counters[idx])
+        i = j
+    return out

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 
 from app import columns as c  # noqa: E402
 from app.engine import Recommender  # noqa: E402
-from app.features import USER_NUM, assemble  # noqa: E402
+from app.features import CONTROL_FEATURES, USER_NUM  # noqa: E402
 from training.evaluate import K_MAX, RANKERS  # noqa: E402
 from training.metrics import hit_at  # noqa: E402
 
@@ -49,15 +49,16 @@ def plot_curves(details: dict, out: Path) -> str:
 
 
 def plot_calibration(engine: Recommender, views: pd.DataFrame, out: Path) -> str:
-    t = engine.tables
-    ui = t.user_row(views[c.USER_ID].to_numpy())
-    views, ui = views[ui >= 0], ui[ui >= 0]
-    pj, ts = t.post_row(views[c.POST_ID].to_numpy()), views["ts"].to_numpy(np.int64)
+    state = engine.state
+    views = views[state.user_rows(views[c.USER_ID].to_numpy()) >= 0].iloc[:20_000]
     y = views[c.TARGET].to_numpy(float)
+    x = state.features_for(views[c.USER_ID].to_numpy(), views[c.POST_ID].to_numpy(),
+                           views["ts"].to_numpy(np.int64), text=True)
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     top = 0.0
     for name in ("control", "test"):
-        p = engine.models[name].predict_proba(assemble(t, ui, pj, ts, text=name == "test"))[:, 1]
+        cols = slice(None) if name == "test" else slice(0, len(CONTROL_FEATURES))
+        p = engine.models[name].predict_proba(x[:, cols])[:, 1]
         bins = pd.qcut(p, 10, labels=False, duplicates="drop")
         frame = pd.DataFrame({"p": p, "y": y, "bin": bins}).groupby("bin").mean()
         ax.plot(frame["p"], frame["y"], marker="o", label=name)
@@ -80,8 +81,11 @@ def segments(details: dict, engine: Recommender) -> pd.DataFrame:
     country = prof[c.COUNTRY].where(prof[c.COUNTRY].isin(top), "other").to_numpy()
     age = prof[c.AGE].to_numpy()
     band = np.select([(age >= lo) & (age <= hi) for lo, hi, _ in AGE_BANDS], [b for *_, b in AGE_BANDS], "?")
-    rows = engine.tables.user_row(req[c.USER_ID].to_numpy())
-    views = np.where(rows >= 0, engine.tables.user_num[np.maximum(rows, 0), USER_NUM.index("u_views")], 0)
+    state = engine.state
+    views = np.zeros(len(req))
+    for i, (u, t) in enumerate(zip(req[c.USER_ID].to_numpy(), req["ts"].to_numpy(), strict=True)):
+        user, _ = state.at(state.user_row(int(u)), int(t))  # views before the request's moment
+        views[i] = 0 if user is None else user.view.num[0, USER_NUM.index("u_views")]
     ranks = pd.Series(views).rank(method="first")
     decile = np.ceil(ranks / len(ranks) * 10).astype(int).to_numpy()
     return pd.DataFrame({"country": country, "age band": band, "activity decile": decile,

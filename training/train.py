@@ -1,14 +1,15 @@
-"""Training: time split, feature snapshots, CatBoost control and test, export of a versioned artifact.
+"""Training: time split, point-in-time rows, CatBoost control and test, export of a versioned artifact.
 
 Timeline (default: the last 7 days are the test window, the 7 before validate, 14 before train):
 
     data start ........ train_start ..... val_start ..... test_start ..... data end
-    features for training rows <- |  training rows  |               |
-    features for validation rows <--------------- |  validation rows  |
-    features served and evaluated <-------------------------------- |  held-out requests  |
+    priors (fitted) <- |  training rows  | validation rows |  held-out requests  |
 
-Each window's rows see features computed strictly before the window opens, which is exactly what
-the service sees: a snapshot, then requests that come after it.
+Every row's features are computed as of the row's own moment, from exactly the events before it, by
+the functions the service uses for a request at that moment (`app.user_state`). The priors (global
+and city like rates, the feed's mean vector) are fitted on the events before the first training row,
+so no row's features carry its own outcome. The artifact carries the state to serve: base counts
+before `test_start` minus the exclusion window, then every event one by one (`app.snapshot`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ from sklearn.metrics import roc_auc_score
 from sqlalchemy import Connection
 
 from app import columns as c
-from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, TABLES_FILE, set_current, write_manifest
+from app import feed_events
+from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, STATE_FILE, set_current, write_manifest
 from app.db import make_engine
-from app.features import FeatureTables, assemble, feature_names
+from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
 from training import data
 from training.embeddings import embed_texts
-from training.features import PostStatic, build_tables, post_static
+from training.features import (
+    EXCLUDE_WINDOW_SECONDS,
+    History,
+    build_snapshot,
+    fit_priors,
+    history_from,
+    post_static,
+    rows_matrix,
+    sample_views,
+)
 
 DAY = 86_400
 
@@ -75,32 +86,32 @@ class TrainConfig:
 
 @dataclass
 class Prepared:
-    """What training and evaluation need from the database, fetched once."""
+    """What training and evaluation need from the database, read once in one consistent snapshot."""
 
     split: Split
     users: pd.DataFrame
     posts: pd.DataFrame
-    static: PostStatic
-    all_likes: pd.DataFrame
+    static: PostView
+    history: History
+    priors: Priors
+    profile: np.ndarray  # aligned with history.user_ids
+    seq_gaps: np.ndarray
+    seq_xmax: int
 
 
 def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model: str) -> Prepared:
     users, posts = data.read_users(conn), data.read_posts(conn)
-    split = make_split(*data.data_range(conn), **split_args)
+    _, xmax = feed_events.pg_snapshot(conn)
+    history = history_from(feed_events.read_all(conn), users[c.USER_ID].to_numpy(np.int64),
+                           posts[c.POST_ID].to_numpy(np.int64))
+    gaps = feed_events.recent_gaps(conn, history.seq)
+    logger.info("read {} events of {} users", len(history.events.ts), len(history.user_ids))
+    split = make_split(history.start, history.end, **split_args)
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
-    return Prepared(split, users, posts, post_static(posts, embeddings), data.likes(conn))
-
-
-def rows_matrix(tables: FeatureTables, rows: pd.DataFrame, text: bool, chunk: int = 100_000) -> np.ndarray:
-    """Training rows through the same `assemble` the service uses for requests."""
-    ui = tables.user_row(rows[c.USER_ID].to_numpy())
-    if (ui < 0).any():
-        raise ValueError("training rows reference users missing from user_data")
-    pj = tables.post_row(rows[c.POST_ID].to_numpy())
-    ts = rows["ts"].to_numpy(np.int64)
-    parts = [assemble(tables, ui[i:i + chunk], pj[i:i + chunk], ts[i:i + chunk], text)
-             for i in range(0, len(rows), chunk)]
-    return np.vstack(parts) if parts else np.empty((0, len(feature_names(text))), np.float32)
+    static = post_static(posts, embeddings)
+    priors = fit_priors(history, users, static, split.train_start)
+    return Prepared(split, users, posts, static, history, priors, profile_features(users, priors), gaps,
+                    xmax if len(gaps) else 0)
 
 
 def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostClassifier:
@@ -120,29 +131,30 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     """Fit both models and write `out_dir/<version>/`; returns that folder."""
     t0 = time.perf_counter()
     engine = make_engine(db_url)
-    with engine.connect() as conn:
+    # one consistent read: the snapshot holds exactly the events up to its sequence number
+    options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+    with engine.connect().execution_options(**options) as conn:
         prep = prepare(conn, split_args or {}, cache_dir, embedding_model)
-        split = prep.split
-        logger.info("split {}", split.describe())
-        snap = {}
-        for name, as_of in (("train", split.train_start), ("val", split.val_start), ("test", split.test_start)):
-            snap[name] = build_tables(conn, as_of, prep.users, prep.static, prep.all_likes)
-            logger.info("features as of {} built", name)
-        tr = data.sample_views(conn, split.train_start, split.val_start, config.max_train_rows)
-        val = data.sample_views(conn, split.val_start, split.test_start, config.max_val_rows, salt=1)
-        held = data.sample_views(conn, split.test_start, split.end, config.max_val_rows, salt=2)
-        served = (build_tables(conn, split.end, prep.users, prep.static, prep.all_likes)
-                  if serve_latest else snap["test"])
     engine.dispose()
+    split, history = prep.split, prep.history
+    logger.info("split {}", split.describe())
+    tr = sample_views(history, split.train_start, split.val_start, config.max_train_rows)
+    val = sample_views(history, split.val_start, split.test_start, config.max_val_rows, salt=1)
+    held = sample_views(history, split.test_start, split.end, config.max_val_rows, salt=2)
     logger.info("rows: train {}, validation {}, held-out {}", len(tr), len(val), len(held))
+    # the control features are the first columns of the test model's: build each row once
+    matrices = {name: rows_matrix(history, prep.profile, prep.static, prep.priors, rows, text=True)
+                for name, rows in (("train", tr), ("val", val), ("held", held))}
+    logger.info("point-in-time rows built after {:.0f}s", time.perf_counter() - t0)
 
     models, model_meta = {}, {}
     for name in MODEL_FILES:
         text = MODEL_USES_TEXT[name]
         names = feature_names(text)
-        model = fit_model(rows_matrix(snap["train"], tr, text), tr[c.TARGET].to_numpy(),
-                          rows_matrix(snap["val"], val, text), val[c.TARGET].to_numpy(), names, config)
-        held_auc = roc_auc_score(held[c.TARGET], model.predict_proba(rows_matrix(snap["test"], held, text))[:, 1])
+        cols = slice(None) if text else slice(0, len(CONTROL_FEATURES))
+        model = fit_model(matrices["train"][:, cols], tr[c.TARGET].to_numpy(), matrices["val"][:, cols],
+                          val[c.TARGET].to_numpy(), names, config)
+        held_auc = roc_auc_score(held[c.TARGET], model.predict_proba(matrices["held"][:, cols])[:, 1])
         models[name] = model
         model_meta[name] = {
             "file": MODEL_FILES[name], "features": list(names), "dtype": "float32",
@@ -155,19 +167,27 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
         logger.info("{}: validation AUC {}, held-out AUC {}", name, model_meta[name]["validation_auc"],
                     model_meta[name]["heldout_auc"])
 
+    # exact answers from the base cut on: the held-out window and the exclusion window before it
+    cut = split.end if serve_latest else split.test_start
+    snapshot = build_snapshot(history, prep.users, prep.static, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
+                              prep.seq_gaps, prep.seq_xmax)
     version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
     version_dir = out_dir / version
     version_dir.mkdir(parents=True, exist_ok=False)
     for name, model in models.items():
         model.save_model(str(version_dir / MODEL_FILES[name]))
-    served.save(version_dir / TABLES_FILE)
+    snapshot.save(version_dir / STATE_FILE)
     posts = prep.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
     write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
-        "models": model_meta, "tables": {"file": TABLES_FILE, "as_of": served.as_of,
-                                         "users": len(served.user_ids), "posts": len(served.post_ids)},
-        "split": asdict(split), "split_iso": split.describe(), "features_as_of": served.as_of,
+        "models": model_meta,
+        "state": {"file": STATE_FILE, "base_as_of": snapshot.base_as_of, "events_until": snapshot.events_until,
+                  "seq": snapshot.seq, "users": len(snapshot.user_ids), "posts": len(snapshot.post_ids),
+                  "events": len(snapshot.events.ts)},
+        "priors": {"fitted_before": split.train_start, "global_rate": round(prep.priors.global_rate, 6),
+                   "cities": len(prep.priors.city_names)},
+        "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
         "data_range": [split.start, split.end], "embedding_model": embedding_model,
         "train_config": asdict(config), "rows": {"train": len(tr), "validation": len(val), "heldout": len(held)},

@@ -1,4 +1,6 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, the served model and Prometheus metrics."""
+
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -6,9 +8,34 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.deps import MetricsDep, RecommenderDep, WriterDep
+from app.engine import Recommender
+from app.follower import Follower
 from app.queries import ping
 
 router = APIRouter()
+
+
+def _iso(seconds: int | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(int(seconds), tz=UTC).isoformat()
+
+
+def state_report(recommender: Recommender, follower: Follower | None) -> dict:
+    """The live state's position: what it holds, how far behind the database it is."""
+    state = recommender.state
+    out = {"following": follower is not None, "base_as_of": _iso(state.base_as_of),
+           "latest_event": _iso(state.latest_event), "events_applied": state.events_applied,
+           "late_events": state.late_events, "pending_events": state.pending_events, "users": state.n_users}
+    if follower is not None:
+        status = follower.status
+        lag = follower.lag_seconds()
+        out.update({"caught_up": status.caught_up.is_set(), "applied_seq": status.applied_seq,
+                    "database_seq": status.database_seq, "lag_seconds": None if lag is None else round(lag, 3),
+                    "open_gaps": status.open_gaps, "users_added": status.users_added,
+                    "apply_rate_per_second": round(status.rate), "poll_failures": status.failures,
+                    "last_error": status.last_error or None})
+    else:
+        out["applied_seq"] = state.snapshot.seq
+    return out
 
 
 @router.get("/health")
@@ -18,29 +45,50 @@ def health() -> dict:
 
 @router.get("/ready")
 def ready(request: Request, recommender: RecommenderDep) -> JSONResponse:
+    """Ready when the database answers and the state has caught up with it once (or is frozen)."""
     try:
         with request.app.state.db.connect() as conn:
             ping(conn)
         database = "ok"
     except SQLAlchemyError as exc:
         database = f"unreachable ({exc.__class__.__name__})"
-    body = {"status": "ready" if database == "ok" else "not ready", "database": database,
-            "model_version": recommender.version}
-    return JSONResponse(body, status_code=200 if database == "ok" else 503)
+    follower: Follower | None = request.app.state.follower
+    state = state_report(recommender, follower)
+    caught_up = follower is None or follower.status.caught_up.is_set()
+    ok = database == "ok" and caught_up
+    status = "ready" if ok else ("catching up" if database == "ok" else "not ready")
+    body = {"status": status, "database": database, "model_version": recommender.version, "state": state}
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/model")
 def model_info(recommender: RecommenderDep) -> dict:
-    """What is being served: version, cut-offs (the held-out window starts at features_as_of), metrics."""
+    """What is being served: version, cut-offs, offline metrics, and the live state's base cut."""
     m = recommender.manifest.data
     return {"version": recommender.version, "features_as_of": m.get("features_as_of"), "split": m.get("split"),
+            "state": m.get("state"), "exclude_viewed_hours": recommender.state.exclude_viewed_seconds / 3600,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
                        for name, meta in m.get("models", {}).items()}}
 
 
 @router.get("/metrics")
-def metrics(metrics: MetricsDep, writer: WriterDep) -> Response:
+def metrics(request: Request, metrics: MetricsDep, writer: WriterDep, recommender: RecommenderDep) -> Response:
     metrics.log_queue.set(writer.depth)
     metrics.log_dropped.set(writer.dropped)
     metrics.log_written.set(writer.written)
+    state = recommender.state
+    follower: Follower | None = request.app.state.follower
+    metrics.state_events.set(state.events_applied)
+    metrics.state_late.set(state.late_events)
+    metrics.state_pending.set(state.pending_events)
+    metrics.state_users.set(state.n_users)
+    if follower is not None:
+        lag = follower.lag_seconds()
+        metrics.state_applied_seq.set(follower.status.applied_seq)
+        metrics.state_database_seq.set(follower.status.database_seq)
+        metrics.state_lag.set(-1 if lag is None else lag)
+        metrics.state_rate.set(follower.status.rate)
+        metrics.state_poll_failures.set(follower.status.failures)
+    else:
+        metrics.state_applied_seq.set(state.snapshot.seq)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -42,7 +42,8 @@ async def recommended_posts(
     post_ids = ranking.post_ids.tolist()
     request.state.exp_group = group
     request.state.model = ranking.model
+    features_as_of = datetime.fromtimestamp(ranking.features_as_of, tz=UTC).replace(tzinfo=None)
     writer.submit(Exposure(str(uuid.uuid4()), id, at, served_at, group, ranking.model, recommender.version,
-                           tuple(post_ids)))
+                           tuple(post_ids), features_as_of))
     return {"exp_group": group, "model": ranking.model, "model_version": recommender.version,
-            "recommendations": [recommender.posts[p] for p in post_ids]}
+            "features_as_of": features_as_of, "recommendations": [recommender.posts[p] for p in post_ids]}

@@ -1,0 +1,195 @@
+"""Following the database: new feed rows and new users reach the live state within a poll interval.
+
+One background thread per worker (workers share nothing) polls `feed_data` on its insertion sequence
+— never the request path — and applies what it finds to the `LiveState` in batches:
+
+- rows with a sequence above the highest seen, in order, `batch_rows` at a time until caught up;
+- on PostgreSQL, sequence numbers can commit out of order (two writers, the later one faster): the
+  numbers skipped are kept as open gaps with the transaction horizon at which they were seen, looked
+  up again at every poll, and closed once every transaction that could hold them has finished
+  (`pg_snapshot_xmin` past that horizon) — so no row is lost and none is applied twice;
+- new `user_data` rows, found by their count and highest id.
+
+A lost database only stops the polls: the state keeps serving, and the next successful poll catches
+up from the same sequence number.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from loguru import logger
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import columns as c
+from app import feed_events
+from app.db import feed_has_seq
+from app.feed_events import EventBatch, missing_ranges
+from app.live_state import LiveState
+from app.tables import user_data
+
+
+@dataclass
+class FollowerStatus:
+    """What /ready and /metrics report."""
+
+    applied_seq: int = 0
+    database_seq: int = 0  # highest sequence the database held at the last successful poll
+    synced_at: float | None = None  # monotonic time of the last poll that found nothing more to read
+    polls: int = 0
+    failures: int = 0
+    last_error: str = ""
+    open_gaps: int = 0
+    users_added: int = 0
+    caught_up: threading.Event = field(default_factory=threading.Event)
+    rate: float = 0.0  # events applied per second over the last busy polls
+
+
+class Follower:
+    def __init__(self, engine: Engine, state: LiveState, poll_seconds: float = 0.2, batch_rows: int = 50_000,
+                 max_backoff: float = 10.0, users_poll_seconds: float = 0.5) -> None:
+        self.engine = engine
+        self.state = state
+        self.poll_seconds = poll_seconds
+        self.users_poll_seconds = users_poll_seconds
+        self._users_polled = -float("inf")
+        self.batch_rows = batch_rows
+        self.max_backoff = max_backoff
+        snap = state.snapshot
+        self.status = FollowerStatus(applied_seq=snap.seq, database_seq=snap.seq)
+        self._high = snap.seq
+        # gaps the snapshot's own read saw: [lo, hi, horizon]
+        self._gaps: list[list[int]] = [[int(lo), int(hi), snap.seq_xmax] for lo, hi in snap.seq_gaps]
+        self._users = (len(snap.user_ids), int(snap.user_ids.max()) if len(snap.user_ids) else -1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="state-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def lag_seconds(self) -> float | None:
+        """Seconds since the state was last known to hold everything the database held."""
+        synced = self.status.synced_at
+        return None if synced is None else max(0.0, time.monotonic() - synced)
+
+    def _run(self) -> None:
+        backoff = self.poll_seconds
+        while not self._stop.is_set():
+            try:
+                more = self.poll()
+                backoff = self.poll_seconds
+                if more:
+                    continue  # a full batch: read the next one at once
+            except SQLAlchemyError as exc:
+                self.status.failures += 1
+                self.status.last_error = exc.__class__.__name__
+                if self.status.failures == 1 or self.status.failures % 50 == 0:
+                    logger.warning("state follower: database unreachable ({}), serving the state as of seq {}",
+                                   exc.__class__.__name__, self.status.applied_seq)
+                backoff = min(max(backoff * 2, self.poll_seconds), self.max_backoff)
+            except Exception:  # never let the thread die: the state would silently freeze
+                self.status.failures += 1
+                logger.exception("state follower: unexpected error")
+                backoff = min(max(backoff * 2, self.poll_seconds), self.max_backoff)
+            self._stop.wait(backoff)
+
+    # ------------------------------------------------------------------ one poll
+    def poll(self) -> bool:
+        """Read and apply what is new; True if a full batch was read (more may be waiting)."""
+        started = time.perf_counter()
+        with self.engine.connect() as conn:
+            self._poll_users(conn)
+            horizon_min, horizon_max = feed_events.pg_snapshot(conn)
+            batch = feed_events.read_after(conn, self._high, limit=self.batch_rows)
+            found_in_gaps = self._poll_gaps(conn, horizon_min)
+            database_seq = feed_events.max_seq(conn) if len(batch) < self.batch_rows else None
+        if len(batch):
+            if conn.dialect.name == "postgresql":
+                for lo, hi in missing_ranges(batch.seq, self._high, int(batch.seq[-1])):
+                    self._gaps.append([int(lo), int(hi), horizon_max])
+            self._high = int(batch.seq[-1])
+        applied = self.state.apply(EventBatch.concat([batch, found_in_gaps]))
+        status = self.status
+        status.polls += 1
+        status.failures = 0
+        status.applied_seq = self._high
+        status.open_gaps = len(self._gaps)
+        if database_seq is not None:
+            status.database_seq = max(database_seq, self._high)
+            if status.database_seq <= self._high:
+                status.synced_at = time.monotonic()
+                status.caught_up.set()
+        if applied:
+            status.rate = applied / max(time.perf_counter() - started, 1e-6)
+        return len(batch) >= self.batch_rows
+
+    def _poll_gaps(self, conn: Connection, horizon_min: int) -> EventBatch:
+        """Rows that filled open gaps; gaps whose writers have all finished are closed after this read."""
+        if not self._gaps:
+            return EventBatch.empty()
+        found = feed_events.read_ranges(conn, [(lo, hi) for lo, hi, _ in self._gaps])
+        still = []
+        for lo, hi, horizon in self._gaps:
+            if horizon and horizon_min >= horizon:
+                continue  # every transaction that could write here had finished before this read
+            seen = found.seq[(found.seq >= lo) & (found.seq <= hi)]
+            still.extend([int(a), int(b), horizon] for a, b in missing_ranges(np.sort(seen), lo - 1, hi))
+        self._gaps = still
+        return found
+
+    def _poll_users(self, conn: Connection) -> None:
+        now = time.monotonic()
+        if now - self._users_polled < self.users_poll_seconds:
+            return
+        self._users_polled = now
+        count, top = conn.execute(select(func.count(), func.max(user_data.c.user_id))).one()
+        count, top = int(count or 0), int(top if top is not None else -1)
+        if (count, top) == self._users:
+            return
+        known_count, known_top = self._users
+
+        def read(q) -> pd.DataFrame:
+            return pd.DataFrame(conn.execute(q).mappings().all(), columns=list(c.USER_COLUMNS))
+
+        rows = read(select(*user_data.c).where(user_data.c.user_id > known_top))  # ids usually grow
+        if len(rows) < count - known_count:  # some new ids lie below the highest: look at them all
+            rows = read(select(*user_data.c))
+        added = self.state.add_users(rows)
+        self.status.users_added += added
+        self._users = (count, top)
+        if added:
+            logger.info("state follower: {} new users", added)
+
+
+def check_feed(engine: Engine) -> str | None:
+    """Why the database cannot be followed, or None."""
+    try:
+        if not feed_has_seq(engine):
+            return ("feed_data has no insertion sequence (made by an older version): run "
+                    "`python -m training migrate` once")
+    except SQLAlchemyError as exc:
+        return f"database unreachable ({exc.__class__.__name__})"
+    return None
+
+
+def catch_up(engine: Engine, state: LiveState, batch_rows: int = 200_000) -> int:
+    """Apply everything the database holds after the state, now, on this thread (offline evaluation,
+    tests); returns the number of events applied."""
+    follower = Follower(engine, state, batch_rows=batch_rows)
+    follower.users_poll_seconds = 0.0
+    before = state.events_applied
+    while follower.poll():
+        pass
+    return state.events_applied - before

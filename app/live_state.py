@@ -1,0 +1,232 @@
+"""The served state: the artifact's snapshot plus every event applied after it, answered "as of t".
+
+A request at moment t sees exactly the events with a timestamp before t that the state holds — the
+snapshot's and those the follower (`app.follower`) applied since, including late ones — whatever
+later events it also holds. Users added to `user_data` after the snapshot get a row of their own and
+are ranked from their profile. Before the snapshot's base cut the base alone answers
+(`features_as_of` says so).
+
+One writer (the follower thread) calls `apply` and `add_users`; request threads read. A batch is
+prepared off the lock and published under it in one short step, so a reader sees a batch whole or not
+at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from app import columns as c
+from app.features import (
+    PostView,
+    UserView,
+    assemble,
+    empty_counts,
+    feature_names,
+    finalize_posts,
+    finalize_users,
+    profile_features,
+)
+from app.feed_events import EventBatch
+from app.post_counters import PostTimeline
+from app.snapshot import Snapshot
+from app.user_state import LIKE, VIEW, fold_user, taste_at
+
+_Tail = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # ts, post rows, kind, target
+_NO_DAYS = np.empty(0, np.int64)
+_NO_POSTS = np.empty(0, np.int32)
+
+
+@dataclass(frozen=True)
+class UserAt:
+    """One user as of one moment: the user side of `assemble` and what the screen must exclude."""
+
+    view: UserView
+    liked: np.ndarray  # post rows liked before t
+    viewed: np.ndarray  # post rows viewed within the exclusion window before t
+
+
+class LiveState:
+    def __init__(self, snapshot: Snapshot, exclude_viewed_seconds: int = 72 * 3600) -> None:
+        self.snapshot = snapshot
+        self.priors = snapshot.priors
+        self.exclude_viewed_seconds = int(exclude_viewed_seconds)
+        self.post_ids = snapshot.post_ids
+        self.posts = snapshot.posts
+        self.n_posts = len(snapshot.post_ids)
+        self.base_as_of = snapshot.base_as_of
+        self.timeline = PostTimeline(snapshot.post_base)
+        ev = snapshot.events
+        views = ev.kind == VIEW
+        self.timeline.add(ev.ts[views], ev.post[views], ev.target[views])
+        self._n_base_users = len(snapshot.user_ids)
+        self._tails: dict[int, _Tail] = {}
+        self._new_rows: dict[int, int] = {}  # user id -> row, for users added after the snapshot
+        self._new_profiles: list[np.ndarray] = []  # their profile rows, in row order
+        self._pending: list[EventBatch] = []  # events of users or posts not (yet) known
+        self._lock = threading.Lock()
+        self.events_applied = 0
+        self.late_events = 0  # applied with a time before the latest already applied
+        self.latest_event = int(ev.ts.max()) if len(ev.ts) else snapshot.base_as_of
+        self._counters_cache: tuple[object, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ lookups
+    @property
+    def n_users(self) -> int:
+        return self._n_base_users + len(self._new_profiles)
+
+    @property
+    def pending_events(self) -> int:
+        return sum(len(b) for b in self._pending)
+
+    def user_row(self, user_id: int) -> int:
+        """Row of a known user, -1 if neither the snapshot nor the applied users hold it."""
+        ids = self.snapshot.user_ids
+        i = int(np.searchsorted(ids, user_id))
+        if i < len(ids) and ids[i] == user_id:
+            return i
+        return self._new_rows.get(int(user_id), -1)
+
+    def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
+        return np.array([self.user_row(int(u)) for u in np.asarray(user_ids)], dtype=np.int64)
+
+    def post_rows(self, post_ids: np.ndarray) -> np.ndarray:
+        post_ids = np.asarray(post_ids, dtype=np.int64)
+        idx = np.clip(np.searchsorted(self.post_ids, post_ids), 0, max(self.n_posts - 1, 0))
+        return np.where((self.n_posts > 0) & (self.post_ids[idx] == post_ids), idx, -1)
+
+    def features_as_of(self, t: int) -> int:
+        """The moment the features of a request at t describe: t itself, or the base cut before it."""
+        return max(int(t), self.base_as_of)
+
+    # ------------------------------------------------------------------ as of t
+    def _read(self, row: int):
+        """Everything one request needs, read together under the lock: the user's base and events, and
+        the post counters' frame (row -1: only the frame)."""
+        s = self.snapshot
+        with self._lock:
+            frame = self.timeline.frame
+            if row < 0:
+                return None, frame
+            tail = self._tails.get(row)
+            profile = (s.profile[row] if row < self._n_base_users
+                       else self._new_profiles[row - self._n_base_users])
+        if row < self._n_base_users:
+            base = s.base_counts[row]
+            days = s.days[s.days_indptr[row]:s.days_indptr[row + 1]]
+            likes = s.likes[s.likes_indptr[row]:s.likes_indptr[row + 1]]
+            events = s.events.of(row)
+        else:
+            base, days, likes = empty_counts()[0], _NO_DAYS, _NO_POSTS
+            events = (np.empty(0, np.int64), _NO_POSTS, np.empty(0, np.int8), np.empty(0, np.int8))
+        if tail is not None:
+            events = tuple(np.concatenate([a, b]) for a, b in zip(events, tail, strict=True))
+        return (profile, base, days, likes, events), frame
+
+    def at(self, row: int, t: int, cold: bool = False) -> tuple[UserAt | None, PostView]:
+        """The user (None for row -1) and the catalogue as of t, from exactly the events before t.
+        `cold` hides the user's history: the profile alone, as for a user who has just signed up."""
+        parts, frame = self._read(row)
+        posts = self._post_view(t, frame)
+        if parts is None:
+            return None, posts
+        profile, base, days, likes, (ts, post, kind, target) = parts
+        if cold:
+            base, days, likes = empty_counts()[0], _NO_DAYS, _NO_POSTS
+            ts, post, kind, target = ts[:0], post[:0], kind[:0], target[:0]
+        times = np.array([t], dtype=np.int64)
+        counts = fold_user(base, days, ts, post, kind, target, self.posts.topic, times)
+        is_like = kind == LIKE
+        taste = taste_at(likes, ts[is_like], post[is_like], times, self.posts.vec, self.posts.tfidf_vec,
+                         self.posts.topic)
+        view = finalize_users(profile, counts, taste, self.priors)
+        before = ts < t
+        liked = np.concatenate([likes, post[is_like & before]])
+        viewed = post[(kind == VIEW) & before & (ts >= t - self.exclude_viewed_seconds)]
+        return UserAt(view, liked, viewed), posts
+
+    def counts_at(self, t: int) -> np.ndarray:
+        """(P, 2) views and liked views of every post before t."""
+        return self.timeline.counts_at(t)
+
+    def features_for(self, user_ids: np.ndarray, post_ids: np.ndarray, times: np.ndarray, text: bool) -> np.ndarray:
+        """Feature rows of (user, post, moment) triples, each as a request at that moment would see it
+        (offline evaluation, and the test that a served row equals a training row)."""
+        out = np.empty((len(user_ids), len(feature_names(text))), np.float32, order="F")
+        prows = self.post_rows(post_ids)
+        for i, (u, p, t) in enumerate(zip(np.asarray(user_ids), prows, np.asarray(times), strict=True)):
+            user, posts = self.at(self.user_row(int(u)), int(t))
+            if user is None or p < 0:
+                raise KeyError(f"user {u} or post row {p} unknown to the state")
+            out[i] = assemble(user.view, np.int64(0), posts, np.array([p]), np.int64(t), text)[0]
+        return out
+
+    def _post_view(self, t: int, frame) -> PostView:
+        counts = self.timeline.counts_at(t, frame)
+        cache = self._counters_cache  # the running totals change only when a batch is applied
+        if cache is not None and cache[0] is counts:
+            counters = cache[1]
+        else:
+            counters = finalize_posts(counts, self.priors)
+            if counts is frame.current:
+                self._counters_cache = (counts, counters)
+        p = self.posts
+        return PostView(p.static, counters, p.text, p.vec, p.tfidf_vec, p.topic)
+
+    # ------------------------------------------------------------------ writer side
+    def add_users(self, users: pd.DataFrame) -> int:
+        """Rows of user_data the state does not hold yet; returns how many were added."""
+        if users.empty:
+            return 0
+        fresh = users[[self.user_row(int(u)) < 0 for u in users[c.USER_ID]]].drop_duplicates(c.USER_ID)
+        if fresh.empty:
+            return 0
+        profiles = profile_features(fresh, self.priors)
+        with self._lock:
+            for uid, profile in zip(fresh[c.USER_ID].to_numpy(np.int64), profiles, strict=True):
+                self._new_rows[int(uid)] = self._n_base_users + len(self._new_profiles)
+                self._new_profiles.append(profile)
+        if self._pending:  # events that arrived before their user
+            pending, self._pending = EventBatch.concat(self._pending), []
+            self.apply(pending)
+        return len(fresh)
+
+    def apply(self, batch: EventBatch) -> int:
+        """Apply feed events (any order, late ones included); returns how many were applied. Events of
+        users or posts the state does not know yet are kept and applied once they are known."""
+        if not len(batch):
+            return 0
+        rows = self.user_rows(batch.user_id)
+        prows = self.post_rows(batch.post_id)
+        known = (rows >= 0) & (prows >= 0)
+        if not known.all():
+            self._pending.append(batch.take(~known))
+            batch, rows, prows = batch.take(known), rows[known], prows[known]
+            if not len(batch):
+                return 0
+        latest = self.latest_event
+        order = np.argsort(rows, kind="stable")
+        rows_sorted = rows[order]
+        starts = np.flatnonzero(np.r_[True, rows_sorted[1:] != rows_sorted[:-1]])
+        ends = np.r_[starts[1:], len(rows_sorted)]
+        cols = (batch.ts[order].astype(np.int64), prows[order].astype(np.int32),
+                batch.kind[order].astype(np.int8), batch.target[order].astype(np.int8))
+        updates: dict[int, _Tail] = {}
+        tails = self._tails
+        for a, b in zip(starts, ends, strict=True):
+            row = int(rows_sorted[a])
+            new = tuple(col[a:b] for col in cols)
+            old = tails.get(row)
+            updates[row] = new if old is None else tuple(np.concatenate([x, y]) for x, y in zip(old, new, strict=True))
+        views = batch.kind == VIEW
+        with self._lock:
+            tails.update(updates)
+            # the timeline publishes its own frame; under the lock so that user and post sides move together
+            self.timeline.add(batch.ts[views], prows[views], batch.target[views])
+        self.events_applied += len(batch)
+        self.late_events += int((batch.ts < latest).sum())
+        self.latest_event = max(latest, int(batch.ts.max()))
+        return len(batch)
