@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from app.artifacts import ArtifactsInvalid, current_version_dir, load_manifest
 from app.config import get_settings, settings_error
+from app.db import make_engine
+from app.follower import check_feed
 
 _bind_socket = uvicorn.config.Config.bind_socket
 
@@ -41,6 +43,11 @@ def main() -> None:
     except ArtifactsInvalid as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    if settings.state_follow:
+        problem = check_feed(make_engine(settings.database_url))
+        if problem and "insertion sequence" in problem:  # an unreachable database is not fatal: it returns
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(1)
     uvicorn.config.Config.bind_socket = _bind_tcp_socket
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)

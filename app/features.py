@@ -146,24 +146,25 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def finalize_users(profile: np.ndarray, counts: np.ndarray, taste: Taste, priors: Priors) -> UserView:
     """Feature values from a user's profile, event counts and taste sums (one row per moment)."""
     counts = np.atleast_2d(counts)
+    n = len(counts)
+    num = np.empty((n, len(USER_NUM)), dtype=np.float64)
+    num[:, :len(PROFILE)] = profile
     views = counts[:, COUNT_VIEWS].astype(np.float64)
     liked = counts[:, COUNT_LIKED].astype(np.float64)
-    g = priors.global_rate
-    u_rate = (liked + PRIOR_VIEWS_USER * g) / (views + PRIOR_VIEWS_USER)
+    u_rate = (liked + PRIOR_VIEWS_USER * priors.global_rate) / (views + PRIOR_VIEWS_USER)
     topic_views = counts[:, COUNT_TOPIC_VIEWS].astype(np.float64)
     topic_liked = counts[:, COUNT_TOPIC_LIKED].astype(np.float64)
-    view_share = topic_views / np.maximum(topic_views.sum(axis=1, keepdims=True), 1)
-    topic_rate = (topic_liked + PRIOR_VIEWS_TOPIC * u_rate[:, None]) / (topic_views + PRIOR_VIEWS_TOPIC)
-    num = np.column_stack([
-        np.broadcast_to(profile, (len(counts), len(PROFILE))), views, liked, u_rate,
-        counts[:, COUNT_DAYS].astype(np.float64), view_share, topic_rate,
-    ]).astype(np.float32)
+    k = len(PROFILE)
+    num[:, k], num[:, k + 1], num[:, k + 2], num[:, k + 3] = views, liked, u_rate, counts[:, COUNT_DAYS]
+    k += 4
+    num[:, k:k + N_TOPICS] = topic_views / np.maximum(topic_views.sum(axis=1, keepdims=True), 1)
+    num[:, k + N_TOPICS:] = (topic_liked + PRIOR_VIEWS_TOPIC * u_rate[:, None]) / (topic_views + PRIOR_VIEWS_TOPIC)
     has = taste.likes > 0
     mean = taste.vec_sum / np.maximum(taste.likes, 1)[:, None]
     contrast = np.where(has[:, None], mean - priors.exposure_mean[None, :], 0.0)
     shrink = (taste.topic_likes + TOPIC_VEC_PRIOR)[..., None]
     return UserView(
-        num=num, first_view=counts[:, COUNT_FIRST].copy(), last_view=counts[:, COUNT_LAST].copy(),
+        num=num.astype(np.float32), first_view=counts[:, COUNT_FIRST].copy(), last_view=counts[:, COUNT_LAST].copy(),
         vec=_unit(mean), contrast=_unit(contrast),
         topic_vec=(taste.topic_sum / shrink).astype(np.float32),
         topic_tfidf=(taste.topic_tfidf_sum / shrink).astype(np.float32),
@@ -185,9 +186,10 @@ class PostView:
 
 def finalize_posts(counts: np.ndarray, priors: Priors) -> np.ndarray:
     """POST_COUNTERS (n, 3) float32 from (views, liked views) counts (n, 2)."""
-    views, liked = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
-    rate = (liked + PRIOR_VIEWS_POST * priors.global_rate) / (views + PRIOR_VIEWS_POST)
-    return np.column_stack([views, liked, rate]).astype(np.float32)
+    out = np.empty((len(counts), len(POST_COUNTERS)), dtype=np.float32)
+    out[:, :2] = counts
+    out[:, 2] = (counts[:, 1] + PRIOR_VIEWS_POST * priors.global_rate) / (counts[:, 0] + PRIOR_VIEWS_POST)
+    return out
 
 
 # --------------------------------------------------------------------------------------- assembly

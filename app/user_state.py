@@ -31,6 +31,7 @@ from app.features import (
 
 VIEW, LIKE = 0, 1
 _EYE = np.eye(N_TOPICS, dtype=np.int64)
+_TOPICS = np.arange(N_TOPICS)
 
 
 def fold_user(base: np.ndarray, base_days: np.ndarray, ts: np.ndarray, post: np.ndarray, kind: np.ndarray,
@@ -51,8 +52,26 @@ def fold_user(base: np.ndarray, base_days: np.ndarray, ts: np.ndarray, post: np.
     times = np.atleast_1d(np.asarray(times, dtype=np.int64))
     out = np.repeat(np.asarray(base, dtype=np.int64)[None, :], len(times), axis=0)
     views = kind == VIEW
+    if len(times) == 1:  # a request: count the views before its moment directly
+        sel = views & (ts < times[0])
+        vts = ts[sel]
+        if not len(vts):
+            return out
+        vtopic = post_topic[post[sel]]
+        vtarget = target[sel]
+        row = out[0]
+        row[COUNT_VIEWS] += len(vts)
+        row[COUNT_LIKED] += int(vtarget.sum())
+        row[COUNT_TOPIC_VIEWS] += np.bincount(vtopic, minlength=N_TOPICS)
+        row[COUNT_TOPIC_LIKED] += np.bincount(vtopic[vtarget > 0], minlength=N_TOPICS)
+        row[COUNT_DAYS] += len(_new_days(np.unique(vts // SECONDS_PER_DAY), base_days))
+        first, last = int(vts.min()), int(vts.max())
+        row[COUNT_FIRST] = first if row[COUNT_FIRST] < 0 else min(row[COUNT_FIRST], first)
+        row[COUNT_LAST] = max(row[COUNT_LAST], last)
+        return out
     if not views.any():
         return out
+    # many moments of one user (training rows): prefix sums over the user's views in time order
     vts = ts[views]
     order = np.argsort(vts, kind="stable")
     vts = vts[order]
@@ -78,6 +97,14 @@ def fold_user(base: np.ndarray, base_days: np.ndarray, ts: np.ndarray, post: np.
     return out
 
 
+def _new_days(days: np.ndarray, base_days: np.ndarray) -> np.ndarray:
+    """The sorted `days` that the sorted `base_days` do not hold."""
+    if not len(base_days):
+        return days
+    pos = np.minimum(np.searchsorted(base_days, days), len(base_days) - 1)
+    return days[base_days[pos] != days]
+
+
 def taste_at(base_likes: np.ndarray, like_ts: np.ndarray, like_post: np.ndarray, times: np.ndarray,
              post_vec: np.ndarray, post_tfidf_vec: np.ndarray, post_topic: np.ndarray) -> Taste:
     """Vector sums over the posts liked before each moment: every post of `base_likes` (liked before
@@ -87,18 +114,23 @@ def taste_at(base_likes: np.ndarray, like_ts: np.ndarray, like_post: np.ndarray,
     m, d = len(times), post_vec.shape[1]
     out = Taste(likes=np.zeros(m, np.int64), vec_sum=np.zeros((m, d)), topic_likes=np.zeros((m, N_TOPICS)),
                 topic_sum=np.zeros((m, N_TOPICS, d)), topic_tfidf_sum=np.zeros((m, N_TOPICS, d)))
-    order = np.argsort(like_ts, kind="stable")
-    like_ts, like_post = like_ts[order], like_post[order]
-    cuts = np.searchsorted(like_ts, times, side="left")
-    for i, cut in enumerate(cuts):  # one moment in serving; a user's training rows in training
-        rows = np.concatenate([base_likes, like_post[:cut]]).astype(np.int64)
+    if m == 1:  # a request: no need to order the likes
+        cuts, liked = [0], [like_post[like_ts < times[0]]]
+    else:
+        order = np.argsort(like_ts, kind="stable")
+        like_post = like_post[order]
+        cuts = np.searchsorted(like_ts[order], times, side="left")
+        liked = [like_post[:cut] for cut in cuts]
+    for i, recent in enumerate(liked):  # one moment in serving; a user's training rows in training
+        rows = np.concatenate([base_likes, recent]) if len(base_likes) else recent
         if not len(rows):
             continue
-        onehot = _EYE[post_topic[rows]].T.astype(np.float64)  # (topics, likes)
+        topic = post_topic[rows]
+        onehot = (topic[None, :] == _TOPICS[:, None]).astype(np.float64)  # (topics, likes)
         vec = post_vec[rows].astype(np.float64)
         out.likes[i] = len(rows)
         out.vec_sum[i] = vec.sum(axis=0)
-        out.topic_likes[i] = onehot.sum(axis=1)
+        out.topic_likes[i] = np.bincount(topic, minlength=N_TOPICS)
         out.topic_sum[i] = onehot @ vec
         out.topic_tfidf_sum[i] = onehot @ post_tfidf_vec[rows].astype(np.float64)
     return out

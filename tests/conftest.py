@@ -76,3 +76,46 @@ def trained(tmp_path_factory):
     version_dir = train(url, d / "models", d / "cache", "hashing", config)
     return {"db_url": url, "model_dir": d / "models", "version_dir": version_dir, "world": d / "world.npz",
             "cache": d / "cache"}
+
+
+def copy_world(sqlite_url: str, target_url: str) -> None:
+    """The three course tables of an SQLite world, copied into another database with the same insertion
+    sequence, so that artifacts trained on the SQLite world can follow the copy."""
+    import pandas as pd
+
+    from app import columns as c
+    from app.db import create_course_tables, make_engine
+    from app.tables import feed_data, post_text_df, user_data
+    from training.bulk import write_frame
+
+    src, dst = make_engine(sqlite_url), make_engine(target_url)
+    create_course_tables(dst)
+    with src.connect() as conn:
+        users = pd.read_sql_table(user_data.name, conn)
+        posts = pd.read_sql_table(post_text_df.name, conn)
+        feed = pd.read_sql_query(text(f"SELECT rowid AS {c.SEQ}, * FROM {feed_data.name}"), conn)
+    feed = feed.loc[:, ~feed.columns.duplicated()]
+    feed[c.TIMESTAMP] = pd.to_datetime(feed[c.TIMESTAMP])
+    feed[c.TARGET] = feed[c.TARGET].astype("Int64")
+    with dst.begin() as conn:
+        write_frame(conn, user_data, users)
+        write_frame(conn, post_text_df, posts)
+        write_frame(conn, feed_data, feed)
+        if dst.dialect.name == "postgresql":  # the identity continues after the copied numbers
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{feed_data.name}', '{c.SEQ}'), "
+                              f"(SELECT MAX({c.SEQ}) FROM {feed_data.name}))"))
+    src.dispose()
+    dst.dispose()
+
+
+@pytest.fixture
+def world_db(request, trained, tmp_path) -> str:
+    """A fresh copy of the trained world's database, on SQLite or PostgreSQL (parametrize indirectly)."""
+    import shutil
+
+    if getattr(request, "param", "sqlite") == "sqlite":
+        shutil.copy(trained["db_url"].removeprefix("sqlite:///"), tmp_path / "world.db")
+        return f"sqlite:///{tmp_path / 'world.db'}"
+    url = request.getfixturevalue("pg_url")
+    copy_world(trained["db_url"], url)
+    return url

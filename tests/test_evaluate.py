@@ -7,6 +7,9 @@ import pandas as pd
 import pytest
 
 import app.engine
+import app.feed_events
+import app.post_counters
+import app.user_state
 import training.metrics
 from app.db import make_engine
 from app.engine import Recommender
@@ -14,7 +17,8 @@ from training.evaluate import EvalConfig, Truth, evaluate_rankings, run_evaluati
 from training.metrics import bootstrap_ci, expected_hit
 
 
-@pytest.mark.parametrize("module", [training.metrics, app.engine])
+@pytest.mark.parametrize("module", [training.metrics, app.engine, app.user_state, app.post_counters,
+                                    app.feed_events])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 

@@ -4,7 +4,7 @@ finds exactly the hits the simulation produced."""
 import shutil
 
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app import columns as c
 from app.config import Settings
@@ -47,3 +47,30 @@ def test_simulation_closes_the_loop(trained, tmp_path):
         assert report["groups"][group]["requests"] == sim["requests"]
         assert report["groups"][group]["hitrate"] == sim["hitrate"]  # every like lands inside the hour
         assert 0 < sim["expected_hitrate"] < 1
+
+
+def _run(trained, tmp_path, name: str, **settings):
+    shutil.copy(trained["db_url"].removeprefix("sqlite:///"), tmp_path / f"{name}.db")
+    url = f"sqlite:///{tmp_path / f'{name}.db'}"
+    recommender = Recommender.load(trained["model_dir"], settings.get("exclude_viewed_hours", 72.0))
+    app = create_app(Settings(database_url=url, model_dir="unused", log_flush_seconds=0.05,
+                              state_poll_seconds=0.05, **settings), load_recommender=lambda _: recommender)
+    engine = make_engine(url)
+    with TestClient(app) as client:
+        summary = simulate(engine, client, World.load(trained["world"]), SimConfig(days=3, users_per_day=120, seed=4))
+    return summary, engine
+
+
+def test_live_service_serves_nothing_stale_and_the_feed_arrives_in_time_order(trained, tmp_path):
+    live, engine = _run(trained, tmp_path, "live")
+    frozen, _ = _run(trained, tmp_path, "frozen", state_follow=False, exclude_viewed_hours=0)
+    assert live.requests == frozen.requests == 360 and live.errors == frozen.errors == 0
+    assert live.staleness == {"liked_before": 0.0, "viewed_recently": 0.0, "repeated": 0.0}
+    assert frozen.staleness["repeated"] > 0  # the same screen again for users who come back
+    assert [d["requests"] for d in live.days] == [120, 120, 120]
+    with engine.connect() as conn:  # written as it happened: timestamps grow with the insertion order
+        ts = [r[0] for r in conn.execute(text(
+            "SELECT timestamp FROM feed_data WHERE rowid > (SELECT MAX(rowid) FROM feed_data) - :n ORDER BY rowid"),
+            {"n": live.views + live.likes})]
+    engine.dispose()
+    assert ts == sorted(ts)

@@ -36,6 +36,19 @@ def import_cmd(
 
 
 @app.command()
+def migrate(db: DbOpt = None) -> None:
+    """Add what this version needs to a database made by an earlier one (feed_data's insertion sequence,
+    the exposure log's new columns). Safe to run twice."""
+    from app.db import add_feed_seq, create_log_table, make_engine
+
+    engine = make_engine(_db(db))
+    added = add_feed_seq(engine)
+    create_log_table(engine)
+    engine.dispose()
+    typer.echo("feed_data: insertion sequence added" if added else "feed_data: up to date")
+
+
+@app.command()
 def generate(
     scale: Annotated[float, typer.Option(help="1.0 = the course database's size")] = 0.03,
     seed: Annotated[int, typer.Option()] = 11,
@@ -212,15 +225,19 @@ def simulate(
     limit: Annotated[int, typer.Option(min=1, max=100, help="Posts per screen")] = 5,
     max_rps: Annotated[float, typer.Option(help="Upper bound on requests per second")] = 200.0,
     seed: Annotated[int, typer.Option()] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary JSON here")] = None,
 ) -> None:
-    """Simulated users call the live service and react as the world says; reactions go to feed_data."""
+    """Simulated users call the live service and react as the world says; reactions go to feed_data.
+
+    To compare with a service that does not follow the database, start that one with STATE_FOLLOW=false
+    (and EXCLUDE_VIEWED_HOURS=0 for the behaviour before the live state)."""
     import json
     from dataclasses import asdict
 
     import httpx
 
     from app.db import make_engine
-    from training.simulate import SimConfig
+    from training.simulate import SimConfig, day_table
     from training.simulate import simulate as run
     from training.world.model import World
 
@@ -237,7 +254,12 @@ def simulate(
     except httpx.HTTPError as exc:
         typer.echo(f"error: service at {url} not reachable: {exc}", err=True)
         raise typer.Exit(code=1) from None
-    typer.echo(json.dumps(asdict(summary), indent=2))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(asdict(summary), indent=2))
+    typer.echo(day_table(summary))
+    brief = {k: v for k, v in asdict(summary).items() if k != "days"}
+    typer.echo(json.dumps(brief, indent=2))
 
 
 @app.command("ab-report")

@@ -2,23 +2,34 @@
 
 Each simulated day, a sample of users opens the feed once, at an hour drawn from the world's
 activity profile. The service is asked for recommendations at that moment (`time=`), the user sees
-them one after another, and likes each with the world's true probability. Views and likes go to
-`feed_data` as the platform writes them: target 1 on a view followed by its like seconds later.
+them one after another, and likes each with the world's true probability — never a post they already
+liked (a like is once). Views and likes reach `feed_data` as they happen: every event waits in a
+queue until the simulated clock passes its moment, so the database receives the feed in time order
+and a request at t finds exactly the events before t. Before asking for a user whose own earlier
+events are not yet known to be applied, the simulation waits for the service's state to reach them
+(`/ready`), as a real user's next screen comes long after their last like.
+
+Per simulated day it reports requests, observed and expected hit rate per group, and three staleness
+figures over the served posts: already liked before t, viewed in the 72 hours before t, and on the same
+user's previous screen.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from tqdm import tqdm
 
 from app import columns as c
+from app.feed_events import max_seq
 from app.tables import feed_data
 from training import data
 from training.bulk import epoch_to_datetime, write_frame
@@ -27,6 +38,7 @@ from training.world import reference as ref
 from training.world.model import World
 
 DAY = 86_400
+RECENT_SECONDS = 72 * 3600  # the staleness figure "viewed in the previous 72 hours"
 
 
 @dataclass
@@ -37,6 +49,24 @@ class SimConfig:
     seed: int = 0
     max_rps: float = 200.0  # the simulation never asks faster than this
     timeout: float = 5.0
+    sync_timeout: float = 10.0  # longest wait for the service to apply a user's earlier events
+
+
+@dataclass
+class DayReport:
+    day: str
+    requests: int = 0
+    errors: int = 0
+    served: int = 0  # posts served
+    liked_before: int = 0  # of which the user had liked before t
+    viewed_recently: int = 0  # viewed in the 72 hours before t
+    repeated: int = 0  # on the same user's previous screen
+    groups: dict = field(default_factory=dict)
+
+    def shares(self) -> dict[str, float | None]:
+        n = self.served
+        return {k: round(getattr(self, k) / n, 4) if n else None
+                for k in ("liked_before", "viewed_recently", "repeated")}
 
 
 @dataclass
@@ -47,6 +77,9 @@ class SimSummary:
     likes: int = 0
     by_group: dict = field(default_factory=lambda: {g: {"requests": 0, "views": 0, "likes": 0}
                                                     for g in ("control", "test")})
+    days: list[dict] = field(default_factory=list)
+    staleness: dict = field(default_factory=dict)
+    waits: int = 0  # requests that waited for the service to apply the user's earlier events
     first_moment: str = ""
     last_moment: str = ""
     seconds: float = 0.0
@@ -60,15 +93,17 @@ def day_requests(world: World, day_start: int, n: int, rng: np.random.Generator)
     return pd.DataFrame({c.USER_ID: users, "ts": ts}).sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def reactions(world: World, user_id: int, post_ids: np.ndarray, ts: int,
-              rng: np.random.Generator) -> tuple[pd.DataFrame, float]:
-    """Feed rows for one screen (views seconds apart, likes as the world decides), and the true
-    probability that the screen gets at least one like."""
+def reactions(world: World, user_id: int, post_ids: np.ndarray, ts: int, rng: np.random.Generator,
+              liked_before: set[int] | None = None) -> tuple[pd.DataFrame, float]:
+    """Feed rows for one screen (views seconds apart, likes as the world decides; a post the user
+    already liked is not liked again), and the true probability that the screen gets at least one like."""
     if len(post_ids) == 0:
         return pd.DataFrame(columns=list(c.FEED_COLUMNS)), 0.0
     gaps = rng.integers(3, 30, size=len(post_ids))  # seconds spent on each post before the next
     view_ts = ts + np.concatenate([[0], np.cumsum(gaps[:-1])])
     p = world.like_probability(np.full(len(post_ids), user_id), post_ids, view_ts)
+    if liked_before:
+        p = np.where(np.isin(post_ids, list(liked_before)), 0.0, p)
     liked = rng.random(len(p)) < p
     like_ts = view_ts[liked] + rng.exponential(40.0, size=int(liked.sum())).astype(np.int64) + 1
     n_views, n_likes = len(post_ids), int(liked.sum())
@@ -81,55 +116,171 @@ def reactions(world: World, user_id: int, post_ids: np.ndarray, ts: int,
     }), expected_hit(p)
 
 
+class _Feed:
+    """What users did, as the simulation knows it: likes and recent views per user (from the database
+    at the start, then the simulation's own), and the queue of events not yet due."""
+
+    def __init__(self, engine: Engine, start: int) -> None:
+        with engine.connect() as conn:
+            likes = data.likes(conn)
+            recent = conn.execute(
+                select(feed_data.c.user_id, feed_data.c.post_id, data.epoch(feed_data.c.timestamp))
+                .where(feed_data.c.action == c.VIEW, feed_data.c.timestamp >= data.to_datetime(start - RECENT_SECONDS))
+            ).all()
+        self.liked: dict[int, dict[int, int]] = defaultdict(dict)  # user -> post -> first like second
+        for u, p, ts in zip(likes[c.USER_ID].to_numpy(), likes[c.POST_ID].to_numpy(), likes["ts"].to_numpy(),
+                            strict=True):
+            self.liked[int(u)].setdefault(int(p), int(ts))
+        self.viewed: dict[int, list[tuple[int, int]]] = defaultdict(list)  # user -> (second, post)
+        for u, p, ts in recent:
+            self.viewed[int(u)].append((int(ts), int(p)))
+        self.queue: list[tuple[int, int, tuple]] = []  # (second, order, row)
+        self._order = 0
+        self.last_seq: dict[int, int] = {}  # user -> highest sequence number of their written events
+        self.screens: dict[int, set[int]] = {}  # user -> the posts of their previous screen
+
+    def push(self, rows: pd.DataFrame) -> None:
+        for row in rows.itertuples(index=False):
+            self._order += 1
+            heapq.heappush(self.queue, (int(getattr(row, c.TIMESTAMP)), self._order, tuple(row)))
+
+    def flush(self, engine: Engine, until: int | None) -> int:
+        """Write the queued events before `until` (all if None) in time order; returns how many."""
+        due = []
+        while self.queue and (until is None or self.queue[0][0] < until):
+            due.append(heapq.heappop(self.queue)[2])
+        if not due:
+            return 0
+        frame = pd.DataFrame(due, columns=list(c.FEED_COLUMNS))
+        for u, p, ts, action in zip(frame[c.USER_ID], frame[c.POST_ID], frame[c.TIMESTAMP], frame[c.ACTION],
+                                    strict=True):
+            if action == c.LIKE:
+                self.liked[int(u)].setdefault(int(p), int(ts))
+            else:
+                self.viewed[int(u)].append((int(ts), int(p)))
+        frame[c.TIMESTAMP] = epoch_to_datetime(frame[c.TIMESTAMP].to_numpy()).to_numpy()
+        frame[c.TARGET] = frame[c.TARGET].astype("Int64")
+        with engine.begin() as conn:
+            write_frame(conn, feed_data, frame)
+            seq = max_seq(conn)
+        for u in frame[c.USER_ID].unique():
+            self.last_seq[int(u)] = seq
+        return len(frame)
+
+    def liked_before(self, user: int, t: int) -> set[int]:
+        return {p for p, ts in self.liked.get(user, {}).items() if ts < t}
+
+    def viewed_since(self, user: int, lo: int, t: int) -> set[int]:
+        return {p for ts, p in self.viewed.get(user, []) if lo <= ts < t}
+
+
+def _wait_applied(client: httpx.Client, seq: int, timeout: float) -> bool:
+    """Wait until the service's state holds every event up to `seq` (a frozen service never will)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = client.get("/ready", timeout=timeout).json().get("state", {})
+        except (httpx.HTTPError, ValueError):
+            state = {}
+        if not state.get("following", True):
+            return False
+        if int(state.get("applied_seq") or 0) >= seq:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
 def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConfig) -> SimSummary:
     rng = np.random.default_rng(config.seed)
     with engine.connect() as conn:
         _, end = data.data_range(conn)
     first_day = -(-end // DAY) * DAY  # the next midnight after the data
+    feed = _Feed(engine, first_day)
     summary = SimSummary()
     started = time.perf_counter()
     min_gap = 1.0 / config.max_rps
+    applied_seq, following = 0, True
     for day in range(config.days):
-        plan = day_requests(world, first_day + day * DAY, config.users_per_day, rng)
-        rows = []
+        day_start = first_day + day * DAY
+        report = DayReport(day=datetime.fromtimestamp(day_start, tz=UTC).date().isoformat())
+        expected: dict[str, list[float]] = defaultdict(list)
+        hits: dict[str, list[int]] = defaultdict(list)
+        plan = day_requests(world, day_start, config.users_per_day, rng)
         for u, ts in tqdm(zip(plan[c.USER_ID].to_numpy(), plan["ts"].to_numpy(), strict=True), total=len(plan),
                           desc=f"day {day + 1}/{config.days}", disable=None):
+            u, ts = int(u), int(ts)
+            feed.flush(engine, until=ts)
+            need = feed.last_seq.get(u, 0)
+            if following and need > applied_seq:
+                summary.waits += 1
+                following = _wait_applied(client, need, config.sync_timeout)
+                applied_seq = need
             sent = time.perf_counter()
-            moment = datetime.fromtimestamp(int(ts), tz=UTC).isoformat()
+            moment = datetime.fromtimestamp(ts, tz=UTC).isoformat()
             try:
-                r = client.get("/post/recommendations/", params={"id": int(u), "time": moment, "limit": config.limit},
+                r = client.get("/post/recommendations/", params={"id": u, "time": moment, "limit": config.limit},
                                timeout=config.timeout)
                 r.raise_for_status()
                 body = r.json()
             except (httpx.HTTPError, ValueError):
                 summary.errors += 1
+                report.errors += 1
                 continue
             posts = np.array([p["id"] for p in body["recommendations"]], dtype=np.int64)
-            screen, expected = reactions(world, int(u), posts, int(ts), rng)
-            rows.append(screen)
-            summary.requests += 1
+            liked = feed.liked_before(u, ts)
+            report.served += len(posts)
+            report.liked_before += sum(int(p) in liked for p in posts)
+            report.viewed_recently += sum(int(p) in feed.viewed_since(u, ts - RECENT_SECONDS, ts) for p in posts)
+            report.repeated += sum(int(p) in feed.screens.get(u, ()) for p in posts)
+            feed.screens[u] = {int(p) for p in posts}
+            screen, p_hit = reactions(world, u, posts, ts, rng, liked)
+            feed.push(screen)
             n_likes = int((screen[c.ACTION] == c.LIKE).sum())
-            group = summary.by_group.setdefault(body["exp_group"], {"requests": 0, "views": 0, "likes": 0})
+            g = body["exp_group"]
+            expected[g].append(p_hit)
+            hits[g].append(int(n_likes > 0))
+            group = summary.by_group.setdefault(g, {"requests": 0, "views": 0, "likes": 0})
             group["requests"] += 1
-            group["expected_hits"] = group.get("expected_hits", 0.0) + expected
+            group["expected_hits"] = group.get("expected_hits", 0.0) + p_hit
             group["hits"] = group.get("hits", 0) + int(n_likes > 0)
             group["views"] += len(posts)
             group["likes"] += n_likes
+            summary.requests += 1
+            report.requests += 1
             summary.views += len(posts)
             summary.likes += n_likes
             pause = min_gap - (time.perf_counter() - sent)
             if pause > 0:
                 time.sleep(pause)
-        if rows:
-            frame = pd.concat(rows, ignore_index=True)
-            frame[c.TIMESTAMP] = epoch_to_datetime(frame[c.TIMESTAMP].to_numpy()).to_numpy()
-            with engine.begin() as conn:  # a day's reactions land together
-                write_frame(conn, feed_data, frame)
+        report.groups = {g: {"requests": len(expected[g]), "hitrate": round(float(np.mean(hits[g])), 4),
+                             "expected_hitrate": round(float(np.mean(expected[g])), 4)} for g in sorted(expected)}
+        summary.days.append({**report.__dict__, "shares": report.shares()})
+    feed.flush(engine, until=None)  # the last screens' events
     for group in summary.by_group.values():  # the truth the A/B report should find
         if group["requests"]:
             group["expected_hitrate"] = round(group.pop("expected_hits", 0.0) / group["requests"], 4)
             group["hitrate"] = round(group.pop("hits", 0) / group["requests"], 4)
+    served = sum(d["served"] for d in summary.days)
+    summary.staleness = {k: round(sum(d[k] for d in summary.days) / served, 4) if served else None
+                         for k in ("liked_before", "viewed_recently", "repeated")}
     summary.first_moment = datetime.fromtimestamp(first_day, tz=UTC).isoformat()
     summary.last_moment = datetime.fromtimestamp(first_day + config.days * DAY, tz=UTC).isoformat()
     summary.seconds = round(time.perf_counter() - started, 1)
     return summary
+
+
+def day_table(summary: SimSummary) -> str:
+    """The per-day report as a Markdown table."""
+    lines = ["| day | requests | hit rate control / test | expected control / test | liked before t | "
+             "viewed in 72 h | on previous screen |", "|---|---|---|---|---|---|---|"]
+    for d in summary.days:
+        g = d["groups"]
+
+        def pair(key: str, g=g) -> str:
+            return " / ".join(str(g.get(x, {}).get(key, "-")) for x in ("control", "test"))
+
+        sh = d["shares"]
+        lines.append(f"| {d['day']} | {d['requests']} | {pair('hitrate')} | {pair('expected_hitrate')} | "
+                     f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} |")
+    return "\n".join(lines)

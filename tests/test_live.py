@@ -1,0 +1,183 @@
+"""The live state end to end: what is written to the database while the service runs reaches the next
+answers — likes, views, new users — on SQLite and PostgreSQL, through out-of-order commits and a lost
+database."""
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import make_url
+
+from app import columns as c
+from app.config import Settings
+from app.db import make_engine
+from app.engine import POPULAR, Recommender
+from app.follower import Follower
+from app.main import create_app
+from app.tables import feed_data, user_data
+from tests.tcp_proxy import TcpProxy
+
+BOTH = pytest.mark.parametrize("world_db", ["sqlite", "postgresql"], indirect=True)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not reached within {timeout}s")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def _client(db_url: str, recommender: Recommender) -> TestClient:
+    settings = Settings(database_url=db_url, model_dir="unused", log_flush_seconds=0.05, state_poll_seconds=0.05)
+    return TestClient(create_app(settings, load_recommender=lambda _: recommender))
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def _ids(body: dict) -> list[int]:
+    return [p["id"] for p in body["recommendations"]]
+
+
+def _events(rng, users, posts, t0: int, n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        ts = datetime.fromtimestamp(t0 + i, tz=UTC).replace(tzinfo=None)
+        rows.append({c.TIMESTAMP: ts, c.USER_ID: int(rng.choice(users)), c.POST_ID: int(rng.choice(posts)),
+                     c.ACTION: c.VIEW, c.TARGET: int(rng.random() < 0.2)})
+    return rows
+
+
+@BOTH
+def test_a_like_removes_the_post_from_the_next_answer(trained, world_db):
+    recommender = Recommender.load(trained["model_dir"])  # a state of its own: the test writes to it
+    snap = recommender.state.snapshot
+    uid, t = int(snap.user_ids[3]), snap.events_until + 3600
+    with _client(world_db, recommender) as client:
+        _wait(lambda: client.get("/ready").status_code == 200)
+        ask = {"id": uid, "time": _iso(t), "limit": 5}
+        first = client.get("/post/recommendations/", params=ask).json()
+        top = _ids(first)[0]
+        assert first["features_as_of"] == _iso(t).replace("+00:00", "")
+        engine = make_engine(world_db)
+        with engine.begin() as conn:  # the platform records a view and its like a minute before t
+            moment = datetime.fromtimestamp(t - 60, tz=UTC).replace(tzinfo=None)
+            conn.execute(insert(feed_data), [
+                {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.VIEW, c.TARGET: 1},
+                {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.LIKE, c.TARGET: None}])
+        engine.dispose()
+        _wait(lambda: top not in _ids(client.get("/post/recommendations/", params=ask).json()), timeout=5)
+        state = client.get("/ready").json()["state"]
+        assert state["events_applied"] == 2 and state["applied_seq"] == state["database_seq"]
+        # the same request a minute before the like still sees the post: answers are as of their moment
+        earlier = client.get("/post/recommendations/", params={**ask, "time": _iso(t - 120)}).json()
+        assert _ids(earlier) == _ids(first)
+        metrics = client.get("/metrics").text
+        assert "state_events_applied_total 2.0" in metrics and "state_lag_seconds" in metrics
+
+
+@BOTH
+def test_a_new_user_is_ranked_by_a_model(trained, world_db):
+    recommender = Recommender.load(trained["model_dir"])
+    uid = int(recommender.state.snapshot.user_ids.max()) + 1000
+    t = recommender.state.snapshot.events_until + 60
+    ask = {"id": uid, "time": _iso(t), "limit": 5}
+    with _client(world_db, recommender) as client:
+        _wait(lambda: client.get("/ready").status_code == 200)
+        assert client.get("/post/recommendations/", params=ask).json()["model"] == POPULAR
+        engine = make_engine(world_db)
+        with engine.begin() as conn:
+            conn.execute(insert(user_data), [{c.USER_ID: uid, c.GENDER: 0, c.AGE: 23, c.COUNTRY: "Russia",
+                                              c.CITY: "Moscow", c.EXP_GROUP: 1, c.OS: "iOS", c.SOURCE: "ads"}])
+        engine.dispose()
+        _wait(lambda: client.get("/post/recommendations/", params=ask).json()["model"] != POPULAR, timeout=3)
+        body = client.get("/post/recommendations/", params=ask).json()
+    assert body["model"] in ("control", "test")
+    assert _ids(body) == recommender.recommend(body["model"], uid, t, 5).post_ids.tolist()
+    user, _ = recommender.state.at(recommender.state.user_row(uid), t)
+    assert user.view.num[0, 8] == 0  # no views yet: ranked from the profile
+
+
+@pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_out_of_order_commits_are_applied_once(trained, world_db, outcome):
+    """A row whose sequence number was taken before a row that committed first is applied when it
+    commits, exactly once; a rolled-back number is given up once its transaction has ended."""
+    recommender = Recommender.load(trained["model_dir"])
+    engine = make_engine(world_db)
+    follower = Follower(engine, recommender.state)
+    rng = np.random.default_rng(0)
+    snap = recommender.state.snapshot
+    slow, fast = (_events(rng, snap.user_ids, snap.post_ids, snap.events_until + k, 1) for k in (10, 20))
+    with engine.connect() as a, engine.connect() as b:
+        a.execute(insert(feed_data), slow)  # takes the lower number, commits later
+        b.execute(insert(feed_data), fast)
+        b.commit()
+        follower.poll()
+        assert recommender.state.events_applied == 1 and follower.status.open_gaps == 1
+        a.commit() if outcome == "commit" else a.rollback()
+    for _ in range(3):
+        follower.poll()
+    expected = 2 if outcome == "commit" else 1
+    assert recommender.state.events_applied == expected
+    assert follower.status.open_gaps == 0
+    engine.dispose()
+
+
+@pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
+def test_a_lost_database_keeps_serving_and_catches_up(trained, world_db):
+    """PostgreSQL goes away mid-stream (a proxy cuts every connection): recommendations keep coming from
+    the last state, /ready says so, and once it is back every event is applied exactly once."""
+    recommender = Recommender.load(trained["model_dir"])
+    snap = recommender.state.snapshot
+    url = make_url(world_db)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    direct = make_engine(world_db)
+    rng = np.random.default_rng(1)
+    t0 = snap.events_until + 10
+    try:
+        with _client(via_proxy, recommender) as client:
+            _wait(lambda: client.get("/ready").status_code == 200)
+            with direct.begin() as conn:
+                conn.execute(insert(feed_data), _events(rng, snap.user_ids, snap.post_ids, t0, 300))
+            _wait(lambda: recommender.state.events_applied == 300)
+            proxy.cut()
+            for k in range(3):  # written while the service cannot see the database
+                with direct.begin() as conn:
+                    conn.execute(insert(feed_data), _events(rng, snap.user_ids, snap.post_ids, t0 + 300 + 100 * k, 100))
+            uid = int(snap.user_ids[0])
+            for _ in range(20):
+                r = client.get("/post/recommendations/", params={"id": uid, "time": _iso(t0 + 1000), "limit": 5})
+                assert r.status_code == 200 and len(r.json()["recommendations"]) == 5
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["database"].startswith("unreachable")
+            assert recommender.state.events_applied == 300
+            proxy.restore()
+            _wait(lambda: recommender.state.events_applied >= 600, timeout=30)
+            time.sleep(0.3)  # a few more polls: nothing may be applied twice
+            assert recommender.state.events_applied == 600
+            assert client.get("/ready").json()["state"]["applied_seq"] == _max_seq(direct)
+    finally:
+        proxy.close()
+        direct.dispose()
+    # every written event once in the state: the views per user equal the database's
+    with make_engine(world_db).connect() as conn:
+        rows = conn.execute(select(feed_data.c.user_id, func.count()).where(feed_data.c.seq > snap.seq)
+                            .group_by(feed_data.c.user_id)).all()
+    for user_id, n in rows:
+        user, _ = recommender.state.at(recommender.state.user_row(user_id), t0 + 10**6)
+        base, _ = recommender.state.at(recommender.state.user_row(user_id), snap.events_until)
+        assert user.view.num[0, 8] - base.view.num[0, 8] == n
+
+
+def _max_seq(engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT MAX({c.SEQ}) FROM {feed_data.name}")).scalar())
