@@ -82,7 +82,8 @@ def _select(dialect: str) -> str:
 
 def _to_batch(a: np.ndarray) -> EventBatch:
     a = a.reshape(-1, 6)
-    return EventBatch(ts=a[:, 3].copy(), user_id=a[:, 1].copy(), post_id=a[:, 2].copy(),
+    # the id columns are 32-bit in the schema: half the memory for a whole history
+    return EventBatch(ts=a[:, 3].copy(), user_id=a[:, 1].astype(np.int32), post_id=a[:, 2].astype(np.int32),
                       kind=np.where(a[:, 4] == 1, LIKE, VIEW).astype(np.int8), target=a[:, 5].astype(np.int8),
                       seq=a[:, 0].copy())
 
@@ -143,17 +144,21 @@ def read_ranges(conn: Connection, ranges: list[tuple[int, int]]) -> EventBatch:
 
 
 def read_all(conn: Connection, chunk_rows: int = CHUNK_ROWS) -> EventBatch:
-    """Every event, in insertion order, read in chunks of the insertion sequence."""
+    """Every event, in insertion order, read in chunks of the insertion sequence. Only the highest
+    sequence number is kept (`seq` holds that one number): a whole history needs no more."""
     parts, after = [], -1
     while True:
         part = read_after(conn, after, limit=chunk_rows)
         if not len(part):
             break
-        parts.append(part)
         after = int(part.seq[-1])
+        parts.append(EventBatch(part.ts, part.user_id, part.post_id, part.kind, part.target))
         if len(part) < chunk_rows:
             break
-    return EventBatch.concat(parts)
+    if not parts:
+        return EventBatch.empty()
+    out = EventBatch.concat(parts)
+    return EventBatch(out.ts, out.user_id, out.post_id, out.kind, out.target, np.array([after], np.int64))
 
 
 def max_seq(conn: Connection) -> int:

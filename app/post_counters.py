@@ -123,25 +123,25 @@ class PostTimeline:
         self.applied += len(new)
 
 
-def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, n_posts: int,
-                  post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, post_rows: np.ndarray,
+                  times: np.ndarray) -> np.ndarray:
     """(views, liked views) of post `post_rows[i]` strictly before `times[i]`, for many pairs at once
     (views of any order). The same numbers as `PostTimeline(zeros).counts_at(times[i])[post_rows[i]]`.
 
-    >>> counts_before(np.array([0, 0, 1]), np.array([10, 20, 5]), np.array([1, 0, 1]), 2,
+    >>> counts_before(np.array([0, 0, 1]), np.array([10, 20, 5]), np.array([1, 0, 1]),
     ...               np.array([0, 0, 1]), np.array([20, 21, 5])).tolist()
     [[1, 1], [2, 1], [0, 0]]
     """
-    view_post = np.asarray(view_post, np.int64)
-    view_ts = np.asarray(view_ts, np.int64)
-    order = np.lexsort((view_ts, view_post))
-    sorted_post, sorted_ts = view_post[order], view_ts[order]
-    cum_target = np.concatenate([[0], np.cumsum(np.asarray(view_target, np.int64)[order])])
-    start = np.searchsorted(sorted_post, np.arange(n_posts), side="left")
+    # one in-place sort of (post, time, target) packed in an int64: no index array, no sorted copies
+    # (posts below 2**22, non-negative times below 2**40)
+    key = np.asarray(view_post, np.int64) << 41
+    key |= np.asarray(view_ts, np.int64) << 1
+    key |= np.asarray(view_target, np.int64) > 0
+    key.sort()
+    cum_target = np.zeros(len(key) + 1, np.int32)
+    np.cumsum(key & 1, out=cum_target[1:])
     post_rows = np.asarray(post_rows, np.int64)
-    times = np.asarray(times, np.int64)
-    # one search on the composite key (post, ts); times are non-negative seconds below 2**40
-    key = (sorted_post << 40) | sorted_ts
-    pos = np.searchsorted(key, (post_rows << 40) | np.clip(times, 0, None), side="left")
-    lo = start[post_rows]
-    return np.column_stack([pos - lo, cum_target[pos] - cum_target[lo]])
+    times = np.clip(np.asarray(times, np.int64), 0, None)
+    lo = np.searchsorted(key, post_rows << 41, side="left")
+    pos = np.searchsorted(key, (post_rows << 41) | (times << 1), side="left")
+    return np.column_stack([pos - lo, cum_target[pos] - cum_target[lo]]).astype(np.int64)

@@ -71,6 +71,12 @@ def table(results: dict[int, dict], scale: float, requests: int, command: str) -
         for key, label in ROWS:
             if key in r:
                 lines.append(f"| {label} | " + " | ".join(_cell(r, key, n) for n in RANKERS) + " |")
+        cold = r.get("cold_start", {})
+        for key, label in (("expected_hitrate@5", "cold start: expected hitrate@5"),
+                           ("shown_hitrate@5", "cold start: shown-set hitrate@5")):
+            if key in cold:
+                cells = " | ".join(_cell(cold, key, n) for n in ("popularity", "control", "test"))
+                lines.append(f"| {label} | | {cells} | |")
         if "gap_closed" in r:
             lines.append("")
             lines.append(f"Gap to the oracle closed (expected hitrate@5): control {r['gap_closed']['control']:.3f}, "

@@ -149,7 +149,7 @@ def test_post_timeline_equals_counts_before():
     for part in np.array_split(np.arange(n), 17):  # batches in arrival order, many late
         timeline.add(ts[part], post[part], target[part])
     for t in (-1, 0, 17, 5000, 9999, 10_000, 20_000):
-        expected = base + counts_before(post, ts, target, n_posts, np.arange(n_posts), np.full(n_posts, t))
+        expected = base + counts_before(post, ts, target, np.arange(n_posts), np.full(n_posts, t))
         np.testing.assert_array_equal(timeline.counts_at(t), expected)
 
 

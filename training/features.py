@@ -101,15 +101,17 @@ def history_from(batch: EventBatch, user_ids: np.ndarray, post_ids: np.ndarray) 
           & (pr < len(post_ids)) & (post_ids[np.minimum(pr, len(post_ids) - 1)] == batch.post_id))
     if not ok.all():
         logger.warning("{} feed rows reference users or posts missing from their tables: ignored", int((~ok).sum()))
-    ur, pr = ur[ok], pr[ok]
+    ur, pr = ur[ok].astype(np.int32), pr[ok].astype(np.int32)
     ts, kind, target = batch.ts[ok], batch.kind[ok], batch.target[ok]
-    events = UserEvents.build(ur, ts, pr, kind, target, len(user_ids))
-    seq = int(batch.seq.max()) if batch.seq is not None and len(batch.seq) else 0
     if not len(ts):
         raise ValueError("feed_data is empty: generate a world or import data first")
+    start, end = int(ts.min()), int(ts.max()) + 1
+    events = UserEvents.build(ur, ts, pr, kind, target, len(user_ids))
+    del ur, pr, ts, kind, target
+    seq = int(batch.seq.max()) if batch.seq is not None and len(batch.seq) else 0
     return History(user_ids=user_ids, post_ids=post_ids, events=events,
-                   user_id_of_event=np.repeat(user_ids, np.diff(events.indptr)), seq=seq,
-                   start=int(ts.min()), end=int(ts.max()) + 1)
+                   user_id_of_event=np.repeat(user_ids.astype(np.int32), np.diff(events.indptr)), seq=seq,
+                   start=start, end=end)
 
 
 # --------------------------------------------------------------------------------------- priors
@@ -122,7 +124,9 @@ def fit_priors(history: History, users: pd.DataFrame, posts: PostView, cutoff: i
         raise ValueError("no views before the first training row to fit the priors on: move the windows later")
     rate = liked / views
     city_codes, city_names = pd.factorize(users[c.CITY].astype(str), sort=True)
-    user_city = city_codes[np.searchsorted(users[c.USER_ID].to_numpy(np.int64), history.user_id_of_event[before])]
+    # users come from user_data ordered by id, as history.user_ids: a row's city code is city_codes[row]
+    rows_of_event = np.repeat(np.arange(len(history.user_ids), dtype=np.int32), np.diff(ev.indptr))
+    user_city = city_codes[rows_of_event[before]]
     n_cities = len(city_names)
     city_views = np.bincount(user_city, minlength=n_cities)
     city_liked = np.bincount(user_city, weights=ev.target[before], minlength=n_cities)
@@ -154,7 +158,7 @@ def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, prior
         days = np.unique(ts[(kind == VIEW) & (ts < base_as_of)] // SECONDS_PER_DAY)
         day_parts.append(days)
         day_rows.append(np.full(len(days), row))
-    rows_of_event = np.repeat(np.arange(n_users), np.diff(ev.indptr))
+    rows_of_event = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(ev.indptr))
     days_indptr, days = csr(np.concatenate(day_rows or [np.empty(0, np.int64)]).astype(np.int64),
                             np.concatenate(day_parts or [np.empty(0, np.int64)]).astype(np.int32), n_users)
     old = ev.ts < base_as_of
@@ -189,12 +193,14 @@ def sample_views(history: History, lo: int, hi: int, max_rows: int, salt: int = 
     buckets = 10_000
     keep = buckets if total <= max_rows else max(1, int(buckets * max_rows / total))
     # a deterministic pseudo-random bucket per (user, post), in int64 whatever the ids
-    bucket = (history.user_id_of_event * 7919 + history.post_ids[ev.post].astype(np.int64) * 104_729 + salt) % buckets
-    pick = np.flatnonzero(window & (bucket < keep))
-    rows_of_event = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))
+    idx = np.flatnonzero(window)
+    bucket = (history.user_id_of_event[idx].astype(np.int64) * 7919
+              + history.post_ids[ev.post[idx]].astype(np.int64) * 104_729 + salt) % buckets
+    pick = idx[bucket < keep]
+    rows_of_event = np.repeat(np.arange(len(history.user_ids), dtype=np.int32), np.diff(ev.indptr))
     return pd.DataFrame({
-        "user_row": rows_of_event[pick], "post_row": ev.post[pick].astype(np.int64),
-        c.USER_ID: history.user_id_of_event[pick], c.POST_ID: history.post_ids[ev.post[pick]],
+        "user_row": rows_of_event[pick].astype(np.int64), "post_row": ev.post[pick].astype(np.int64),
+        c.USER_ID: history.user_id_of_event[pick].astype(np.int64), c.POST_ID: history.post_ids[ev.post[pick]],
         "ts": ev.ts[pick], c.TARGET: ev.target[pick].astype(np.int64),
     })
 
@@ -233,7 +239,7 @@ def post_counters_at(history: History, priors: Priors, post_rows: np.ndarray, ti
     """POST_COUNTERS of each (post row, moment) pair: the views of the post strictly before the moment."""
     ev = history.events
     views = history.views
-    counts = counts_before(ev.post[views], ev.ts[views], ev.target[views], len(history.post_ids), post_rows, times)
+    counts = counts_before(ev.post[views], ev.ts[views], ev.target[views], post_rows, times)
     return finalize_posts(counts, priors)
 
 

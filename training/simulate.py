@@ -33,7 +33,7 @@ from app.feed_events import max_seq
 from app.tables import feed_data
 from training import data
 from training.bulk import epoch_to_datetime, write_frame
-from training.metrics import expected_hit
+from training.metrics import bootstrap_ci, expected_hit
 from training.world import reference as ref
 from training.world.model import World
 
@@ -62,6 +62,8 @@ class DayReport:
     viewed_recently: int = 0  # viewed in the 72 hours before t
     repeated: int = 0  # on the same user's previous screen
     groups: dict = field(default_factory=dict)
+    expected_hitrate: float | None = None  # all groups
+    expected_ci95: tuple | None = None
 
     def shares(self) -> dict[str, float | None]:
         n = self.served
@@ -80,6 +82,7 @@ class SimSummary:
     days: list[dict] = field(default_factory=list)
     staleness: dict = field(default_factory=dict)
     waits: int = 0  # requests that waited for the service to apply the user's earlier events
+    expected: list[list[float]] = field(default_factory=list, repr=False)  # per day, per request, in plan order
     first_moment: str = ""
     last_moment: str = ""
     seconds: float = 0.0
@@ -192,7 +195,9 @@ def _wait_applied(client: httpx.Client, seq: int, timeout: float) -> bool:
 
 
 def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConfig) -> SimSummary:
-    rng = np.random.default_rng(config.seed)
+    # who comes when is drawn apart from how they react: two runs with one seed (a frozen and a live
+    # service, say) see the same users at the same moments, so their days compare request by request
+    plan_rng, rng = np.random.default_rng(config.seed), np.random.default_rng([config.seed, 1])
     with engine.connect() as conn:
         _, end = data.data_range(conn)
     first_day = -(-end // DAY) * DAY  # the next midnight after the data
@@ -206,7 +211,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         report = DayReport(day=datetime.fromtimestamp(day_start, tz=UTC).date().isoformat())
         expected: dict[str, list[float]] = defaultdict(list)
         hits: dict[str, list[int]] = defaultdict(list)
-        plan = day_requests(world, day_start, config.users_per_day, rng)
+        plan = day_requests(world, day_start, config.users_per_day, plan_rng)
         for u, ts in tqdm(zip(plan[c.USER_ID].to_numpy(), plan["ts"].to_numpy(), strict=True), total=len(plan),
                           desc=f"day {day + 1}/{config.days}", disable=None):
             u, ts = int(u), int(ts)
@@ -255,6 +260,10 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
                 time.sleep(pause)
         report.groups = {g: {"requests": len(expected[g]), "hitrate": round(float(np.mean(hits[g])), 4),
                              "expected_hitrate": round(float(np.mean(expected[g])), 4)} for g in sorted(expected)}
+        everyone = np.concatenate([expected[g] for g in sorted(expected)]) if expected else np.empty(0)
+        report.expected_hitrate = round(float(everyone.mean()), 4) if len(everyone) else None
+        report.expected_ci95 = bootstrap_ci(everyone, seed=day) if len(everyone) else None
+        summary.expected.append(everyone.tolist())
         summary.days.append({**report.__dict__, "shares": report.shares()})
     feed.flush(engine, until=None)  # the last screens' events
     for group in summary.by_group.values():  # the truth the A/B report should find
@@ -272,8 +281,8 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
 
 def day_table(summary: SimSummary) -> str:
     """The per-day report as a Markdown table."""
-    lines = ["| day | requests | hit rate control / test | expected control / test | liked before t | "
-             "viewed in 72 h | on previous screen |", "|---|---|---|---|---|---|---|"]
+    lines = ["| day | requests | hit rate control / test | expected control / test | expected, all [95% CI] | "
+             "liked before t | viewed in 72 h | on previous screen |", "|---|---|---|---|---|---|---|---|"]
     for d in summary.days:
         g = d["groups"]
 
@@ -281,6 +290,8 @@ def day_table(summary: SimSummary) -> str:
             return " / ".join(str(g.get(x, {}).get(key, "-")) for x in ("control", "test"))
 
         sh = d["shares"]
+        ci = d["expected_ci95"] or ("-", "-")
         lines.append(f"| {d['day']} | {d['requests']} | {pair('hitrate')} | {pair('expected_hitrate')} | "
+                     f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | "
                      f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} |")
     return "\n".join(lines)

@@ -1,0 +1,398 @@
+"""The live state's goals, measured: simulation frozen vs live, freshness, apply rate, request path, memory.
+
+    python -m bench.live_state simulate --db URL --models DIR --world PATH [--days 10] [--users-per-day 800]
+    python -m bench.live_state freshness --db URL --models DIR [--trials 200]
+    python -m bench.live_state apply --db URL --models DIR [--days 1]
+    python -m bench.live_state serving --db URL --models DIR [--duration 30] [--workers 2]
+
+Each command works on a copy of the database (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on
+PostgreSQL), starts the services it compares as their own processes on loopback, and appends its
+result to docs/live_state.md with the command and the machine. Events "replayed" below are the
+feed's own latest events, shifted forward in time by whole weeks: the same users, posts, hours and
+like rates as the real feed, at the real feed's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app import columns as c
+from app.config import PROJECT_ROOT
+from app.db import make_engine
+from app.engine import Recommender
+from app.feed_events import EventBatch
+from app.follower import catch_up
+from app.tables import feed_data
+from app.user_state import LIKE
+from bench.serving import LUA, load, start, stop, tree_rss_mb
+from training.bulk import epoch_to_datetime, write_frame
+
+OUT = PROJECT_ROOT / "docs" / "live_state.md"
+WEEK = 7 * 86_400
+
+
+# ------------------------------------------------------------------ databases
+def copy_database(url: str, name: str) -> str:
+    """A throw-away copy of the database; returns its URL."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        src = Path(u.database)
+        engine = create_engine(url)
+        with engine.connect() as conn:  # fold the write-ahead log into the file before copying it
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
+        dst = src.with_name(f"{src.stem}-{name}.db")
+        shutil.copy(src, dst)
+        return f"sqlite:///{dst}"
+    copy = f"{u.database}_{name}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{u.database}"'))
+    admin.dispose()
+    return u.set(database=copy).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(u.database + suffix).unlink(missing_ok=True)
+        return
+    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def replayed_events(recommender: Recommender, days: float, shift_weeks: int) -> pd.DataFrame:
+    """The last `days` of the snapshot's events, moved forward by whole weeks (feed_data rows)."""
+    snap = recommender.state.snapshot
+    ev = snap.events
+    lo = snap.events_until - int(days * 86_400)
+    keep = ev.ts >= lo
+    rows = np.repeat(np.arange(len(snap.user_ids)), np.diff(ev.indptr))[keep]
+    order = np.argsort(ev.ts[keep], kind="stable")
+    is_like = ev.kind[keep][order] == LIKE
+    ts = ev.ts[keep][order] + shift_weeks * WEEK
+    target = pd.array(ev.target[keep][order].astype(np.int64), dtype="Int64")
+    target[is_like] = pd.NA
+    return pd.DataFrame({  # "ts" (seconds) rides along; write_frame writes only the table's columns
+        c.TIMESTAMP: epoch_to_datetime(ts).to_numpy(), "ts": ts,
+        c.USER_ID: snap.user_ids[rows[order]], c.POST_ID: snap.post_ids[ev.post[keep][order]],
+        c.ACTION: np.where(is_like, c.LIKE, c.VIEW), c.TARGET: target,
+    })
+
+
+def insert(url: str, frame: pd.DataFrame) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        write_frame(conn, feed_data, frame)
+    engine.dispose()
+
+
+# ------------------------------------------------------------------ report
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def append(title: str, body: list[str]) -> None:
+    command = " ".join(["python -m bench.live_state", *sys.argv[1:]])
+    lines = [f"## {title}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "", f"Command: `{command}`  ",
+             f"Machine: {_machine()}.", "", *body, ""]
+    text_ = "\n".join(lines)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(OUT, "a") as fh:
+        if fh.tell() == 0:
+            fh.write("# Live state: measurements\n\nWritten by `bench/live_state.py`; newest last.\n\n")
+        fh.write(text_ + "\n")
+    print(text_)
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    p = np.percentile(values, [50, 90, 99])
+    return {"p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3), "p99": round(float(p[2]), 3),
+            "max": round(float(np.max(values)), 3)}
+
+
+def _service(db: str, models: Path, port: int, workers: int = 1, **env) -> tuple[subprocess.Popen, float]:
+    environ = {**os.environ, "DATABASE_URL": db, "MODEL_DIR": str(models), "LOG_QUEUE_SIZE": "100000",
+               **{k.upper(): str(v) for k, v in env.items()}}
+    proc, started = start([sys.executable, "-m", "app", "--port", str(port), "--workers", str(workers)], environ,
+                          port)
+    deadline = time.monotonic() + 600
+    while httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code != 200:  # caught up
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError("service did not become ready")
+        time.sleep(0.2)
+    return proc, started
+
+
+# ------------------------------------------------------------------ simulate
+def cmd_simulate(args) -> None:
+    from training.simulate import SimConfig, day_table, simulate
+    from training.world.model import World
+
+    world = World.load(args.world)
+    config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed, max_rps=args.max_rps)
+    results = {}
+    for mode, env in (("frozen", {"state_follow": "false", "exclude_viewed_hours": "0"}),
+                      ("live", {"state_follow": "true"})):
+        db = copy_database(args.db, mode)
+        proc, _ = _service(db, args.models, 8021, **env)
+        try:
+            engine = make_engine(db)
+            with httpx.Client(base_url="http://127.0.0.1:8021") as client:
+                results[mode] = simulate(engine, client, world, config)
+            engine.dispose()
+        finally:
+            stop(proc)
+            drop_database(db)
+    live, frozen = results["live"], results["frozen"]
+    last = len(live.days) - 1
+    diff = np.array(live.expected[last]) - np.array(frozen.expected[last])  # same users, same moments
+    rng = np.random.default_rng(0)
+    boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    body = [f"Demo world behind `{args.db}`, artifacts `{args.models.name}`; {args.days} simulated days, "
+            f"{args.users_per_day} users a day, seed {args.seed}. Each service on its own copy of the database; "
+            "the same users open the feed at the same moments in both runs.", "",
+            "**Frozen** (`STATE_FOLLOW=false EXCLUDE_VIEWED_HOURS=0`: the snapshot only, as before the live "
+            "state):", "", day_table(frozen), "", "**Live** (defaults: following the database, 72 h exclusion):",
+            "", day_table(live), "",
+            f"Served posts over all days — frozen: liked before t {frozen.staleness['liked_before']}, viewed in "
+            f"the previous 72 h {frozen.staleness['viewed_recently']}, on the previous screen "
+            f"{frozen.staleness['repeated']}; live: {live.staleness['liked_before']}, "
+            f"{live.staleness['viewed_recently']}, {live.staleness['repeated']}.", "",
+            f"Expected hit rate (all groups), live: day 1 {live.days[0]['expected_hitrate']}, day {last + 1} "
+            f"{live.days[last]['expected_hitrate']}; frozen day {last + 1} {frozen.days[last]['expected_hitrate']}. "
+            f"Live minus frozen on day {last + 1}, paired by request: {diff.mean():+.4f} "
+            f"[95% CI {lo:+.4f}, {hi:+.4f}]. Requests that waited for the live state to apply the user's "
+            f"own earlier events: {live.waits}."]
+    append("Simulation, frozen vs live", body)
+
+
+# ------------------------------------------------------------------ freshness
+def cmd_freshness(args) -> None:
+    db = copy_database(args.db, "fresh")
+    recommender = Recommender.load(args.models)
+    snap = recommender.state.snapshot
+    rng = np.random.default_rng(args.seed)
+    port = 8022
+    proc, _ = _service(db, args.models, port)
+    engine = make_engine(db)
+    seconds, polls = [], []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for trial in range(args.trials):
+                uid = int(rng.choice(snap.user_ids))
+                t = snap.events_until + 3600 + trial * 600
+                ask = {"id": uid, "time": datetime.fromtimestamp(t, tz=UTC).isoformat(), "limit": 5}
+                top = client.get("/post/recommendations/", params=ask).json()["recommendations"][0]["id"]
+                moment = datetime.fromtimestamp(t - 60, tz=UTC).replace(tzinfo=None)
+                with engine.begin() as conn:
+                    conn.execute(feed_data.insert(), [
+                        {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.VIEW, c.TARGET: 1},
+                        {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.LIKE, c.TARGET: None}])
+                committed = time.perf_counter()
+                n = 0
+                while True:
+                    n += 1
+                    ids = [p["id"] for p in client.get("/post/recommendations/", params=ask).json()["recommendations"]]
+                    if top not in ids:
+                        break
+                    if time.perf_counter() - committed > 30:
+                        raise RuntimeError(f"trial {trial}: the like never reached the answer")
+                seconds.append(time.perf_counter() - committed)
+                polls.append(n)
+    finally:
+        stop(proc)
+        engine.dispose()
+        drop_database(db)
+    q = _pct(seconds)
+    backend = make_url(args.db).get_backend_name()
+    append(f"Freshness on {backend}", [
+        f"{args.trials} trials against one worker with the default `STATE_POLL_SECONDS=0.2`: a view and a like of "
+        "the user's top post are committed to feed_data, then the same request is repeated until the post is "
+        "gone. Seconds from the commit to the first answer without it:", "",
+        "| p50 | p90 | p99 | max | requests per trial (median) |", "|---|---|---|---|---|",
+        f"| {q['p50']} | {q['p90']} | {q['p99']} | {q['max']} | {int(np.median(polls))} |"])
+
+
+# ------------------------------------------------------------------ apply rate
+def cmd_apply(args) -> None:
+    recommender = Recommender.load(args.models)
+    frame = replayed_events(recommender, args.days, shift_weeks=2)
+    batch = EventBatch.from_frame(frame)
+    state = recommender.state
+    started = time.perf_counter()
+    for i in range(0, len(batch), args.batch):
+        state.apply(batch.take(np.arange(i, min(i + args.batch, len(batch)))))
+    in_process = len(batch) / (time.perf_counter() - started)
+    db = copy_database(args.db, "apply")
+    try:
+        insert(db, frame)
+        fresh = Recommender.load(args.models)
+        engine = make_engine(db)
+        started = time.perf_counter()
+        applied = catch_up(engine, fresh.state, batch_rows=args.batch)
+        end_to_end = applied / (time.perf_counter() - started)
+        engine.dispose()
+    finally:
+        drop_database(db)
+    backend = make_url(args.db).get_backend_name()
+    append(f"Apply rate on {backend}", [
+        f"{len(batch):,} events ({args.days} day(s) of the feed replayed two weeks later), batches of "
+        f"{args.batch:,}, one thread:", "",
+        "| path | events/s |", "|---|---|",
+        f"| `LiveState.apply` (in memory) | {in_process:,.0f} |",
+        f"| follower: read from {backend} + apply | {end_to_end:,.0f} |"])
+
+
+# ------------------------------------------------------------------ serving
+def cmd_serving(args) -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk not found: apt-get install wrk")
+    recommender = Recommender.load(args.models)
+    snap = recommender.state.snapshot
+    day = replayed_events(recommender, 1, shift_weeks=2)
+    del recommender
+    latest = int(day["ts"].max())
+    rng = np.random.default_rng(0)
+    users = rng.choice(snap.user_ids, size=2000)
+    times = latest + 1 + rng.integers(0, 3600, size=2000)  # "now": just after the applied day
+    pairs = ",".join(f'{{{u},"{datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")}"}}'
+                     for u, t in zip(users, times, strict=True))
+    script = Path(args.work) / "live_load.lua"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(LUA % (pairs, 7))
+    db = copy_database(args.db, "serve")
+    runs, rss = {}, {}
+    try:
+        insert(db, day)  # a day after the snapshot, for the live service to apply
+        for mode, env in (("frozen", {"state_follow": "false"}), ("live", {"state_follow": "true"})):
+            proc, startup = _service(db, args.models, 8023, workers=args.workers, **env)
+            writer = _Trickle(db, day, rate=args.trickle) if mode == "live" else None
+            try:
+                load(8023, script, 5, 8)  # warm-up
+                for conc in (1, 8):
+                    runs[(mode, conc)] = load(8023, script, args.duration, conc)
+                    print(mode, conc, runs[(mode, conc)])
+                rss[mode] = tree_rss_mb(proc.pid) / args.workers
+                if mode == "live":
+                    writer.stop()
+                    week = replayed_events(Recommender.load(args.models), 7, shift_weeks=3)
+                    insert(db, week)
+                    _wait_caught_up(8023, timeout=1800)
+                    rss["live after a week"] = tree_rss_mb(proc.pid) / args.workers
+                    state = httpx.get("http://127.0.0.1:8023/ready", timeout=5).json()["state"]
+            finally:
+                if writer is not None:
+                    writer.stop()
+                stop(proc)
+    finally:
+        drop_database(db)
+    body = [f"Artifacts `{args.models.name}` ({len(snap.user_ids):,} users); {args.workers} workers per service; "
+            f"wrk on the same machine, {args.duration} s per run, limit=5, request times just after the applied "
+            f"day. Frozen: `STATE_FOLLOW=false`. Live: the day of events ({len(day):,}) applied at startup, and "
+            f"more written at {args.trickle} events/s during the runs for the follower to apply.", "",
+            "| service | concurrency | p50 ms | p90 ms | p99 ms | requests/s | errors |",
+            "|---|---|---|---|---|---|---|"]
+    for (mode, conc), r in runs.items():
+        body.append(f"| {mode} | {conc} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} | "
+                    f"{r['errors'] + r['non_2xx']} |")
+    for conc in (1, 8):
+        f, live = runs[("frozen", conc)], runs[("live", conc)]
+        body.append(f"\nConcurrency {conc}: live / frozen p50 {live['p50_ms'] / f['p50_ms']:.3f}, "
+                    f"p99 {live['p99_ms'] / f['p99_ms']:.3f}.")
+    body.append(f"\nRSS per worker: frozen {rss['frozen']:.0f} MB, live after a day {rss['live']:.0f} MB, live after "
+                f"a further week of events ({state['events_applied']:,} applied in all) "
+                f"{rss['live after a week']:.0f} MB ({rss['live after a week'] / rss['frozen']:.3f}x frozen).")
+    append("Request path and memory, frozen vs live", body)
+
+
+class _Trickle:
+    """Writes replayed events at a steady rate in a thread, so that the follower works during a run."""
+
+    def __init__(self, db: str, frame: pd.DataFrame, rate: float) -> None:
+        self.engine = make_engine(db)
+        shifted = frame.assign(**{c.TIMESTAMP: frame[c.TIMESTAMP] + pd.Timedelta(days=1), "ts": frame["ts"] + 86_400})
+        self.frame, self.rate = shifted, rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i, step = 0, max(1, int(self.rate / 10))
+        while not self._stop.is_set() and i < len(self.frame):
+            with self.engine.begin() as conn:
+                write_frame(conn, feed_data, self.frame.iloc[i:i + step])
+            i += step
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.engine.dispose()
+
+
+def _wait_caught_up(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["state"]
+        if state.get("applied_seq") == state.get("database_seq") and state.get("lag_seconds") is not None \
+                and state["lag_seconds"] < 5:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live service did not catch up")
+        time.sleep(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.live_state")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("simulate", "freshness", "apply", "serving"):
+        p = sub.add_parser(name)
+        p.add_argument("--db", required=True)
+        p.add_argument("--models", type=Path, required=True)
+        p.add_argument("--seed", type=int, default=3)
+        if name == "simulate":
+            p.add_argument("--world", type=Path, required=True)
+            p.add_argument("--days", type=int, default=10)
+            p.add_argument("--users-per-day", type=int, default=800)
+            p.add_argument("--max-rps", type=float, default=200.0)
+        if name == "freshness":
+            p.add_argument("--trials", type=int, default=200)
+        if name == "apply":
+            p.add_argument("--days", type=float, default=1.0)
+            p.add_argument("--batch", type=int, default=50_000)
+        if name == "serving":
+            p.add_argument("--duration", type=int, default=30)
+            p.add_argument("--workers", type=int, default=2)
+            p.add_argument("--trickle", type=float, default=100.0)
+            p.add_argument("--work", default="/tmp/bench-live")
+    args = ap.parse_args()
+    commands = {"simulate": cmd_simulate, "freshness": cmd_freshness, "apply": cmd_apply, "serving": cmd_serving}
+    commands[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
