@@ -98,6 +98,8 @@ def train(
     max_train_rows: Annotated[int, typer.Option(help="Views sampled from the training window")] = 400_000,
     iterations: Annotated[int, typer.Option()] = 600,
     class_weights: Annotated[str, typer.Option(help="none (calibrated) or balanced")] = "none",
+    cold_share: Annotated[float, typer.Option(min=0, max=1, help="Share of training rows repeated with the "
+                                                                 "user's history hidden (new users)")] = 0.0,
     serve_latest: Annotated[bool, typer.Option(help="Keep events one by one only from the data end minus the "
                                                     "exclusion window (smaller; held-out replay then sees the "
                                                     "base, which includes the held-out window)")] = False,
@@ -111,7 +113,7 @@ def train(
     if class_weights not in ("none", "balanced"):
         raise typer.BadParameter("--class-weights must be none or balanced")
     config = TrainConfig(max_train_rows=max_train_rows, iterations=iterations, class_weights=class_weights,
-                         seed=seed)
+                         seed=seed, cold_share=cold_share)
     path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
                _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest)
     typer.echo(f"trained: {path}")

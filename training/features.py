@@ -206,14 +206,17 @@ def sample_views(history: History, lo: int, hi: int, max_rows: int, salt: int = 
 
 
 def user_views_at(history: History, profile: np.ndarray, posts: PostView, priors: Priors,
-                  user_rows: np.ndarray, times: np.ndarray) -> UserView:
+                  user_rows: np.ndarray, times: np.ndarray, cold: np.ndarray | None = None) -> UserView:
     """The user side of each (user row, moment) pair, as the service would have computed it then:
-    `fold_user` and `taste_at` over the user's events, once per user for all of its moments."""
+    `fold_user` and `taste_at` over the user's events, once per user for all of its moments. Rows
+    marked `cold` see the profile alone, as the service sees a user who has just signed up."""
     ev = history.events
     user_rows = np.asarray(user_rows, np.int64)
     times = np.asarray(times, np.int64)
+    cold = np.zeros(len(user_rows), bool) if cold is None else np.asarray(cold, bool)
     order = np.argsort(user_rows, kind="stable")
-    counts = np.empty((len(user_rows), empty_counts().shape[1]), np.int64)
+    order = order[~cold[order]]  # cold rows keep the empty counts and taste below
+    counts = np.repeat(empty_counts(), len(user_rows), axis=0)
     d = posts.vec.shape[1]
     taste = Taste(likes=np.zeros(len(user_rows), np.int64), vec_sum=np.zeros((len(user_rows), d)),
                   topic_likes=np.zeros((len(user_rows), N_TOPICS)),
@@ -221,7 +224,7 @@ def user_views_at(history: History, profile: np.ndarray, posts: PostView, priors
                   topic_tfidf_sum=np.zeros((len(user_rows), N_TOPICS, d)))
     sorted_rows = user_rows[order]
     starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]) if len(order) else np.empty(0, int)
-    ends = np.r_[starts[1:], len(order)]
+    ends = np.r_[starts[1:], len(order)] if len(order) else np.empty(0, int)
     no_days, no_likes = np.empty(0, np.int64), np.empty(0, np.int32)
     for a, b in zip(starts, ends, strict=True):
         row, idx = int(sorted_rows[a]), order[a:b]
@@ -246,7 +249,8 @@ def post_counters_at(history: History, priors: Priors, post_rows: np.ndarray, ti
 def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: Priors, rows: pd.DataFrame,
                 text: bool, chunk: int = 20_000) -> np.ndarray:
     """Training rows through the same `assemble` the service uses for requests, each row as of its own
-    moment. Rows are processed in chunks of whole users to bound the memory of the taste vectors."""
+    moment (a `cold` column, when present, hides the history of the rows it marks). Rows are processed in
+    chunks of whole users to bound the memory of the taste vectors."""
     names = feature_names(text)
     if rows.empty:
         return np.empty((0, len(names)), np.float32)
@@ -254,6 +258,7 @@ def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: 
     user_rows = rows["user_row"].to_numpy(np.int64)
     post_rows = rows["post_row"].to_numpy(np.int64)
     ts = rows["ts"].to_numpy(np.int64)
+    cold = rows["cold"].to_numpy(bool) if "cold" in rows else np.zeros(len(rows), bool)
     counters = post_counters_at(history, priors, post_rows, ts)
     order = np.argsort(user_rows, kind="stable")
     i = 0
@@ -263,7 +268,7 @@ def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: 
         while j < len(order) and user_rows[order[j]] == user_rows[order[j - 1]]:
             j += 1
         idx = order[i:j]
-        view = user_views_at(history, profile, posts, priors, user_rows[idx], ts[idx])
+        view = user_views_at(history, profile, posts, priors, user_rows[idx], ts[idx], cold[idx])
         out[idx] = assemble(view, np.arange(len(idx)), posts, post_rows[idx], ts[idx], text, counters=counters[idx])
         i = j
     return out

@@ -82,6 +82,9 @@ class TrainConfig:
     class_weights: str = "none"  # or "balanced"
     seed: int = 0
     threads: int = 2
+    # training and validation rows repeated with the user's history hidden: the model sees what a user
+    # who has just signed up looks like (a like is still that user's answer to that post)
+    cold_share: float = 0.0
 
 
 @dataclass
@@ -114,6 +117,15 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
                     xmax if len(gaps) else 0)
 
 
+def with_cold_rows(rows: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """`rows` plus a `share` of them again, marked cold (history hidden)."""
+    rows = rows.assign(cold=False)
+    if share <= 0 or rows.empty:
+        return rows
+    extra = rows.sample(frac=min(share, 1.0), random_state=seed).assign(cold=True)
+    return pd.concat([rows, extra], ignore_index=True)
+
+
 def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostClassifier:
     model = CatBoostClassifier(
         iterations=config.iterations, learning_rate=config.learning_rate, depth=config.depth,
@@ -138,8 +150,10 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     engine.dispose()
     split, history = prep.split, prep.history
     logger.info("split {}", split.describe())
-    tr = sample_views(history, split.train_start, split.val_start, config.max_train_rows)
-    val = sample_views(history, split.val_start, split.test_start, config.max_val_rows, salt=1)
+    tr = with_cold_rows(sample_views(history, split.train_start, split.val_start, config.max_train_rows),
+                        config.cold_share, config.seed)
+    val = with_cold_rows(sample_views(history, split.val_start, split.test_start, config.max_val_rows, salt=1),
+                         config.cold_share, config.seed + 1)
     held = sample_views(history, split.test_start, split.end, config.max_val_rows, salt=2)
     logger.info("rows: train {}, validation {}, held-out {}", len(tr), len(val), len(held))
     # the control features are the first columns of the test model's: build each row once
@@ -190,7 +204,8 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
         "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
         "data_range": [split.start, split.end], "embedding_model": embedding_model,
-        "train_config": asdict(config), "rows": {"train": len(tr), "validation": len(val), "heldout": len(held)},
+        "train_config": asdict(config), "rows": {"train": len(tr), "validation": len(val), "heldout": len(held),
+                 "cold_train": int(tr["cold"].sum())},
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
     })
     set_current(out_dir, version)
