@@ -181,3 +181,33 @@ def test_a_lost_database_keeps_serving_and_catches_up(trained, world_db):
 def _max_seq(engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text(f"SELECT MAX({c.SEQ}) FROM {feed_data.name}")).scalar())
+
+
+def test_an_older_postgres_database_is_refused_then_migrated(trained, pg_url):
+    """A feed_data made before the insertion sequence existed: the service says to migrate, in one line;
+    `migrate` adds the sequence (numbering the existing rows) and the log's new column."""
+    import subprocess
+    import sys
+
+    engine = make_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE feed_data (timestamp timestamp NOT NULL, user_id int NOT NULL, "
+                          "post_id int NOT NULL, action text NOT NULL, target int)"))
+        conn.execute(text("INSERT INTO feed_data VALUES (now(), 1, 2, 'view', 0), (now(), 1, 2, 'like', NULL)"))
+        conn.execute(text("CREATE TABLE recommendation_log (request_id varchar(36) PRIMARY KEY, user_id bigint NOT "
+                          "NULL, requested_at timestamp NOT NULL, served_at timestamp NOT NULL, exp_group text NOT "
+                          "NULL, model_name text NOT NULL, model_version text NOT NULL, post_ids text NOT NULL)"))
+    env = {"MODEL_DIR": str(trained["model_dir"]), "DATABASE_URL": pg_url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "app", "--port", "0"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "migrate" in out.stderr
+    for expected in ("insertion sequence added", "up to date"):  # and a second run changes nothing
+        run = subprocess.run([sys.executable, "-m", "training", "migrate", "--db", pg_url], capture_output=True,
+                             text=True, env=env, timeout=120)
+        assert run.returncode == 0 and expected in run.stdout
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT seq FROM feed_data ORDER BY seq")).scalars().all() == [1, 2]
+        columns = conn.execute(text("SELECT column_name FROM information_schema.columns "
+                                    "WHERE table_name = 'recommendation_log'")).scalars().all()
+    engine.dispose()
+    assert "features_as_of" in columns
