@@ -35,7 +35,8 @@ from app.post_counters import PostTimeline
 from app.snapshot import Snapshot
 from app.user_state import LIKE, VIEW, fold_user, taste_at
 
-_Tail = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # ts, post rows, kind, target
+# a user's events applied after the snapshot: one packed array per user (14 bytes an event, one object)
+TAIL_DTYPE = np.dtype([("ts", np.int64), ("post", np.int32), ("kind", np.int8), ("target", np.int8)])
 _NO_DAYS = np.empty(0, np.int64)
 _NO_POSTS = np.empty(0, np.int32)
 
@@ -63,7 +64,7 @@ class LiveState:
         views = ev.kind == VIEW
         self.timeline.add(ev.ts[views], ev.post[views], ev.target[views])
         self._n_base_users = len(snapshot.user_ids)
-        self._tails: dict[int, _Tail] = {}
+        self._tails: dict[int, np.ndarray] = {}
         self._new_rows: dict[int, int] = {}  # user id -> row, for users added after the snapshot
         self._new_profiles: list[np.ndarray] = []  # their profile rows, in row order
         self._pending: list[EventBatch] = []  # events of users or posts not (yet) known
@@ -123,7 +124,7 @@ class LiveState:
             base, days, likes = empty_counts()[0], _NO_DAYS, _NO_POSTS
             events = (np.empty(0, np.int64), _NO_POSTS, np.empty(0, np.int8), np.empty(0, np.int8))
         if tail is not None:
-            events = tuple(np.concatenate([a, b]) for a, b in zip(events, tail, strict=True))
+            events = tuple(np.concatenate([a, tail[name]]) for a, name in zip(events, TAIL_DTYPE.names, strict=True))
         return (profile, base, days, likes, events), frame
 
     def at(self, row: int, t: int, cold: bool = False) -> tuple[UserAt | None, PostView]:
@@ -212,15 +213,15 @@ class LiveState:
         rows_sorted = rows[order]
         starts = np.flatnonzero(np.r_[True, rows_sorted[1:] != rows_sorted[:-1]])
         ends = np.r_[starts[1:], len(rows_sorted)]
-        cols = (batch.ts[order].astype(np.int64), prows[order].astype(np.int32),
-                batch.kind[order].astype(np.int8), batch.target[order].astype(np.int8))
-        updates: dict[int, _Tail] = {}
+        packed = np.empty(len(batch), TAIL_DTYPE)
+        packed["ts"], packed["post"] = batch.ts[order], prows[order]
+        packed["kind"], packed["target"] = batch.kind[order], batch.target[order]
+        updates: dict[int, np.ndarray] = {}
         tails = self._tails
         for a, b in zip(starts, ends, strict=True):
             row = int(rows_sorted[a])
-            new = tuple(col[a:b] for col in cols)
             old = tails.get(row)
-            updates[row] = new if old is None else tuple(np.concatenate([x, y]) for x, y in zip(old, new, strict=True))
+            updates[row] = packed[a:b].copy() if old is None else np.concatenate([old, packed[a:b]])
         views = batch.kind == VIEW
         with self._lock:
             tails.update(updates)
