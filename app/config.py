@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="A screen leaves out posts the user viewed this many hours before the request (0: none); "
                     "posts liked before it are always left out.",
     )
+    exclude_last_views: int = Field(
+        default=50, ge=0, le=100,
+        description="A screen also leaves out the user's last this many viewed posts, however long ago (0: none): "
+                    "a user who comes back after a week does not get the same screen again.",
+    )
     state_follow: bool = Field(
         default=True,
         description="Follow feed_data and user_data after the artifact's snapshot; false serves the snapshot "

@@ -77,7 +77,7 @@ class Recommender:
         self.models = models
 
     @classmethod
-    def load(cls, model_dir: Path, exclude_viewed_hours: float = 72.0) -> Recommender:
+    def load(cls, model_dir: Path, exclude_viewed_hours: float = 72.0, exclude_last_views: int = 50) -> Recommender:
         manifest = load_manifest(current_version_dir(model_dir))
         try:
             snapshot = Snapshot.load(manifest.file(STATE_FILE))
@@ -89,7 +89,8 @@ class Recommender:
                 models[name] = model
         except Exception as exc:  # a half-written or foreign file: refuse with the reason
             raise ArtifactsInvalid(f"{manifest.path}: cannot load artifacts: {exc}") from None
-        return cls(manifest, LiveState(snapshot, int(exclude_viewed_hours * 3600)), models, posts)
+        state = LiveState(snapshot, int(exclude_viewed_hours * 3600), exclude_last_views)
+        return cls(manifest, state, models, posts)
 
     @property
     def post_ids(self) -> np.ndarray:
@@ -119,7 +120,7 @@ class Recommender:
 
     def recommend(self, model: str, user_id: int, ts: int, k: int) -> Ranking:
         """Top k post ids for the user at second ts, excluding posts liked before ts and posts viewed in
-        the exclusion window before it."""
+        the exclusion window before it or among the user's last views."""
         if model not in MODEL_NAMES:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
         scores, user = self.scores(model, user_id, ts)

@@ -47,14 +47,16 @@ class UserAt:
 
     view: UserView
     liked: np.ndarray  # post rows liked before t
-    viewed: np.ndarray  # post rows viewed within the exclusion window before t
+    viewed: np.ndarray  # post rows viewed within the exclusion window before t, or among the last views
 
 
 class LiveState:
-    def __init__(self, snapshot: Snapshot, exclude_viewed_seconds: int = 72 * 3600) -> None:
+    def __init__(self, snapshot: Snapshot, exclude_viewed_seconds: int = 72 * 3600,
+                 exclude_last_views: int = 50) -> None:
         self.snapshot = snapshot
         self.priors = snapshot.priors
         self.exclude_viewed_seconds = int(exclude_viewed_seconds)
+        self.exclude_last_views = int(exclude_last_views)
         self.post_ids = snapshot.post_ids
         self.posts = snapshot.posts
         self.n_posts = len(snapshot.post_ids)
@@ -119,13 +121,14 @@ class LiveState:
             base = s.base_counts[row]
             days = s.days[s.days_indptr[row]:s.days_indptr[row + 1]]
             likes = s.likes[s.likes_indptr[row]:s.likes_indptr[row + 1]]
+            seen = s.seen[s.seen_indptr[row]:s.seen_indptr[row + 1]]
             events = s.events.of(row)
         else:
-            base, days, likes = empty_counts()[0], _NO_DAYS, _NO_POSTS
+            base, days, likes, seen = empty_counts()[0], _NO_DAYS, _NO_POSTS, _NO_POSTS
             events = (np.empty(0, np.int64), _NO_POSTS, np.empty(0, np.int8), np.empty(0, np.int8))
         if tail is not None:
             events = tuple(np.concatenate([a, tail[name]]) for a, name in zip(events, TAIL_DTYPE.names, strict=True))
-        return (profile, base, days, likes, events), frame
+        return (profile, base, days, likes, seen, events), frame
 
     def at(self, row: int, t: int, cold: bool = False) -> tuple[UserAt | None, PostView]:
         """The user (None for row -1) and the catalogue as of t, from exactly the events before t.
@@ -134,9 +137,9 @@ class LiveState:
         posts = self._post_view(t, frame)
         if parts is None:
             return None, posts
-        profile, base, days, likes, (ts, post, kind, target) = parts
+        profile, base, days, likes, seen, (ts, post, kind, target) = parts
         if cold:
-            base, days, likes = empty_counts()[0], _NO_DAYS, _NO_POSTS
+            base, days, likes, seen = empty_counts()[0], _NO_DAYS, _NO_POSTS, _NO_POSTS
             ts, post, kind, target = ts[:0], post[:0], kind[:0], target[:0]
         times = np.array([t], dtype=np.int64)
         counts = fold_user(base, days, ts, post, kind, target, self.posts.topic, times)
@@ -146,7 +149,13 @@ class LiveState:
         view = finalize_users(profile, counts, taste, self.priors)
         before = ts < t
         liked = np.concatenate([likes, post[is_like & before]])
-        viewed = post[(kind == VIEW) & before & (ts >= t - self.exclude_viewed_seconds)]
+        views = (kind == VIEW) & before
+        viewed = post[views & (ts >= t - self.exclude_viewed_seconds)]
+        if self.exclude_last_views:  # the last N views whenever they were: the user's previous screens
+            n = self.exclude_last_views
+            latest = post[views][np.argsort(ts[views], kind="stable")][-n:]
+            earlier = seen[max(len(seen) - (n - len(latest)), 0):] if len(latest) < n else _NO_POSTS
+            viewed = np.concatenate([viewed, latest, earlier])
         return UserAt(view, liked, viewed), posts
 
     def counts_at(self, t: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from app.metrics import Metrics
 
 
 def _load(settings: Settings) -> Recommender:
-    return Recommender.load(settings.model_dir, settings.exclude_viewed_hours)
+    return Recommender.load(settings.model_dir, settings.exclude_viewed_hours, settings.exclude_last_views)
 
 
 def create_app(settings: Settings | None = None,

@@ -68,6 +68,8 @@ class Snapshot:
     days: np.ndarray  # int32
     likes_indptr: np.ndarray  # (U+1,) posts liked before base_as_of, per user
     likes: np.ndarray  # int32 post rows
+    seen_indptr: np.ndarray  # (U+1,) the user's last views before base_as_of (oldest first), per user
+    seen: np.ndarray  # int32 post rows: what "the last N views" exclusion needs from before the base
     events: UserEvents  # every event from base_as_of on, per user
     post_ids: np.ndarray  # (P,) int64, sorted
     posts: PostView  # counters left empty: they come from the timeline

@@ -131,7 +131,7 @@ def test_time_zones_are_respected(world_client, recommender):
 def test_exclusion_follows_requested_time(trained):
     """A post liked at second s is served at s and left out from s + 1 (viewed posts are not left out
     here: the like follows a view of the same post)."""
-    recommender = Recommender.load(trained["model_dir"], exclude_viewed_hours=0)
+    recommender = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
     snap = recommender.state.snapshot
     ev = snap.events
     i = int(np.flatnonzero(ev.kind == LIKE)[0])

@@ -97,7 +97,7 @@ def test_served_row_is_one_row_of_the_batch(engine):
 
 
 def test_exclusion_is_by_requested_time(trained):
-    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0)
+    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
     snap = engine.state.snapshot
     ev = snap.events
     i = int(np.flatnonzero(ev.kind == LIKE)[0])
@@ -115,7 +115,7 @@ def test_exclusion_is_by_requested_time(trained):
 def test_recently_viewed_posts_are_left_out(trained):
     """With the default window a post viewed an hour ago is not served; with a window of 0 it may be."""
     hidden = Recommender.load(trained["model_dir"])
-    shown = Recommender.load(trained["model_dir"], exclude_viewed_hours=0)
+    shown = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
     snap = hidden.state.snapshot
     ev = snap.events
     i = int(np.flatnonzero(ev.kind == 0)[-1])  # the last view the snapshot holds
@@ -128,6 +128,27 @@ def test_recently_viewed_posts_are_left_out(trained):
         assert post in shown.recommend("control", user_id, t, k).post_ids
     assert post in hidden.recommend("control", user_id, t + 73 * 3600, k).post_ids or \
         post in snap.post_ids[hidden.state.at(row, t + 73 * 3600)[0].liked]
+
+
+def test_last_views_are_left_out_however_old(trained):
+    """The user's last views stay out of the screen after the 72-hour window has passed: a user who comes
+    back a week later does not get the same screen again. The oldest of them come from before the
+    snapshot's base cut."""
+    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=50)
+    plain = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
+    snap = engine.state.snapshot
+    row = int(np.argmax(np.diff(snap.seen_indptr) - 50 * np.diff(snap.events.indptr)))  # many old, few new views
+    user_id = int(snap.user_ids[row])
+    t = snap.events_until + 30 * 86400
+    user, _ = engine.state.at(row, t)
+    views = snap.events.kind[snap.events.indptr[row]:snap.events.indptr[row + 1]] == 0
+    old_needed = max(0, 50 - int(views.sum()))
+    expected_old = snap.seen[snap.seen_indptr[row + 1] - old_needed:snap.seen_indptr[row + 1]] if old_needed else []
+    assert set(expected_old) <= set(user.viewed.tolist()) and len(np.unique(user.viewed)) <= 50
+    k = len(engine.post_ids)
+    served, everything = (set(e.recommend("control", user_id, t, k).post_ids.tolist()) for e in (engine, plain))
+    hidden = set(engine.post_ids[user.viewed].tolist()) - set(engine.post_ids[user.liked].tolist())
+    assert hidden and not hidden & served and hidden <= everything
 
 
 def test_unknown_user_gets_popular_as_of_the_moment(engine):

@@ -52,7 +52,8 @@ def test_simulation_closes_the_loop(trained, tmp_path):
 def _run(trained, tmp_path, name: str, **settings):
     shutil.copy(trained["db_url"].removeprefix("sqlite:///"), tmp_path / f"{name}.db")
     url = f"sqlite:///{tmp_path / f'{name}.db'}"
-    recommender = Recommender.load(trained["model_dir"], settings.get("exclude_viewed_hours", 72.0))
+    recommender = Recommender.load(trained["model_dir"], settings.get("exclude_viewed_hours", 72.0),
+                                   settings.get("exclude_last_views", 50))
     app = create_app(Settings(database_url=url, model_dir="unused", log_flush_seconds=0.05,
                               state_poll_seconds=0.05, **settings), load_recommender=lambda _: recommender)
     engine = make_engine(url)
@@ -63,7 +64,7 @@ def _run(trained, tmp_path, name: str, **settings):
 
 def test_live_service_serves_nothing_stale_and_the_feed_arrives_in_time_order(trained, tmp_path):
     live, engine = _run(trained, tmp_path, "live")
-    frozen, _ = _run(trained, tmp_path, "frozen", state_follow=False, exclude_viewed_hours=0)
+    frozen, _ = _run(trained, tmp_path, "frozen", state_follow=False, exclude_viewed_hours=0, exclude_last_views=0)
     assert live.requests == frozen.requests == 360 and live.errors == frozen.errors == 0
     assert live.staleness == {"liked_before": 0.0, "viewed_recently": 0.0, "repeated": 0.0}
     assert frozen.staleness["repeated"] > 0  # the same screen again for users who come back

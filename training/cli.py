@@ -140,7 +140,8 @@ def evaluate(
     from training.evaluate import EvalConfig, run_evaluation, write_json
 
     settings = get_settings()
-    engine = Recommender.load(models or settings.model_dir, settings.exclude_viewed_hours)
+    engine = Recommender.load(models or settings.model_dir, settings.exclude_viewed_hours,
+                              settings.exclude_last_views)
     config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
                         ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
                         ab_models=(settings.ab_control_model, settings.ab_test_model))

@@ -45,6 +45,7 @@ from app.user_state import LIKE, VIEW, fold_user, taste_at
 
 VEC_DIM = 64  # text space of user vectors and similarities
 EXCLUDE_WINDOW_SECONDS = 72 * 3600  # events kept one by one before the snapshot's cut (exclusion window)
+LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
 
 
 # --------------------------------------------------------------------------------------- posts
@@ -164,6 +165,16 @@ def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, prior
     old = ev.ts < base_as_of
     liked = old & (ev.kind == LIKE)
     likes_indptr, likes = csr(rows_of_event[liked], ev.post[liked], n_users)
+    # the last views before the base cut, per user (events are per user in time order)
+    old_views = np.flatnonzero(old & (ev.kind == VIEW))
+    owner = rows_of_event[old_views]
+    from_end = np.empty(len(old_views), np.int64)  # 0 for a user's latest old view, 1 for the one before...
+    if len(old_views):
+        last_of_user = np.r_[np.flatnonzero(owner[1:] != owner[:-1]), len(owner) - 1]
+        ends = np.repeat(last_of_user, np.diff(np.r_[-1, last_of_user]))
+        from_end = ends - np.arange(len(owner))
+    keep = old_views[from_end < LAST_VIEWS_KEPT]
+    seen_indptr, seen = csr(rows_of_event[keep], ev.post[keep], n_users)
     recent = ~old
     events = UserEvents.build(rows_of_event[recent], ev.ts[recent], ev.post[recent], ev.kind[recent],
                               ev.target[recent], n_users)
@@ -178,7 +189,8 @@ def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, prior
         seq_gaps=np.empty((0, 2), np.int64) if seq_gaps is None else np.asarray(seq_gaps, np.int64).reshape(-1, 2),
         seq_xmax=int(seq_xmax), priors=priors, user_ids=history.user_ids,
         profile=profile_features(users, priors), base_counts=base, days_indptr=days_indptr, days=days,
-        likes_indptr=likes_indptr, likes=likes.astype(np.int32), events=events, post_ids=history.post_ids,
+        likes_indptr=likes_indptr, likes=likes.astype(np.int32), seen_indptr=seen_indptr,
+        seen=seen.astype(np.int32), events=events, post_ids=history.post_ids,
         posts=posts, post_base=post_base,
     )
 

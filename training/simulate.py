@@ -64,6 +64,7 @@ class DayReport:
     groups: dict = field(default_factory=dict)
     expected_hitrate: float | None = None  # all groups
     expected_ci95: tuple | None = None
+    oracle_expected: float | None = None  # the true best screen of posts the user has not liked
 
     def shares(self) -> dict[str, float | None]:
         n = self.served
@@ -210,6 +211,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         day_start = first_day + day * DAY
         report = DayReport(day=datetime.fromtimestamp(day_start, tz=UTC).date().isoformat())
         expected: dict[str, list[float]] = defaultdict(list)
+        oracle: list[float] = []
         hits: dict[str, list[int]] = defaultdict(list)
         plan = day_requests(world, day_start, config.users_per_day, plan_rng)
         for u, ts in tqdm(zip(plan[c.USER_ID].to_numpy(), plan["ts"].to_numpy(), strict=True), total=len(plan),
@@ -240,6 +242,10 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             report.repeated += sum(int(p) in feed.screens.get(u, ()) for p in posts)
             feed.screens[u] = {int(p) for p in posts}
             screen, p_hit = reactions(world, u, posts, ts, rng, liked)
+            truth = world.all_posts_probability(u, ts)
+            if liked:
+                truth[world.post_index(np.fromiter(liked, np.int64))] = 0.0
+            oracle.append(expected_hit(np.sort(truth)[-config.limit:]))
             feed.push(screen)
             n_likes = int((screen[c.ACTION] == c.LIKE).sum())
             g = body["exp_group"]
@@ -263,6 +269,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         everyone = np.concatenate([expected[g] for g in sorted(expected)]) if expected else np.empty(0)
         report.expected_hitrate = round(float(everyone.mean()), 4) if len(everyone) else None
         report.expected_ci95 = bootstrap_ci(everyone, seed=day) if len(everyone) else None
+        report.oracle_expected = round(float(np.mean(oracle)), 4) if oracle else None
         summary.expected.append(everyone.tolist())
         summary.days.append({**report.__dict__, "shares": report.shares()})
     feed.flush(engine, until=None)  # the last screens' events
@@ -282,7 +289,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
 def day_table(summary: SimSummary) -> str:
     """The per-day report as a Markdown table."""
     lines = ["| day | requests | hit rate control / test | expected control / test | expected, all [95% CI] | "
-             "liked before t | viewed in 72 h | on previous screen |", "|---|---|---|---|---|---|---|---|"]
+             "oracle | liked before t | viewed in 72 h | on previous screen |", "|---|---|---|---|---|---|---|---|---|"]
     for d in summary.days:
         g = d["groups"]
 
@@ -292,6 +299,6 @@ def day_table(summary: SimSummary) -> str:
         sh = d["shares"]
         ci = d["expected_ci95"] or ("-", "-")
         lines.append(f"| {d['day']} | {d['requests']} | {pair('hitrate')} | {pair('expected_hitrate')} | "
-                     f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | "
+                     f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | {d['oracle_expected']} | "
                      f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} |")
     return "\n".join(lines)

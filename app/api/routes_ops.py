@@ -67,6 +67,7 @@ def model_info(recommender: RecommenderDep) -> dict:
     m = recommender.manifest.data
     return {"version": recommender.version, "features_as_of": m.get("features_as_of"), "split": m.get("split"),
             "state": m.get("state"), "exclude_viewed_hours": recommender.state.exclude_viewed_seconds / 3600,
+            "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
                        for name, meta in m.get("models", {}).items()}}
 
