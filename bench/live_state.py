@@ -301,7 +301,7 @@ def cmd_serving(args) -> None:
                     writer.stop()
                     week = replayed_events(Recommender.load(args.models), 7, shift_weeks=3)
                     insert(db, week)
-                    _wait_caught_up(8023, timeout=1800)
+                    _wait_caught_up(8023, _max_seq(db), timeout=1800)
                     rss["live after a week"] = tree_rss_mb(proc.pid) / args.workers
                     state = httpx.get("http://127.0.0.1:8023/ready", timeout=5).json()["state"]
             finally:
@@ -354,16 +354,25 @@ class _Trickle:
         self.engine.dispose()
 
 
-def _wait_caught_up(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["state"]
-        if state.get("applied_seq") == state.get("database_seq") and state.get("lag_seconds") is not None \
-                and state["lag_seconds"] < 5:
-            return
+def _max_seq(db: str) -> int:
+    from app.feed_events import max_seq
+
+    engine = make_engine(db)
+    with engine.connect() as conn:
+        seq = max_seq(conn)
+    engine.dispose()
+    return seq
+
+
+def _wait_caught_up(port: int, seq: int, timeout: float, streak: int = 10) -> None:
+    """Until `streak` answers in a row (new connections: any worker) hold every event up to `seq`."""
+    deadline, ok = time.monotonic() + timeout, 0
+    while ok < streak:
+        state = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10, headers={"Connection": "close"}).json()
+        ok = ok + 1 if state["state"].get("applied_seq", 0) >= seq else 0
         if time.monotonic() > deadline:
             raise RuntimeError("the live service did not catch up")
-        time.sleep(1)
+        time.sleep(0.2 if ok else 1)
 
 
 def main() -> None:
