@@ -4,7 +4,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     )
     state_poll_seconds: float = Field(default=0.2, gt=0, le=60, description="How often the state polls the database.")
     state_batch_rows: int = Field(default=50_000, ge=1, description="Feed rows read per poll while catching up.")
+    model_watch_seconds: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="How often each worker looks at models/current for a new version to swap in.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Enables POST /admin/reload (Authorization: Bearer <token>); without it the endpoint does not "
+                    "exist.",
+    )
     log_queue_size: int = Field(default=10_000, ge=1, description="Exposure log buffer bound.")
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_seconds: float = Field(default=1.0, gt=0)
