@@ -265,6 +265,58 @@ def simulate(
     typer.echo(json.dumps(brief, indent=2))
 
 
+@app.command()
+def retrain(
+    db: DbOpt = None,
+    models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    keep: Annotated[int, typer.Option(min=2, help="Versions to keep (the serving one and the rollback target "
+                                                  "are always kept)")] = 5,
+    requests: Annotated[int, typer.Option(min=50, help="Held-out requests both versions are evaluated on")] = 1000,
+    world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH "
+                                                    "when it exists")] = None,
+    test_days: Annotated[float, typer.Option(help="Held-out window: the last days of the data")] = 7,
+    val_days: Annotated[float, typer.Option()] = 7,
+    train_days: Annotated[float, typer.Option()] = 14,
+    auc_drop: Annotated[float, typer.Option(help="Largest ROC-AUC drop the gate accepts")] = 0.005,
+) -> None:
+    """Train a candidate on the latest data; promote it only if it is not worse than the serving version.
+    Exit code 0: promoted; 3: refused by the gate; 1: failed."""
+    import json as json_
+
+    from training.retrain import FAILED, Gate
+    from training.retrain import retrain as run
+
+    settings = get_settings()
+    path = world or settings.world_path
+    try:
+        result = run(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model, keep=keep,
+                     world=path if Path(path).is_file() else None, requests=requests,
+                     split_args={"test_days": test_days, "val_days": val_days, "train_days": train_days},
+                     gate=Gate(auc_drop=auc_drop))
+    except Exception as exc:  # a scheduler reads the exit code; the reason goes to stderr
+        typer.echo(f"error: retrain failed: {exc}", err=True)
+        raise typer.Exit(code=FAILED) from None
+    typer.echo(json_.dumps({"decision": result.decision, "candidate": result.candidate, "serving": result.serving,
+                            "reason": result.reason, "promotion": str(result.path)}, indent=2))
+    raise typer.Exit(code=result.code)
+
+
+@app.command()
+def rollback(
+    models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Version to serve; default the one served before")] = None,
+) -> None:
+    """Point models/current back to the previous version (every worker swaps it in)."""
+    from training.retrain import rollback as run
+
+    try:
+        version = run(models or get_settings().model_dir, to)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"current: {version}")
+
+
 @app.command("ab-report")
 def ab_report(
     out: Annotated[Path, typer.Option(help="Folder for report.md, summary.json and the plots")],
