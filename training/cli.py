@@ -229,6 +229,10 @@ def simulate(
     max_rps: Annotated[float, typer.Option(help="Upper bound on requests per second")] = 200.0,
     seed: Annotated[int, typer.Option()] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary JSON here")] = None,
+    retrain_every: Annotated[int, typer.Option(min=0, help="Every this many days run `retrain` on the database "
+                                                           "and wait for the service to swap (0: never)")] = 0,
+    models: Annotated[Path | None, typer.Option(help="The service's artifact folder (for --retrain-every); "
+                                                     "default MODEL_DIR")] = None,
 ) -> None:
     """Simulated users call the live service and react as the world says; reactions go to feed_data.
 
@@ -249,11 +253,20 @@ def simulate(
         typer.echo(f"error: no world at {path}: run `python -m training generate` first", err=True)
         raise typer.Exit(code=1)
     engine = make_engine(_db(db))
-    config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps)
+    config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps,
+                       retrain_every=retrain_every)
+    settings = get_settings()
+
+    def retrainer():
+        from training.retrain import retrain
+
+        return retrain(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model,
+                       world=Path(path))
+
     try:
         with httpx.Client(base_url=url) as client:
             client.get("/health", timeout=5).raise_for_status()
-            summary = run(engine, client, World.load(path), config)
+            summary = run(engine, client, World.load(path), config, retrainer if retrain_every else None)
     except httpx.HTTPError as exc:
         typer.echo(f"error: service at {url} not reachable: {exc}", err=True)
         raise typer.Exit(code=1) from None

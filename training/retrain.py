@@ -61,8 +61,8 @@ def gate_checks(candidate: dict, serving: dict, gate: Gate) -> list[dict]:
     checks = []
     for model in MODELS:
         for metric in gate.interval_metrics:
-            if model not in serving.get(metric, {}) or model not in candidate.get(metric, {}):
-                continue
+            if serving.get(metric, {}).get(model) is None or candidate.get(metric, {}).get(model) is None:
+                continue  # not measured (e.g. no shown-set request in a short window)
             lo, hi = serving["ci95"][metric][model]
             floor = round(serving[metric][model] - (hi - lo) / 2, 4)
             value = candidate[metric][model]
