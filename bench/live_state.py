@@ -154,8 +154,9 @@ def cmd_simulate(args) -> None:
     world = World.load(args.world)
     config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed, max_rps=args.max_rps)
     results = {}
-    for mode, env in (("frozen", {"state_follow": "false", "exclude_viewed_hours": "0"}),
-                      ("live", {"state_follow": "true"})):
+    live_env = dict(kv.split("=", 1) for kv in args.live_setting)
+    for mode, env in (("frozen", {"state_follow": "false", "exclude_viewed_hours": "0", "exclude_last_views": "0"}),
+                      ("live", {"state_follow": "true", **live_env})):
         db = copy_database(args.db, mode)
         proc, _ = _service(db, args.models, 8021, **env)
         try:
@@ -172,11 +173,12 @@ def cmd_simulate(args) -> None:
     rng = np.random.default_rng(0)
     boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
     lo, hi = np.quantile(boot, [0.025, 0.975])
-    body = [f"Demo world behind `{args.db}`, artifacts `{args.models.name}`; {args.days} simulated days, "
-            f"{args.users_per_day} users a day, seed {args.seed}. Each service on its own copy of the database; "
+    body = [f"Demo world behind `{args.db}` (`{args.world}`), artifacts `{args.models.name}`; {args.days} simulated "
+            f"days, {args.users_per_day} users a day, seed {args.seed}. Each service on its own copy of the database; "
             "the same users open the feed at the same moments in both runs.", "",
-            "**Frozen** (`STATE_FOLLOW=false EXCLUDE_VIEWED_HOURS=0`: the snapshot only, as before the live "
-            "state):", "", day_table(frozen), "", "**Live** (defaults: following the database, 72 h exclusion):",
+            "**Frozen** (`STATE_FOLLOW=false EXCLUDE_VIEWED_HOURS=0 EXCLUDE_LAST_VIEWS=0`: the snapshot only, as "
+            "before the live state):", "", day_table(frozen), "",
+            f"**Live** (following the database; {' '.join(args.live_setting) or 'default settings'}):",
             "", day_table(live), "",
             f"Served posts over all days — frozen: liked before t {frozen.staleness['liked_before']}, viewed in "
             f"the previous 72 h {frozen.staleness['viewed_recently']}, on the previous screen "
@@ -388,6 +390,8 @@ def main() -> None:
             p.add_argument("--days", type=int, default=10)
             p.add_argument("--users-per-day", type=int, default=800)
             p.add_argument("--max-rps", type=float, default=200.0)
+            p.add_argument("--live-setting", action="append", default=[], metavar="NAME=VALUE",
+                           help="a setting of the live service, e.g. EXCLUDE_LAST_VIEWS=0 (repeatable)")
         if name == "freshness":
             p.add_argument("--trials", type=int, default=200)
         if name == "apply":
