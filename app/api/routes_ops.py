@@ -1,5 +1,6 @@
 """Liveness, readiness, the served model and Prometheus metrics."""
 
+import json
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
@@ -84,7 +85,17 @@ def model_info(request: Request, recommender: RecommenderDep) -> dict:
             "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
                        for name, meta in m.get("models", {}).items()},
-            "promotion": m.get("promotion"), "swaps": history}
+            "promotion": _promotion(recommender), "swaps": history}
+
+
+def _promotion(recommender: Recommender) -> dict | None:
+    """The gate's decision that promoted this version (training.retrain writes it beside the artifacts)."""
+    path = recommender.manifest.path / "promotion.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: data.get(k) for k in ("at", "decision", "reason", "serving", "checks")}
 
 
 @router.get("/metrics")
