@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import threading
 import time
 from collections import deque
@@ -114,6 +115,10 @@ class ModelWatcher:
         self._wake.set()
 
     def _run(self) -> None:
+        try:  # loading a version must not take the cores from the requests being served meanwhile
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
+        except (OSError, AttributeError):
+            pass
         while not self._stop.is_set():
             self._wake.wait(self.watch_seconds)
             self._wake.clear()
