@@ -7,9 +7,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.deps import MetricsDep, RecommenderDep, WriterDep
+from app.api.deps import MetricsDep, RecommenderDep
 from app.engine import Recommender
+from app.exposure import ExposureWriter
 from app.follower import Follower
+from app.metrics import Metrics
 from app.queries import ping
 
 router = APIRouter()
@@ -72,13 +74,17 @@ def model_info(recommender: RecommenderDep) -> dict:
                        for name, meta in m.get("models", {}).items()}}
 
 
-@router.get("/metrics")
-def metrics(request: Request, metrics: MetricsDep, writer: WriterDep, recommender: RecommenderDep) -> Response:
+def refresh_gauges(app_state) -> None:
+    """Set the gauges that mirror the exposure writer and the live state: /metrics and the console's
+    Service page read the registry after this, so both show the same numbers."""
+    metrics: Metrics = app_state.metrics
+    writer: ExposureWriter = app_state.writer
+    recommender: Recommender = app_state.recommender
     metrics.log_queue.set(writer.depth)
     metrics.log_dropped.set(writer.dropped)
     metrics.log_written.set(writer.written)
     state = recommender.state
-    follower: Follower | None = request.app.state.follower
+    follower: Follower | None = app_state.follower
     metrics.state_events.set(state.events_applied)
     metrics.state_late.set(state.late_events)
     metrics.state_pending.set(state.pending_events)
@@ -92,4 +98,9 @@ def metrics(request: Request, metrics: MetricsDep, writer: WriterDep, recommende
         metrics.state_poll_failures.set(follower.status.failures)
     else:
         metrics.state_applied_seq.set(state.snapshot.seq)
+
+
+@router.get("/metrics")
+def metrics(request: Request, metrics: MetricsDep) -> Response:
+    refresh_gauges(request.app.state)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
