@@ -224,7 +224,8 @@ def test_console_writes_nothing(trained, recommender):
             assert cl.get(path, params={"user": user, "post": int(recommender.post_ids[0]), "time": MOMENT}
                           ).status_code == 200
         assert cl.app.state.writer.written == 0 and cl.app.state.writer.depth == 0
-    assert statements and all(s.lstrip().upper().startswith(("SELECT", "PRAGMA", "BEGIN")) for s in statements), statements
+    reads = ("SELECT", "PRAGMA", "BEGIN")
+    assert statements and all(s.lstrip().upper().startswith(reads) for s in statements), statements
 
 
 def test_setting_turns_the_console_off(trained, recommender):
