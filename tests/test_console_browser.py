@@ -125,8 +125,10 @@ def shots() -> Path:
 
 
 CONTRAST_JS = """() => {
-  const parse = c => { const p = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number); return p.length > 3 ? p : [...p, 1]; };
-  const lum = rgb => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  const parse = c => { const p = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number);
+                       return p.length > 3 ? p : [...p, 1]; };
+  const lum = rgb => { const f = v => { v /= 255;
+                                        return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
                        return 0.2126 * f(rgb[0]) + 0.7152 * f(rgb[1]) + 0.0722 * f(rgb[2]); };
   const background = el => { const layers = [];
     for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
@@ -155,7 +157,8 @@ UNLABELLED_JS = """() => [...document.querySelectorAll('input, select, textarea'
 
 def _columns(page) -> dict[str, list[int]]:
     return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('ol[data-model]')].map(
-        ol => [ol.dataset.model, [...ol.querySelectorAll('li[data-post-id]')].map(li => Number(li.dataset.postId))]))""")
+        ol => [ol.dataset.model,
+               [...ol.querySelectorAll('li[data-post-id]')].map(li => Number(li.dataset.postId))]))""")
 
 
 def _api(page, base: str, user: int, moment: str, limit: int) -> dict:
