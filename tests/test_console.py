@@ -57,7 +57,7 @@ def recommender(trained) -> Recommender:
     return Recommender.load(trained["model_dir"])
 
 
-def _client(trained, recommender, tmp_path=None, **settings) -> TestClient:
+def _client(trained, recommender, **settings) -> TestClient:
     settings.setdefault("state_follow", False)  # the shared world must not move under other tests
     s = Settings(database_url=trained["db_url"], model_dir="unused", log_flush_seconds=0.05, **settings)
     return TestClient(create_app(s, load_recommender=lambda _: recommender))
@@ -177,6 +177,9 @@ def test_why_page_and_links(client, recommender):
     page = client.get(links[0].replace("&amp;", "&"))
     assert page.status_code == 200 and 'id="contributions"' in page.text and "#1 of" in page.text
     assert "/console/why" in client.get("/console/why").text  # the form alone
+    for group, user in _users_by_group(client, recommender).items():  # no model named: the user's own
+        page = client.get("/console/why", params={"user": user, "post": int(recommender.post_ids[0]), "time": MOMENT})
+        assert f'<option value="{group}" selected>' in page.text
 
 
 @pytest.mark.parametrize(("path", "field"), [

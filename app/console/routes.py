@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.routes_ops import refresh_gauges, state_report
 from app.api.routes_recommend import as_utc
+from app.artifacts import MODEL_FILES
 from app.console import experiment, service
 from app.console.explain import NotExplainable, explain
-from app.console.feed import build_feed, epoch
+from app.console.feed import build_feed, epoch, served_model
 from app.engine import Recommender
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +111,10 @@ async def random_feed(request: Request, q: Annotated[FeedQuery, Query()]) -> Red
 @router.get("/why", response_class=HTMLResponse)
 async def why(request: Request, q: Annotated[WhyQuery, Query()]) -> HTMLResponse:
     recommender = _recommender(request)
-    moment, model = _moment(request, q.time), q.model or "test"
+    moment, model = _moment(request, q.time), q.model
+    if model is None:  # the model the API serves this user, when it has SHAP values
+        served = served_model(request.app.state.settings, q.user)[1] if q.user is not None else "test"
+        model = served if served in MODEL_FILES else "test"
     form = {"user": q.user, "post": q.post, "moment": moment, "model": model}
     if q.user is None or q.post is None:  # the form alone, to ask for a (user, post, moment)
         return _render(request, "why.html", r=None, form=form)
