@@ -279,6 +279,27 @@ def test_experiment_page_shows_the_report(trained, recommender, tmp_path):
         assert cl.get("/console/experiment/plots/summary.json").status_code == 404
 
 
+def test_experiment_window_of_days(trained, recommender, tmp_path):
+    """The whole span gives the report's own counts; one day gives that day's; bad days are a 422."""
+    from tests.test_abreport import synthetic
+
+    summary = _report(tmp_path, synthetic(6, users=600))
+    days = [d["day"] for d in summary["daily"]]
+    with _client(trained, recommender, console_report_dir=tmp_path) as cl:
+        page = cl.get("/console/experiment", params={"first": days[0], "last": days[-1]}).text
+        for g in ("control", "test"):
+            row = re.search(rf'<tr data-group="{g}"><th scope="row">{g}</th><td class="num">(\d+)</td>\s*'
+                            r'<td class="num">([\d.]+)</td>', page.split('id="window"')[1])
+            assert int(row.group(1)) == summary["groups"][g]["requests"]
+            assert float(row.group(2)) == pytest.approx(summary["groups"][g]["hitrate"], abs=1e-4)
+        one = cl.get("/console/experiment", params={"first": days[1], "last": days[1]}).text.split('id="window"')[1]
+        assert f'<td class="num">{summary["daily"][1]["control"]["requests"]}</td>' in one
+        for params, field in [({"first": "1999-01-01"}, "first"), ({"last": "soon"}, "last"),
+                              ({"first": days[-1], "last": days[0]}, "last")]:
+            r = cl.get("/console/experiment", params=params)
+            assert r.status_code == 422 and f"<strong>{field}</strong>" in r.text
+
+
 def test_experiment_page_without_a_report(trained, recommender, tmp_path):
     with _client(trained, recommender, console_report_dir=tmp_path / "none") as cl:
         r = cl.get("/console/experiment")

@@ -75,6 +75,46 @@ def cumulative_difference(daily: list[dict], design_effect: float = 1.0) -> list
     return out
 
 
+@dataclass(frozen=True)
+class WindowSummary:
+    """Hit rates of a span of the report's days, from its per-day counts (normal intervals widened by
+    the report's design effect; the report's own tests cover its whole period only)."""
+
+    first: str
+    last: str
+    requests: dict[str, int]
+    hitrate: dict[str, float | None]
+    interval: dict[str, tuple[float, float] | None]
+    difference: float | None
+    difference_interval: tuple[float, float] | None
+
+
+def window_summary(daily: list[dict], first: str, last: str, design_effect: float = 1.0) -> WindowSummary:
+    """The days from `first` to `last` (inclusive, 'YYYY-MM-DD') of a report's per-day counts.
+
+    >>> w = window_summary([{"day": "a", "control": {"requests": 100, "hits": 50}, "test": {"requests": 100,
+    ...                      "hits": 60}}, {"day": "b", "control": {"requests": 9, "hits": 0},
+    ...                      "test": {"requests": 9, "hits": 9}}], "a", "a")
+    >>> w.requests, w.hitrate, round(w.difference, 3)
+    ({'control': 100, 'test': 100}, {'control': 0.5, 'test': 0.6}, 0.1)
+    """
+    days = [d for d in daily if first <= d["day"] <= last]
+    deff = max(design_effect, 1.0)
+    requests, rate, interval = {}, {}, {}
+    for g in ("control", "test"):
+        n, h = sum(d[g]["requests"] for d in days), sum(d[g]["hits"] for d in days)
+        requests[g] = n
+        rate[g] = h / n if n else None
+        half = Z95 * math.sqrt(deff * rate[g] * (1 - rate[g]) / n) if n else None
+        interval[g] = (rate[g] - half, rate[g] + half) if n else None
+    diff = diff_ci = None
+    if requests["control"] and requests["test"]:
+        diff = rate["test"] - rate["control"]
+        half = Z95 * math.sqrt(deff * sum(rate[g] * (1 - rate[g]) / requests[g] for g in ("control", "test")))
+        diff_ci = (diff - half, diff + half)
+    return WindowSummary(first, last, requests, rate, interval, diff, diff_ci)
+
+
 def chart_of(points: list[CumulativePoint]) -> Chart | None:
     if not points:
         return None

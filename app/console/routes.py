@@ -129,14 +129,31 @@ async def why(request: Request, q: Annotated[WhyQuery, Query()]) -> HTMLResponse
                    features_as_of=datetime.fromtimestamp(result.features_as_of, tz=UTC).replace(tzinfo=None))
 
 
+class WindowQuery(_Form):
+    first: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="First day of a window")
+    last: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="Last day of a window")
+
+
 @router.get("/experiment", response_class=HTMLResponse)
-async def experiment_page(request: Request) -> HTMLResponse:
+async def experiment_page(request: Request, q: Annotated[WindowQuery, Query()]) -> HTMLResponse:
     report_dir = request.app.state.settings.console_report_dir
     try:
         report, problem = experiment.load_report(report_dir), None
     except (FileNotFoundError, ValueError) as exc:
         report, problem = None, str(exc)
-    return _render(request, "experiment.html", report=report, problem=problem)
+    window = None
+    if report is not None and (q.first or q.last):
+        days = [d["day"] for d in report.summary.get("daily", [])]
+        errors = [{"field": name, "message": f"{value} is not a day of this report ({days[0]} .. {days[-1]})"
+                   if days else "this report has no per-day counts"}
+                  for name, value in (("first", q.first), ("last", q.last)) if value and value not in days]
+        if not errors and q.first and q.last and q.first > q.last:
+            errors.append({"field": "last", "message": f"{q.last} is before the first day {q.first}"})
+        if errors:
+            return error_page(request, 422, "Please correct the window", errors)
+        deff = (report.summary.get("power") or {}).get("design_effect", 1.0)
+        window = experiment.window_summary(report.summary["daily"], q.first or days[0], q.last or days[-1], deff)
+    return _render(request, "experiment.html", report=report, problem=problem, window=window)
 
 
 @router.get("/experiment/plots/{name}")
