@@ -187,6 +187,8 @@ def test_why_page_and_links(client, recommender):
     ("/console/feed?user=1&limit=101", "limit"), ("/console/feed?user=1&time=yesterday", "time"),
     ("/console/feed?user=-4", "user"), (f"/console/feed?user={2**64}", "user"),
     ("/console/why?user=1&post=x", "post"), ("/console/why?user=1&post=2&model=popular", "model"),
+    ("/console/feed?user=1&time=0001-01-01T00:00:00%2B01:00", "time"),
+    ("/console/why?user=1&post=2&time=9999-12-31T23:59:59-01:00", "time"),
 ])
 def test_bad_input_is_a_422_page_naming_the_field(client, path, field):
     r = client.get(path)
@@ -307,9 +309,12 @@ def test_experiment_page_without_a_report(trained, recommender, tmp_path):
     (tmp_path / "summary.json").write_text("{not json")
     with _client(trained, recommender, console_report_dir=tmp_path) as cl:
         assert "unreadable" in cl.get("/console/experiment").text
-    (tmp_path / "summary.json").write_text(json.dumps({"verdict": "x"}))
-    with pytest.raises(ValueError, match="not an ab-report summary"):
+    (tmp_path / "summary.json").write_text(json.dumps({"verdict": "x", "groups": {"control": {}}}))
+    with pytest.raises(ValueError, match="no srm_p_value, users_in_both_groups, groups.control.users"):
         load_report(tmp_path)
+    with _client(trained, recommender, console_report_dir=tmp_path) as cl:
+        r = cl.get("/console/experiment")
+        assert r.status_code == 200 and "not an ab-report summary" in r.text
 
 
 def test_cumulative_difference_by_hand():

@@ -144,6 +144,20 @@ def chart_of(points: list[CumulativePoint]) -> Chart | None:
     return ch
 
 
+def _missing(summary: object) -> list[str]:
+    """Keys the page needs that a summary lacks (a hand-edited or foreign file must not break it)."""
+    if not isinstance(summary, dict):
+        return ["object"]
+    missing = [k for k in ("verdict", "groups", "srm_p_value", "users_in_both_groups") if k not in summary]
+    groups = summary.get("groups")
+    for g in ("control", "test"):
+        if not isinstance(groups, dict) or not isinstance(groups.get(g), dict):
+            missing.append(f"groups.{g}")
+        else:
+            missing += [f"groups.{g}.{k}" for k in ("users", "requests", "hitrate") if k not in groups[g]]
+    return missing
+
+
 def load_report(report_dir: Path) -> Report:
     """The report in `report_dir`; FileNotFoundError or ValueError with the reason when there is none."""
     path = Path(report_dir) / SUMMARY
@@ -154,8 +168,9 @@ def load_report(report_dir: Path) -> Report:
                                 f"{report_dir}`") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(summary, dict) or "groups" not in summary or "verdict" not in summary:
-        raise ValueError(f"{path} is not an ab-report summary (no groups or verdict)")
+    missing = _missing(summary)
+    if missing:
+        raise ValueError(f"{path} is not an ab-report summary (no {', '.join(missing)})")
     deff = (summary.get("power") or {}).get("design_effect", 1.0)
     points = cumulative_difference(summary.get("daily", []), deff)
     plots = [(name, text) for name, text in PLOTS.items() if (Path(report_dir) / name).is_file()]

@@ -42,6 +42,18 @@ class _Form(BaseModel):
     def _blank_is_missing(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
+    @field_validator("time", mode="after", check_fields=False)
+    @classmethod
+    def _naive_utc(cls, v: datetime | None) -> datetime | None:
+        """Moments are naive UTC from here on, as in the feed; a zone that pushes one out of the
+        calendar (0001-01-01T00:00+01:00) is bad input, not a server error."""
+        if v is None:
+            return None
+        try:
+            return as_utc(v)
+        except OverflowError:
+            raise ValueError("outside the years 1-9999 once converted to UTC") from None
+
 
 class FeedQuery(_Form):
     user: int | None = Field(None, ge=0, le=MAX_ID, description="User id")
@@ -67,7 +79,7 @@ def default_moment(recommender: Recommender) -> datetime:
 
 
 def _moment(request: Request, time: datetime | None) -> datetime:
-    return as_utc(time) if time is not None else default_moment(_recommender(request))
+    return time if time is not None else default_moment(_recommender(request))
 
 
 def _render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
