@@ -115,6 +115,24 @@ def window_summary(daily: list[dict], first: str, last: str, design_effect: floa
     return WindowSummary(first, last, requests, rate, interval, diff, diff_ci)
 
 
+def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[tuple[float, float]]:
+    """Round tick values inside [lo, hi], about `target` of them, 1, 2 or 5 times a power of ten apart
+    (zero among them when in range): (value, step).
+
+    >>> [v for v, _ in _nice_ticks(-0.18, 0.34)]
+    [-0.1, 0.0, 0.1, 0.2, 0.3]
+    """
+    raw = (hi - lo) / target
+    power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = min((m * power for m in (1, 2, 5, 10)), key=lambda st: abs(math.log(st / raw)) if raw > 0 else st)
+    first = math.ceil(lo / step)
+    return [(round(k * step, 12), step) for k in range(first, math.floor(hi / step) + 1)]
+
+
+def _decimals(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + 1e-9))
+
+
 def chart_of(points: list[CumulativePoint]) -> Chart | None:
     if not points:
         return None
@@ -138,7 +156,7 @@ def chart_of(points: list[CumulativePoint]) -> Chart | None:
     ch.zero_y = y(0.0)
     ch.dots = [(x(i), y(p.difference), f"{p.day}: {p.difference:+.4f} [{p.low:+.4f}, {p.high:+.4f}]")
                for i, p in enumerate(points)]
-    ch.y_ticks = [(y(v), f"{v:+.3f}" if abs(v) >= 5e-4 else "0") for v in (lo + (hi - lo) * k / 4 for k in range(5))]
+    ch.y_ticks = [(y(v), f"{v:+.{_decimals(step)}f}" if v else "0") for v, step in _nice_ticks(lo, hi)]
     step = max(1, math.ceil(len(points) / 6))
     ch.x_ticks = [(x(i), points[i].day[5:]) for i in range(0, len(points), step)]
     return ch
