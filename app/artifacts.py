@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.features import feature_names
@@ -90,7 +91,17 @@ def write_manifest(version_dir: Path, data: dict) -> Path:
     return path
 
 
-def set_current(model_dir: Path, version: str) -> None:
+HISTORY = "history.jsonl"  # one line per change of `current`: what rollback reads
+
+
+def set_current(model_dir: Path, version: str, how: str = "set") -> None:
+    """Point `current` at a version (atomically) and record the change in the history."""
+    pointer = Path(model_dir) / CURRENT
+    previous = pointer.read_text().strip() if pointer.is_file() else None
     tmp = Path(model_dir) / f".{CURRENT}.tmp"
     tmp.write_text(version + "\n")
-    tmp.replace(Path(model_dir) / CURRENT)  # atomic: a reader sees the old or the new pointer
+    tmp.replace(pointer)  # atomic: a reader sees the old or the new pointer
+    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "version": version, "previous": previous,
+             "how": how}
+    with open(Path(model_dir) / HISTORY, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")

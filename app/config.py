@@ -4,7 +4,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     console_report_dir: Path = Field(
         default=PROJECT_ROOT / "reports" / "ab",
         description="Folder of the A/B report the console's Experiment page shows (`ab-report --out`).",
+    )
+    model_watch_seconds: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="How often each worker looks at models/current for a new version to swap in.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Enables POST /admin/reload (Authorization: Bearer <token>); without it the endpoint does not "
+                    "exist.",
     )
     log_queue_size: int = Field(default=10_000, ge=1, description="Exposure log buffer bound.")
     log_batch_size: int = Field(default=500, ge=1)

@@ -78,7 +78,14 @@ class Recommender:
 
     @classmethod
     def load(cls, model_dir: Path, exclude_viewed_hours: float = 72.0, exclude_last_views: int = 50) -> Recommender:
-        manifest = load_manifest(current_version_dir(model_dir))
+        """The version `model_dir/current` names."""
+        return cls.load_version(current_version_dir(model_dir), exclude_viewed_hours, exclude_last_views)
+
+    @classmethod
+    def load_version(cls, version_dir: Path, exclude_viewed_hours: float = 72.0,
+                     exclude_last_views: int = 50) -> Recommender:
+        """One version folder, checked (manifest, checksums, feature lists) before anything is loaded."""
+        manifest = load_manifest(Path(version_dir))
         try:
             snapshot = Snapshot.load(manifest.file(STATE_FILE))
             posts = {int(p["id"]): p for p in json.loads(manifest.file(POSTS_FILE).read_text())}

@@ -3,6 +3,7 @@
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
@@ -11,27 +12,32 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api import routes_data, routes_ops, routes_recommend
+from app.api import routes_admin, routes_data, routes_ops, routes_recommend
 from app.config import Settings, get_settings
 from app.db import make_engine
 from app.engine import Recommender
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
+from app.lifecycle import ModelWatcher, Serving
 from app.metrics import Metrics
 
 
-def _load(settings: Settings) -> Recommender:
-    return Recommender.load(settings.model_dir, settings.exclude_viewed_hours, settings.exclude_last_views)
+def _load(settings: Settings, version_dir: Path | None = None) -> Recommender:
+    if version_dir is None:
+        return Recommender.load(settings.model_dir, settings.exclude_viewed_hours, settings.exclude_last_views)
+    return Recommender.load_version(version_dir, settings.exclude_viewed_hours, settings.exclude_last_views)
 
 
 def create_app(settings: Settings | None = None,
-               load_recommender: Callable[[Settings], Recommender] = _load) -> FastAPI:
+               load_recommender: Callable[..., Recommender] = _load, watch_models: bool = True) -> FastAPI:
+    """`load_recommender(settings)` gives the first version (tests pass their own); new versions in
+    models/current are swapped in while serving unless `watch_models` is off."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
-        app.state.recommender = recommender = load_recommender(settings)
+        recommender = load_recommender(settings)
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them
         app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
@@ -39,22 +45,29 @@ def create_app(settings: Settings | None = None,
         app.state.writer = ExposureWriter(app.state.db, settings.log_queue_size, settings.log_batch_size,
                                           settings.log_flush_seconds)
         app.state.writer.start()
-        app.state.follower = None
+        follow = None
         if settings.state_follow:
             problem = check_feed(app.state.db)
             if problem and "insertion sequence" in problem:
                 raise RuntimeError(problem)  # a schema to migrate, not a transient fault
-            app.state.follower = Follower(app.state.db, recommender.state, settings.state_poll_seconds,
-                                          settings.state_batch_rows)
-            app.state.follower.start()
+            follow = {"poll_seconds": settings.state_poll_seconds, "batch_rows": settings.state_batch_rows}
+        follower = Follower(app.state.db, recommender.state, **follow) if follow is not None else None
+        if follower is not None:
+            follower.start()  # serves at once; /ready says when the state has caught up
+        app.state.serving = Serving(recommender, follower)
+        app.state.watcher = ModelWatcher(app.state, settings.model_dir, lambda path: load_recommender(settings, path),
+                                         app.state.db, follow, settings.model_watch_seconds)
+        if watch_models:
+            app.state.watcher.start()
         state = recommender.state
         logger.info("serving model version {} ({} users, {} posts, {} events after the base cut; {}), "
                     "started in {:.1f}s", recommender.version, state.n_users, state.n_posts,
-                    len(state.snapshot.events.ts), "following the database" if app.state.follower else "frozen",
+                    len(state.snapshot.events.ts), "following the database" if follower else "frozen",
                     time.perf_counter() - started)
         yield
-        if app.state.follower is not None:
-            app.state.follower.stop()
+        app.state.watcher.stop()
+        if app.state.serving.follower is not None:
+            app.state.serving.follower.stop()
         app.state.writer.stop()
         logger.info("exposure log flushed: {} written, {} dropped, {} still buffered",
                     app.state.writer.written, app.state.writer.dropped, app.state.writer.depth)
@@ -70,6 +83,8 @@ def create_app(settings: Settings | None = None,
         from app.console import install  # Jinja2 and the templates load only when the console is on
 
         install(app)
+    if settings.admin_token is not None:  # without a token the endpoint does not exist
+        app.include_router(routes_admin.router)
     _install_handlers(app)
     return app
 

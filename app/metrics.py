@@ -39,5 +39,10 @@ class Metrics:
         self.state_rate = Gauge("state_apply_rate_events_per_second", "Events per second of the last busy poll",
                                 registry=self.registry)
         self.state_users = Gauge("state_users", "Users the state can rank", registry=self.registry)
+        self.model_info = Gauge("model_version_info", "The artifact version serving (value 1)", ["version"],
+                                registry=self.registry)
+        self.model_swaps = Gauge("model_swaps_total", "Versions swapped in while serving", registry=self.registry)
+        self.model_refusals = Gauge("model_refusals_total", "Candidate versions refused (failed to load or catch "
+                                    "up)", registry=self.registry)
         self.state_poll_failures = Gauge("state_poll_failures", "Consecutive failed polls",
                                          registry=self.registry)

@@ -70,7 +70,7 @@ def main() -> None:
     recommender = Recommender.load(args.models, settings.exclude_viewed_hours, settings.exclude_last_views)
     app = create_app(settings, load_recommender=lambda _: recommender)
     with TestClient(app) as client:
-        follower = app.state.follower
+        follower = app.state.serving.follower
         while follower is not None and not follower.status.caught_up.wait(1):
             pass  # as /ready: measure the state the service would serve
         measure(client, recommender, args.warmup, seed=1)  # templates compiled, CatBoost's SHAP set up

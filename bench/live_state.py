@@ -154,8 +154,9 @@ def cmd_simulate(args) -> None:
     world = World.load(args.world)
     config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed, max_rps=args.max_rps)
     results = {}
-    for mode, env in (("frozen", {"state_follow": "false", "exclude_viewed_hours": "0"}),
-                      ("live", {"state_follow": "true"})):
+    live_env = dict(kv.split("=", 1) for kv in args.live_setting)
+    for mode, env in (("frozen", {"state_follow": "false", "exclude_viewed_hours": "0", "exclude_last_views": "0"}),
+                      ("live", {"state_follow": "true", **live_env})):
         db = copy_database(args.db, mode)
         proc, _ = _service(db, args.models, 8021, **env)
         try:
@@ -172,11 +173,12 @@ def cmd_simulate(args) -> None:
     rng = np.random.default_rng(0)
     boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
     lo, hi = np.quantile(boot, [0.025, 0.975])
-    body = [f"Demo world behind `{args.db}`, artifacts `{args.models.name}`; {args.days} simulated days, "
-            f"{args.users_per_day} users a day, seed {args.seed}. Each service on its own copy of the database; "
+    body = [f"Demo world behind `{args.db}` (`{args.world}`), artifacts `{args.models.name}`; {args.days} simulated "
+            f"days, {args.users_per_day} users a day, seed {args.seed}. Each service on its own copy of the database; "
             "the same users open the feed at the same moments in both runs.", "",
-            "**Frozen** (`STATE_FOLLOW=false EXCLUDE_VIEWED_HOURS=0`: the snapshot only, as before the live "
-            "state):", "", day_table(frozen), "", "**Live** (defaults: following the database, 72 h exclusion):",
+            "**Frozen** (`STATE_FOLLOW=false EXCLUDE_VIEWED_HOURS=0 EXCLUDE_LAST_VIEWS=0`: the snapshot only, as "
+            "before the live state):", "", day_table(frozen), "",
+            f"**Live** (following the database; {' '.join(args.live_setting) or 'default settings'}):",
             "", day_table(live), "",
             f"Served posts over all days — frozen: liked before t {frozen.staleness['liked_before']}, viewed in "
             f"the previous 72 h {frozen.staleness['viewed_recently']}, on the previous screen "
@@ -301,7 +303,7 @@ def cmd_serving(args) -> None:
                     writer.stop()
                     week = replayed_events(Recommender.load(args.models), 7, shift_weeks=3)
                     insert(db, week)
-                    _wait_caught_up(8023, timeout=1800)
+                    _wait_caught_up(8023, _max_seq(db), timeout=1800)
                     rss["live after a week"] = tree_rss_mb(proc.pid) / args.workers
                     state = httpx.get("http://127.0.0.1:8023/ready", timeout=5).json()["state"]
             finally:
@@ -354,16 +356,25 @@ class _Trickle:
         self.engine.dispose()
 
 
-def _wait_caught_up(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["state"]
-        if state.get("applied_seq") == state.get("database_seq") and state.get("lag_seconds") is not None \
-                and state["lag_seconds"] < 5:
-            return
+def _max_seq(db: str) -> int:
+    from app.feed_events import max_seq
+
+    engine = make_engine(db)
+    with engine.connect() as conn:
+        seq = max_seq(conn)
+    engine.dispose()
+    return seq
+
+
+def _wait_caught_up(port: int, seq: int, timeout: float, streak: int = 10) -> None:
+    """Until `streak` answers in a row (new connections: any worker) hold every event up to `seq`."""
+    deadline, ok = time.monotonic() + timeout, 0
+    while ok < streak:
+        state = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10, headers={"Connection": "close"}).json()
+        ok = ok + 1 if state["state"].get("applied_seq", 0) >= seq else 0
         if time.monotonic() > deadline:
             raise RuntimeError("the live service did not catch up")
-        time.sleep(1)
+        time.sleep(0.2 if ok else 1)
 
 
 def main() -> None:
@@ -379,6 +390,8 @@ def main() -> None:
             p.add_argument("--days", type=int, default=10)
             p.add_argument("--users-per-day", type=int, default=800)
             p.add_argument("--max-rps", type=float, default=200.0)
+            p.add_argument("--live-setting", action="append", default=[], metavar="NAME=VALUE",
+                           help="a setting of the live service, e.g. EXCLUDE_LAST_VIEWS=0 (repeatable)")
         if name == "freshness":
             p.add_argument("--trials", type=int, default=200)
         if name == "apply":

@@ -346,3 +346,30 @@ def test_service_page_shows_the_metrics_numbers(trained, recommender):
         metrics, "exposure_log_written_total") == len(users)
     assert int(re.search(r'id="log-dropped">(\d+)', page).group(1)) == _metric(metrics, "exposure_log_dropped_total")
     assert f"sequence {int(_metric(metrics, 'state_applied_seq'))}" in page
+
+
+def test_service_page_shows_a_swap_and_the_feed_follows_it(trained, tmp_path):
+    """A new version in models/current is swapped in: the Service page lists the swap as /model does, and
+    the Feed page ranks with the version now serving."""
+    from app.artifacts import set_current
+    from tests.test_lifecycle import _version, _wait
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("v1", "v2"):
+        _version(models, trained["version_dir"], name)
+    set_current(models, "v1")
+    s = Settings(database_url=trained["db_url"], model_dir=models, state_follow=False, model_watch_seconds=0.05)
+    with TestClient(create_app(s)) as cl:
+        assert 'id="version">v1<' in cl.get("/console/service").text
+        set_current(models, "v2")
+        _wait(lambda: cl.get("/model").json()["version"] == "v2")
+        page = cl.get("/console/service").text
+        swap = cl.get("/model").json()["swaps"][-1]
+        assert 'id="version">v2<' in page and "1 swapped in, 0 refused" in page
+        assert f"<td>{swap['at']}</td><td>v2</td><td>swapped</td>" in page and swap["previous"] == "v1"
+        user = int(cl.app.state.serving.recommender.state.snapshot.user_ids[0])
+        api = cl.get("/post/recommendations/", params={"id": user, "time": MOMENT, "limit": 5}).json()
+        assert api["model_version"] == "v2"
+        columns = Rankings(cl.get("/console/feed", params={"user": user, "time": MOMENT, "limit": 5}).text).columns
+        assert columns[api["model"]] == [p["id"] for p in api["recommendations"]]

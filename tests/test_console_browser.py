@@ -109,7 +109,11 @@ def server(trained, world):
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not (srv.started and app.state.follower and app.state.follower.status.caught_up.is_set()):
+    def caught_up() -> bool:
+        serving = getattr(app.state, "serving", None)
+        return bool(serving and serving.follower and serving.follower.status.caught_up.is_set())
+
+    while not (srv.started and caught_up()):
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
     yield {"base": f"http://127.0.0.1:{port}", "recommender": recommender, "app": app}

@@ -11,6 +11,7 @@ import app.feed_events
 import app.post_counters
 import app.user_state
 import training.metrics
+import training.retrain
 from app.db import make_engine
 from app.engine import Recommender
 from training.evaluate import EvalConfig, Truth, evaluate_rankings, run_evaluation, shown_set_hits
@@ -18,7 +19,7 @@ from training.metrics import bootstrap_ci, expected_hit
 
 
 @pytest.mark.parametrize("module", [training.metrics, app.engine, app.user_state, app.post_counters,
-                                    app.feed_events])
+                                    app.feed_events, training.retrain])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 

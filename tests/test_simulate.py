@@ -75,3 +75,33 @@ def test_live_service_serves_nothing_stale_and_the_feed_arrives_in_time_order(tr
             {"n": live.views + live.likes})]
     engine.dispose()
     assert ts == sorted(ts)
+
+
+def test_simulation_retrains_and_the_service_swaps(trained, tmp_path):
+    from training.retrain import retrain
+    from training.train import TrainConfig
+
+    shutil.copy(trained["db_url"].removeprefix("sqlite:///"), tmp_path / "w.db")
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    models = tmp_path / "models"
+    shutil.copytree(trained["model_dir"], models)
+    app = create_app(Settings(database_url=url, model_dir=models, log_flush_seconds=0.05, state_poll_seconds=0.05,
+                              model_watch_seconds=0.1))
+    engine = make_engine(url)
+
+    def retrainer():
+        return retrain(url, models, trained["cache"], "hashing", keep=3, world=trained["world"], requests=80,
+                       config=TrainConfig(iterations=30, max_train_rows=20_000, max_val_rows=5_000, threads=1),
+                       split_args={"test_days": 1, "val_days": 2, "train_days": 7})
+
+    config = SimConfig(days=3, users_per_day=80, seed=5, retrain_every=1)
+    with TestClient(app) as client:
+        summary = simulate(engine, client, World.load(trained["world"]), config, retrainer)
+    engine.dispose()
+    assert summary.errors == 0 and [d["retrain"] is not None for d in summary.days] == [False, True, True]
+    for before, day in zip(summary.days, summary.days[1:], strict=False):
+        decision = day["retrain"]
+        if decision["decision"] == "promoted":  # the day is served by the new version only
+            assert decision["swapped"] and day["versions"] == [decision["candidate"]]
+        else:
+            assert day["versions"] == before["versions"][-1:]

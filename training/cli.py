@@ -229,6 +229,10 @@ def simulate(
     max_rps: Annotated[float, typer.Option(help="Upper bound on requests per second")] = 200.0,
     seed: Annotated[int, typer.Option()] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary JSON here")] = None,
+    retrain_every: Annotated[int, typer.Option(min=0, help="Every this many days run `retrain` on the database "
+                                                           "and wait for the service to swap (0: never)")] = 0,
+    models: Annotated[Path | None, typer.Option(help="The service's artifact folder (for --retrain-every); "
+                                                     "default MODEL_DIR")] = None,
 ) -> None:
     """Simulated users call the live service and react as the world says; reactions go to feed_data.
 
@@ -249,11 +253,20 @@ def simulate(
         typer.echo(f"error: no world at {path}: run `python -m training generate` first", err=True)
         raise typer.Exit(code=1)
     engine = make_engine(_db(db))
-    config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps)
+    config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps,
+                       retrain_every=retrain_every)
+    settings = get_settings()
+
+    def retrainer():
+        from training.retrain import retrain
+
+        return retrain(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model,
+                       world=Path(path))
+
     try:
         with httpx.Client(base_url=url) as client:
             client.get("/health", timeout=5).raise_for_status()
-            summary = run(engine, client, World.load(path), config)
+            summary = run(engine, client, World.load(path), config, retrainer if retrain_every else None)
     except httpx.HTTPError as exc:
         typer.echo(f"error: service at {url} not reachable: {exc}", err=True)
         raise typer.Exit(code=1) from None
@@ -263,6 +276,58 @@ def simulate(
     typer.echo(day_table(summary))
     brief = {k: v for k, v in asdict(summary).items() if k not in ("days", "expected")}
     typer.echo(json.dumps(brief, indent=2))
+
+
+@app.command()
+def retrain(
+    db: DbOpt = None,
+    models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    keep: Annotated[int, typer.Option(min=2, help="Versions to keep (the serving one and the rollback target "
+                                                  "are always kept)")] = 5,
+    requests: Annotated[int, typer.Option(min=50, help="Held-out requests both versions are evaluated on")] = 1000,
+    world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH "
+                                                    "when it exists")] = None,
+    test_days: Annotated[float, typer.Option(help="Held-out window: the last days of the data")] = 7,
+    val_days: Annotated[float, typer.Option()] = 7,
+    train_days: Annotated[float, typer.Option()] = 14,
+    auc_drop: Annotated[float, typer.Option(help="Largest ROC-AUC drop the gate accepts")] = 0.005,
+) -> None:
+    """Train a candidate on the latest data; promote it only if it is not worse than the serving version.
+    Exit code 0: promoted; 3: refused by the gate; 1: failed."""
+    import json as json_
+
+    from training.retrain import FAILED, Gate
+    from training.retrain import retrain as run
+
+    settings = get_settings()
+    path = world or settings.world_path
+    try:
+        result = run(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model, keep=keep,
+                     world=path if Path(path).is_file() else None, requests=requests,
+                     split_args={"test_days": test_days, "val_days": val_days, "train_days": train_days},
+                     gate=Gate(auc_drop=auc_drop))
+    except Exception as exc:  # a scheduler reads the exit code; the reason goes to stderr
+        typer.echo(f"error: retrain failed: {exc}", err=True)
+        raise typer.Exit(code=FAILED) from None
+    typer.echo(json_.dumps({"decision": result.decision, "candidate": result.candidate, "serving": result.serving,
+                            "reason": result.reason, "promotion": str(result.path)}, indent=2))
+    raise typer.Exit(code=result.code)
+
+
+@app.command()
+def rollback(
+    models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Version to serve; default the one served before")] = None,
+) -> None:
+    """Point models/current back to the previous version (every worker swaps it in)."""
+    from training.retrain import rollback as run
+
+    try:
+        version = run(models or get_settings().model_dir, to)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"current: {version}")
 
 
 @app.command("ab-report")

@@ -253,10 +253,11 @@ def served_metrics(values: dict[str, np.ndarray], groups: np.ndarray, config: Ev
 
 
 def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | None, config: EvalConfig,
-                   progress: Callable | None = None) -> tuple[dict, dict]:
-    """The metrics JSON and the per-request details a report draws from."""
+                   progress: Callable | None = None, window: tuple[int, int] | None = None) -> tuple[dict, dict]:
+    """The metrics JSON and the per-request details a report draws from. `window` (default: the
+    artifacts' held-out window) lets two versions be evaluated on the same requests."""
     split = engine.manifest.data["split"]
-    lo, end = int(split["test_start"]), int(split["end"])
+    lo, end = window if window is not None else (int(split["test_start"]), int(split["end"]))
     requests = sample_requests(conn, lo, end, config.requests, config.seed)
     horizon_end = end if config.horizon_days is None else lo + int(config.horizon_days * 86_400)
     likes = data.likes(conn)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,6 +51,8 @@ class SimConfig:
     max_rps: float = 200.0  # the simulation never asks faster than this
     timeout: float = 5.0
     sync_timeout: float = 10.0  # longest wait for the service to apply a user's earlier events
+    retrain_every: int = 0  # days between retrainings (0: never); needs `retrainer`
+    swap_timeout: float = 900.0  # longest wait for the service to serve a promoted version
 
 
 @dataclass
@@ -62,6 +65,8 @@ class DayReport:
     viewed_recently: int = 0  # viewed in the 72 hours before t
     repeated: int = 0  # on the same user's previous screen
     groups: dict = field(default_factory=dict)
+    versions: list[str] = field(default_factory=list)  # model versions that served the day
+    retrain: dict | None = None  # the retraining that ran before the day, if any
     expected_hitrate: float | None = None  # all groups
     expected_ci95: tuple | None = None
     oracle_expected: float | None = None  # the true best screen of posts the user has not liked
@@ -195,7 +200,24 @@ def _wait_applied(client: httpx.Client, seq: int, timeout: float) -> bool:
         time.sleep(0.02)
 
 
-def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConfig) -> SimSummary:
+def _wait_serving(client: httpx.Client, version: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/model", timeout=10).json().get("version") == version:
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConfig,
+             retrainer: Callable[[], object] | None = None) -> SimSummary:
+    """Run the simulated days. With `config.retrain_every` and a `retrainer` (a call that retrains and
+    returns a `training.retrain.RetrainResult`), every that many days the day starts with a retraining
+    on everything the database holds, and, when the candidate is promoted, waits until the service
+    serves it (every worker watches models/current)."""
     # who comes when is drawn apart from how they react: two runs with one seed (a frozen and a live
     # service, say) see the same users at the same moments, so their days compare request by request
     plan_rng, rng = np.random.default_rng(config.seed), np.random.default_rng([config.seed, 1])
@@ -210,6 +232,14 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
     for day in range(config.days):
         day_start = first_day + day * DAY
         report = DayReport(day=datetime.fromtimestamp(day_start, tz=UTC).date().isoformat())
+        if config.retrain_every and retrainer is not None and day > 0 and day % config.retrain_every == 0:
+            feed.flush(engine, until=day_start)
+            started_retrain = time.perf_counter()
+            result = retrainer()
+            promoted = result.decision == "promoted"
+            swapped = promoted and _wait_serving(client, result.candidate, config.swap_timeout)
+            report.retrain = {"candidate": result.candidate, "decision": result.decision, "reason": result.reason,
+                              "swapped": swapped, "seconds": round(time.perf_counter() - started_retrain, 1)}
         expected: dict[str, list[float]] = defaultdict(list)
         oracle: list[float] = []
         hits: dict[str, list[int]] = defaultdict(list)
@@ -249,6 +279,8 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             feed.push(screen)
             n_likes = int((screen[c.ACTION] == c.LIKE).sum())
             g = body["exp_group"]
+            if body.get("model_version") not in report.versions:
+                report.versions.append(body.get("model_version"))
             expected[g].append(p_hit)
             hits[g].append(int(n_likes > 0))
             group = summary.by_group.setdefault(g, {"requests": 0, "views": 0, "likes": 0})
@@ -289,7 +321,8 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
 def day_table(summary: SimSummary) -> str:
     """The per-day report as a Markdown table."""
     lines = ["| day | requests | hit rate control / test | expected control / test | expected, all [95% CI] | "
-             "oracle | liked before t | viewed in 72 h | on previous screen |", "|---|---|---|---|---|---|---|---|---|"]
+             "oracle | liked before t | viewed in 72 h | on previous screen | version |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for d in summary.days:
         g = d["groups"]
 
@@ -300,5 +333,6 @@ def day_table(summary: SimSummary) -> str:
         ci = d["expected_ci95"] or ("-", "-")
         lines.append(f"| {d['day']} | {d['requests']} | {pair('hitrate')} | {pair('expected_hitrate')} | "
                      f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | {d['oracle_expected']} | "
-                     f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} |")
+                     f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} | "
+                     f"{', '.join(v or '-' for v in d['versions'])} |")
     return "\n".join(lines)

@@ -139,8 +139,9 @@ def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostC
 
 
 def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, config: TrainConfig,
-          split_args: dict | None = None, serve_latest: bool = False) -> Path:
-    """Fit both models and write `out_dir/<version>/`; returns that folder."""
+          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True) -> Path:
+    """Fit both models and write `out_dir/<version>/`; returns that folder. `promote` points
+    `out_dir/current` at it (retraining leaves that to the gate)."""
     t0 = time.perf_counter()
     engine = make_engine(db_url)
     # one consistent read: the snapshot holds exactly the events up to its sequence number
@@ -186,6 +187,8 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     snapshot = build_snapshot(history, prep.users, prep.static, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
                               prep.seq_gaps, prep.seq_xmax)
     version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
+    if (out_dir / version).exists():  # two trainings within a second (simulated days): keep both
+        version += f"-{int(time.time() * 1000) % 1000:03d}"
     version_dir = out_dir / version
     version_dir.mkdir(parents=True, exist_ok=False)
     for name, model in models.items():
@@ -208,7 +211,8 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
                  "cold_train": int(tr["cold"].sum())},
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
     })
-    set_current(out_dir, version)
+    if promote:
+        set_current(out_dir, version, how="train")
     logger.info("wrote {} in {:.0f}s", version_dir, time.perf_counter() - t0)
     return version_dir
 

@@ -25,7 +25,7 @@ def get_connection(request: Request) -> Iterator[Connection]:
 
 
 async def get_recommender(request: Request) -> Recommender:
-    return request.app.state.recommender
+    return request.app.state.serving.recommender  # one read: a swap cannot split a request
 
 
 async def get_writer(request: Request) -> ExposureWriter:

@@ -1,5 +1,6 @@
 """Liveness, readiness, the served model and Prometheus metrics."""
 
+import json
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
@@ -45,46 +46,77 @@ def health() -> dict:
     return {"status": "ok"}
 
 
+def _models_report(request: Request) -> dict:
+    watcher = getattr(request.app.state, "watcher", None)
+    if watcher is None:
+        return {}
+    st = watcher.status
+    last = st.history[-1] if st.history else None
+    return {"swaps": st.swaps, "refusals": st.refusals,
+            "refused": dict(st.refused), "last": None if last is None else vars(last)}
+
+
 @router.get("/ready")
-def ready(request: Request, recommender: RecommenderDep) -> JSONResponse:
+def ready(request: Request) -> JSONResponse:
     """Ready when the database answers and the state has caught up with it once (or is frozen)."""
+    serving = request.app.state.serving  # one read: the recommender and its follower together
+    recommender, follower = serving.recommender, serving.follower
     try:
         with request.app.state.db.connect() as conn:
             ping(conn)
         database = "ok"
     except SQLAlchemyError as exc:
         database = f"unreachable ({exc.__class__.__name__})"
-    follower: Follower | None = request.app.state.follower
     state = state_report(recommender, follower)
     caught_up = follower is None or follower.status.caught_up.is_set()
     ok = database == "ok" and caught_up
     status = "ready" if ok else ("catching up" if database == "ok" else "not ready")
-    body = {"status": status, "database": database, "model_version": recommender.version, "state": state}
+    body = {"status": status, "database": database, "model_version": recommender.version, "state": state,
+            "models": _models_report(request)}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/model")
-def model_info(recommender: RecommenderDep) -> dict:
-    """What is being served: version, cut-offs, offline metrics, and the live state's base cut."""
+def model_info(request: Request, recommender: RecommenderDep) -> dict:
+    """What is being served: version, cut-offs, offline metrics, the live state's base cut, and the swaps."""
     m = recommender.manifest.data
+    watcher = getattr(request.app.state, "watcher", None)
+    history = [vars(s) for s in watcher.status.history] if watcher is not None else []
     return {"version": recommender.version, "features_as_of": m.get("features_as_of"), "split": m.get("split"),
             "state": m.get("state"), "exclude_viewed_hours": recommender.state.exclude_viewed_seconds / 3600,
             "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
-                       for name, meta in m.get("models", {}).items()}}
+                       for name, meta in m.get("models", {}).items()},
+            "promotion": promotion_of(recommender), "swaps": history}
+
+
+def promotion_of(recommender: Recommender) -> dict | None:
+    """The gate's decision that promoted this version (training.retrain writes it beside the artifacts)."""
+    path = recommender.manifest.path / "promotion.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: data.get(k) for k in ("at", "decision", "reason", "serving", "checks")}
 
 
 def refresh_gauges(app_state) -> None:
-    """Set the gauges that mirror the exposure writer and the live state: /metrics and the console's
-    Service page read the registry after this, so both show the same numbers."""
+    """Set the gauges that mirror the exposure writer, the served version and the live state: /metrics
+    and the console's Service page read the registry after this, so both show the same numbers."""
     metrics: Metrics = app_state.metrics
     writer: ExposureWriter = app_state.writer
-    recommender: Recommender = app_state.recommender
     metrics.log_queue.set(writer.depth)
     metrics.log_dropped.set(writer.dropped)
     metrics.log_written.set(writer.written)
+    serving = app_state.serving  # one read: the recommender and its follower together
+    recommender, follower = serving.recommender, serving.follower
     state = recommender.state
-    follower: Follower | None = app_state.follower
+    metrics.model_info.clear()
+    metrics.model_info.labels(recommender.version).set(1)
+    watcher = getattr(app_state, "watcher", None)
+    if watcher is not None:
+        metrics.model_swaps.set(watcher.status.swaps)
+        metrics.model_refusals.set(watcher.status.refusals)
     metrics.state_events.set(state.events_applied)
     metrics.state_late.set(state.late_events)
     metrics.state_pending.set(state.pending_events)

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.api.routes_ops import refresh_gauges, state_report
+from app.api.routes_ops import promotion_of, refresh_gauges, state_report
 from app.api.routes_recommend import as_utc
 from app.artifacts import MODEL_FILES
 from app.console import experiment, service
@@ -69,7 +69,7 @@ class WhyQuery(_Form):
 
 
 def _recommender(request: Request) -> Recommender:
-    return request.app.state.recommender
+    return request.app.state.serving.recommender  # one read: a model swap cannot split a page
 
 
 def default_moment(recommender: Recommender) -> datetime:
@@ -181,10 +181,12 @@ async def experiment_plot(request: Request, name: str) -> Response:
 @router.get("/service", response_class=HTMLResponse)
 async def service_page(request: Request) -> HTMLResponse:
     app_state = request.app.state
+    serving = app_state.serving  # one read: the recommender and its follower together
+    recommender = serving.recommender
     refresh_gauges(app_state)
     values = service.samples(app_state.metrics.registry)
     uptime = service.uptime_since(app_state.metrics.created)
-    recommender = _recommender(request)
+    watcher = getattr(app_state, "watcher", None)
     manifest = recommender.manifest.data
     responses = sorted(((labels["model"], labels["exp_group"], int(v))
                         for labels, v in values.get("recommendations_total", [])), key=lambda x: x[:2])
@@ -198,6 +200,11 @@ async def service_page(request: Request) -> HTMLResponse:
                         "dropped": service.value(values, "exposure_log_dropped_total"),
                         "written": service.value(values, "exposure_log_written_total"),
                         "capacity": app_state.settings.log_queue_size},
-                   state=state_report(recommender, app_state.follower),
+                   state=state_report(recommender, serving.follower),
+                   promotion=promotion_of(recommender),
+                   swaps=list(reversed(watcher.status.history)) if watcher is not None else [],
+                   swap_counts={"swaps": service.value(values, "model_swaps_total"),
+                                "refusals": service.value(values, "model_refusals_total")},
+                   watch_seconds=app_state.settings.model_watch_seconds,
                    exclusion={"hours": recommender.state.exclude_viewed_seconds / 3600,
                               "last_views": recommender.state.exclude_last_views})

@@ -1,0 +1,275 @@
+"""The model lifecycle's goals, measured: swaps under load, refused candidates, weeks of daily retraining.
+
+    python -m bench.lifecycle swap --db URL --models DIR [--duration 60] [--every 15] [--workers 2]
+    python -m bench.lifecycle simulate --db URL --models DIR --world PATH [--days 28] [--users-per-day 800]
+
+`swap` serves two copies of one trained version under a closed-loop load of 8 concurrent clients and
+flips `models/current` between them every `--every` seconds; then points it at broken candidates
+(truncated file, wrong schema, missing file). Each request's time, latency, status and serving version
+are recorded, so latency during a swap (from the flip until every worker answers with the new version)
+is compared with latency outside it in the same run. `simulate` runs the world forward on two copies of
+the database and artifacts — one service retrained every day by `training.retrain`, one never — with the
+same users at the same moments, and compares the weeks. Results are appended to docs/lifecycle.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from app.artifacts import MANIFEST, set_current
+from app.config import get_settings
+from app.db import make_engine
+from app.engine import Recommender
+from bench.live_state import _machine, _service, copy_database, drop_database
+from bench.serving import stop, tree_rss_mb
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+
+
+def append(title: str, body: list[str]) -> None:
+    command = " ".join(["python -m bench.lifecycle", *sys.argv[1:]])
+    text = "\n".join([f"## {title}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
+                      f"Command: `{command}`  ", f"Machine: {_machine()}.", "", *body, ""])
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(OUT, "a") as fh:
+        if fh.tell() == 0:
+            fh.write("# Model lifecycle: measurements\n\nWritten by `bench/lifecycle.py`; newest last.\n\n")
+        fh.write(text + "\n")
+    print(text)
+
+
+def _copy_version(models: Path, source: Path, name: str) -> Path:
+    dst = models / name
+    shutil.copytree(source, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    (dst / MANIFEST).write_text(json.dumps({**manifest, "version": name}))
+    return dst
+
+
+# ------------------------------------------------------------------ swap under load
+async def _load(port: int, pairs: list[tuple[int, str]], seconds: float, concurrency: int) -> list[tuple]:
+    """Closed loop: each client sends its next request when the previous one is answered."""
+    records: list[tuple] = []  # (start, latency s, status, version)
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10) as client:
+        async def worker(i: int) -> None:
+            k = i
+            while time.monotonic() < deadline:
+                user, moment = pairs[k % len(pairs)]
+                k += concurrency
+                started = time.monotonic()
+                try:
+                    r = await client.get("/post/recommendations/", params={"id": user, "time": moment, "limit": 5})
+                    version = r.json().get("model_version") if r.status_code == 200 else None
+                    records.append((started, time.monotonic() - started, r.status_code, version))
+                except httpx.HTTPError:
+                    records.append((started, time.monotonic() - started, 0, None))
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return records
+
+
+def cmd_swap(args) -> None:
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    models = work / "models"
+    models.mkdir(parents=True)
+    source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
+    for name in ("va", "vb"):
+        _copy_version(models, source, name)
+    set_current(models, "va")
+    recommender = Recommender.load(models)
+    split = recommender.manifest.data["split"]
+    rng = np.random.default_rng(0)
+    users = rng.choice(recommender.state.snapshot.user_ids, size=1000)
+    times = rng.integers(int(split["test_start"]), int(split["end"]), size=1000)
+    pairs = [(int(u), datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+             for u, t in zip(users, times, strict=True)]
+    del recommender
+    port = 8031
+    proc, _ = _service(args.db, models, port, workers=args.workers, model_watch_seconds=1)
+    try:
+        rss_before = tree_rss_mb(proc.pid)
+        flips: list[tuple[float, str]] = []
+        peak = [rss_before]
+
+        async def run() -> list[tuple]:
+            async def flipper() -> None:
+                names = ["vb", "va"]
+                for i in range(int(args.duration // args.every) - 1):
+                    await asyncio.sleep(args.every)
+                    set_current(models, names[i % 2], how="bench")
+                    flips.append((time.monotonic(), names[i % 2]))
+
+            async def sampler() -> None:
+                end = time.monotonic() + args.duration
+                while time.monotonic() < end:
+                    peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+                    await asyncio.sleep(0.2)
+
+            results = await asyncio.gather(_load(port, pairs, args.duration, 8), flipper(), sampler())
+            return results[0]
+
+        records = asyncio.run(run())
+        rss_after = tree_rss_mb(proc.pid)
+        # broken candidates: the old version must keep serving, visibly refusing them
+        refusals = []
+        for damage in ("truncated", "schema", "missing"):
+            bad = _copy_version(models, source, f"vbad-{damage}")
+            if damage == "truncated":
+                (bad / "state.npz").write_bytes((bad / "state.npz").read_bytes()[:4096])
+            elif damage == "schema":
+                manifest = json.loads((bad / MANIFEST).read_text())
+                (bad / MANIFEST).write_text(json.dumps({**manifest, "schema": 99}))
+            else:
+                (bad / "control.cbm").unlink()
+            serving = httpx.get(f"http://127.0.0.1:{port}/model", timeout=10).json()["version"]
+            set_current(models, bad.name, how="bench")
+            during = asyncio.run(_load(port, pairs, 6, 8))
+            ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            refusals.append({"damage": damage, "requests": len(during),
+                             "failed": sum(1 for r in during if r[2] != 200),
+                             "served_by": sorted({r[3] for r in during if r[3]}), "was": serving,
+                             "reason": ready["models"]["refused"].get(bad.name, "(not yet seen by this worker)"),
+                             "metric": next((line for line in metrics.splitlines()
+                                             if line.startswith("model_refusals_total")), "")})
+            set_current(models, serving, how="bench")
+    finally:
+        stop(proc)
+    # windows: from each flip until the last answer still carrying the old version (any worker)
+    starts = np.array([r[0] for r in records])
+    lat = np.array([r[1] for r in records]) * 1000
+    ok = np.array([r[2] == 200 for r in records])
+    versions = np.array([r[3] or "" for r in records])
+    ends = starts + lat / 1000
+    in_swap = np.zeros(len(records), bool)
+    bounds = [at for at, _ in flips] + [float("inf")]
+    for (at, name), nxt in zip(flips, bounds[1:], strict=True):
+        old = (starts >= at) & (starts < nxt) & (versions != name) & (versions != "")
+        until = ends[old].max() if old.any() else at
+        in_swap |= (starts >= at) & (starts <= until)
+    p99_in = float(np.percentile(lat[in_swap], 99)) if in_swap.any() else float("nan")
+    p99_out = float(np.percentile(lat[~in_swap], 99))
+    body = [f"Artifacts `{source.name}` copied as versions va and vb; {args.workers} workers; 8 concurrent clients "
+            f"for {args.duration} s, `models/current` flipped every {args.every} s ({len(flips)} swaps); held-out "
+            "users and times, limit=5.", "",
+            "| requests | failed | p50 ms | p99 ms outside swaps | p99 ms during swaps (requests) | ratio |",
+            "|---|---|---|---|---|---|",
+            f"| {len(records)} | {int((~ok).sum())} | {np.percentile(lat, 50):.1f} | {p99_out:.1f} | "
+            f"{p99_in:.1f} ({int(in_swap.sum())}) | {p99_in / p99_out:.2f} |", "",
+            f"Every answer came from va or vb: {set(v for v in versions if v) <= {'va', 'vb'}}. Service RSS (all "
+            f"workers): {rss_before:.0f} MB before, peak {peak[0]:.0f} MB during the swaps "
+            f"({peak[0] / rss_before:.2f}x), {rss_after:.0f} MB after.", "",
+            "Broken candidates (6 s of the same load each):", "",
+            "| damage | requests | failed | served by | refusal seen in /ready | /metrics |",
+            "|---|---|---|---|---|---|"]
+    for r in refusals:
+        body.append(f"| {r['damage']} | {r['requests']} | {r['failed']} | {', '.join(r['served_by'])} | "
+                    f"{r['reason'][:90]} | `{r['metric']}` |")
+    append("Swaps under load", body)
+
+
+# ------------------------------------------------------------------ weeks of retraining
+def cmd_simulate(args) -> None:
+    from training.retrain import retrain
+    from training.simulate import SimConfig, day_table, simulate
+    from training.world.model import World
+
+    settings = get_settings()
+    world = World.load(args.world)
+    results = {}
+    for mode in ("never", "daily"):
+        db = copy_database(args.db, f"life-{mode}")
+        models = Path(args.work) / mode
+        shutil.rmtree(models, ignore_errors=True)
+        models.mkdir(parents=True)
+        source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
+        shutil.copytree(source, models / source.name)
+        set_current(models, source.name, how="bench")
+        proc, _ = _service(db, models, 8032, model_watch_seconds=1)
+        timings = []
+
+        def retrainer(db=db, models=models, timings=timings):
+            started = time.perf_counter()
+            result = retrain(db, models, settings.cache_dir, settings.embedding_model, keep=4, world=args.world,
+                             requests=args.requests)
+            timings.append(time.perf_counter() - started)
+            return result
+
+        config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed,
+                           retrain_every=1 if mode == "daily" else 0)
+        try:
+            engine = make_engine(db)
+            with httpx.Client(base_url="http://127.0.0.1:8032") as client:
+                results[mode] = (simulate(engine, client, world, config, retrainer if mode == "daily" else None),
+                                 timings)
+            engine.dispose()
+        finally:
+            stop(proc)
+            drop_database(db)
+    never, daily = results["never"][0], results["daily"][0]
+    timings = results["daily"][1]
+
+    def week(summary, w: int) -> np.ndarray:
+        return np.concatenate(summary.expected[7 * w:7 * w + 7])
+
+    rng = np.random.default_rng(0)
+    last = args.days // 7 - 1
+    diff = week(daily, last) - week(never, last)  # the same users at the same moments
+    boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    rows = ["| week | days | expected hitrate@5, never retrained | daily retraining | oracle |",
+            "|---|---|---|---|---|"]
+    for w in range(args.days // 7):
+        oracle = np.mean([d["oracle_expected"] for d in daily.days[7 * w:7 * w + 7]])
+        rows.append(f"| {w + 1} | {7 * w + 1}-{7 * w + 7} | {week(never, w).mean():.4f} | "
+                    f"{week(daily, w).mean():.4f} | {oracle:.4f} |")
+    decisions = [d["retrain"]["decision"] for d in daily.days if d.get("retrain")]
+    body = [f"Demo world behind `{args.db}`, starting from artifacts `{Path(args.models).name}`; {args.days} days, "
+            f"{args.users_per_day} users a day, seed {args.seed}; both services follow their own copy of the database.",
+            "", *rows, "",
+            f"Week {last + 1}, daily minus never, paired by request: {diff.mean():+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]. "
+            f"Daily retrainings: {len(decisions)} ({decisions.count('promoted')} promoted, "
+            f"{decisions.count('refused')} refused by the gate); seconds each (retrain + evaluation of both "
+            f"versions): median {np.median(timings):.0f}, max {np.max(timings):.0f}.", "",
+            "<details><summary>Per day, daily retraining</summary>", "", day_table(daily), "", "</details>", "",
+            "<details><summary>Per day, never retrained</summary>", "", day_table(never), "", "</details>"]
+    append("Weeks of daily retraining", body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.lifecycle")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("swap", "simulate"):
+        p = sub.add_parser(name)
+        p.add_argument("--db", required=True)
+        p.add_argument("--models", type=Path, required=True)
+        p.add_argument("--work", default=f"/tmp/bench-lifecycle-{name}")
+        if name == "swap":
+            p.add_argument("--duration", type=float, default=60)
+            p.add_argument("--every", type=float, default=15)
+            p.add_argument("--workers", type=int, default=2)
+        else:
+            p.add_argument("--world", type=Path, required=True)
+            p.add_argument("--days", type=int, default=28)
+            p.add_argument("--users-per-day", type=int, default=800)
+            p.add_argument("--requests", type=int, default=1000)
+            p.add_argument("--seed", type=int, default=3)
+    args = ap.parse_args()
+    {"swap": cmd_swap, "simulate": cmd_simulate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

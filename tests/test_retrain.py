@@ -1,0 +1,83 @@
+"""The retraining gate (a worse candidate stays out, a better one goes in), rollback and pruning."""
+
+import json
+import shutil
+
+import pytest
+
+from app.artifacts import MANIFEST, set_current
+from app.lifecycle import current_version
+from training.retrain import PROMOTED, REFUSED, Gate, gate_checks, prune, retrain, rollback, rollback_target, versions
+from training.train import TrainConfig, train
+
+FAST = {"max_train_rows": 20_000, "max_val_rows": 8_000, "threads": 1}
+
+
+def _metrics(shown: float, auc: float, half: float = 0.03) -> dict:
+    return {"shown_hitrate@5": {"control": shown, "test": shown}, "roc_auc": {"control": auc, "test": auc},
+            "ci95": {"shown_hitrate@5": {m: (shown - half, shown + half) for m in ("control", "test")}}}
+
+
+@pytest.mark.parametrize(("candidate", "passes"), [
+    (_metrics(0.80, 0.750), True),  # equal
+    (_metrics(0.78, 0.747), True),  # lower, but inside the interval and the AUC allowance
+    (_metrics(0.76, 0.750), False),  # shown-set below the serving one's interval
+    (_metrics(0.82, 0.740), False),  # AUC down by 0.01
+])
+def test_gate_by_hand(candidate, passes):
+    checks = gate_checks(candidate, _metrics(0.80, 0.750), Gate())
+    assert len(checks) == 4 and all(c["passed"] for c in checks) is passes
+
+
+@pytest.fixture
+def world(trained, tmp_path):
+    db = tmp_path / "w.db"
+    shutil.copy(trained["db_url"].removeprefix("sqlite:///"), db)
+    return {"db_url": f"sqlite:///{db}", "models": tmp_path / "models", "cache": trained["cache"],
+            "world": trained["world"]}
+
+
+def _train(world, iterations: int) -> str:
+    config = TrainConfig(iterations=iterations, **FAST)
+    return train(world["db_url"], world["models"], world["cache"], "hashing", config).name
+
+
+def _retrain(world, iterations: int):
+    return retrain(world["db_url"], world["models"], world["cache"], "hashing", keep=3, world=world["world"],
+                   requests=150, config=TrainConfig(iterations=iterations, **FAST))
+
+
+def test_a_worse_candidate_is_refused_and_a_better_one_promoted(world):
+    good = _train(world, 60)
+    worse = _retrain(world, 1)  # one tree: clearly worse
+    assert worse.code == REFUSED and worse.decision == "refused" and current_version(world["models"]) == good
+    promotion = json.loads(worse.path.read_text())
+    assert promotion["serving"] == good and promotion["candidate"] == worse.candidate
+    assert any(not c["passed"] for c in promotion["checks"])
+    assert set(promotion["metrics"]["candidate"]) >= {"shown_hitrate@5", "expected_hitrate@5", "roc_auc"}
+    set_current(world["models"], worse.candidate, how="test")  # now a weak version serves
+    better = _retrain(world, 60)
+    assert better.code == PROMOTED and current_version(world["models"]) == better.candidate
+    assert all(c["passed"] for c in json.loads(better.path.read_text())["checks"])
+
+
+def test_rollback_goes_back_one_promotion_at_a_time(world):
+    a, b = _train(world, 5), _train(world, 5)
+    c = _train(world, 5)
+    assert current_version(world["models"]) == c and rollback_target(world["models"]) == b
+    assert rollback(world["models"]) == b
+    assert rollback(world["models"]) == a  # twice: two promotions back, not back to c
+    with pytest.raises(ValueError, match="no earlier version"):
+        rollback(world["models"])
+    assert rollback(world["models"], to=c) == c
+    with pytest.raises(ValueError, match="not a complete version"):
+        rollback(world["models"], to="v-missing")
+
+
+def test_prune_keeps_the_newest_the_serving_and_the_rollback_target(world):
+    names = [_train(world, 2) for _ in range(4)]
+    rollback(world["models"], to=names[0])  # the oldest serves: no promotion before it to protect
+    removed = prune(world["models"], keep=2)
+    left = versions(world["models"])
+    assert names[0] in left and names[-1] in left and set(removed) | set(left) == set(names)
+    assert all((world["models"] / v / MANIFEST).is_file() for v in left)
