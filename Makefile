@@ -40,8 +40,14 @@ demo: $(STAMP) world train serve ## Set up, build the demo world, train, serve
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check app training tests bench
 
-test: $(STAMP) lint ## Lint and run the whole test suite (SQLite and PostgreSQL)
+browser: ## Install Debian's headless Chromium for the console's browser test (when missing)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+
+test: $(STAMP) lint browser ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
 	$(BIN)/python -m pytest -q
+
+screenshots: $(STAMP) browser ## Browser test of the console, saving its screenshots into docs/ (README shows them)
+	CONSOLE_SCREENSHOT_DIR=docs $(BIN)/python -m pytest -q tests/test_console_browser.py
 
 bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~40 min); appends docs/benchmarks.md
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
@@ -50,4 +56,4 @@ bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~
 quality: $(STAMP) ## Offline quality over three demo worlds at scale 0.1 (docs/quality.md)
 	$(BIN)/python -m bench.quality --scale 0.1 --seeds 1 2 3
 
-.PHONY: help install world train evaluate serve demo lint test bench quality check simulate ab-report
+.PHONY: help install world train evaluate serve demo lint browser test screenshots bench quality check simulate ab-report

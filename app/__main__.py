@@ -49,6 +49,11 @@ def main() -> None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(1)
     uvicorn.config.Config.bind_socket = _bind_tcp_socket
+    # uvicorn runs with log_level=warning (no access log on the request path), so say where to look
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"API:     http://{shown}:{args.port}/post/recommendations/?id=<user>  (docs: http://{shown}:{args.port}/docs)")
+    print(f"console: http://{shown}:{args.port}/console/" if settings.console_enabled
+          else "console: off (CONSOLE_ENABLED=false)", flush=True)
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)
 

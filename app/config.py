@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     )
     state_poll_seconds: float = Field(default=0.2, gt=0, le=60, description="How often the state polls the database.")
     state_batch_rows: int = Field(default=50_000, ge=1, description="Feed rows read per poll while catching up.")
+    console_enabled: bool = Field(
+        default=True,
+        description="Serve the read-only web console under /console/; false in production leaves only the API.",
+    )
+    console_report_dir: Path = Field(
+        default=PROJECT_ROOT / "reports" / "ab",
+        description="Folder of the A/B report the console's Experiment page shows (`ab-report --out`).",
+    )
     model_watch_seconds: float = Field(
         default=2.0, gt=0, le=3600,
         description="How often each worker looks at models/current for a new version to swap in.",

@@ -128,6 +128,11 @@ class Recommender:
     def recommend(self, model: str, user_id: int, ts: int, k: int) -> Ranking:
         """Top k post ids for the user at second ts, excluding posts liked before ts and posts viewed in
         the exclusion window before it or among the user's last views."""
+        return self.rank(model, user_id, ts, k)[0]
+
+    def rank(self, model: str, user_id: int, ts: int, k: int) -> tuple[Ranking, np.ndarray]:
+        """`recommend` with the scores it ranked by (post_ids order; -inf for excluded posts): the
+        console shows them beside the very ranking the API serves."""
         if model not in MODEL_NAMES:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
         scores, user = self.scores(model, user_id, ts)
@@ -137,7 +142,7 @@ class Recommender:
             scores[user.viewed] = -np.inf
         keep = top_k(scores, self.post_ids, k)
         keep = keep[np.isfinite(scores[keep])]
-        return Ranking(self.post_ids[keep], served, self.state.features_as_of(ts))
+        return Ranking(self.post_ids[keep], served, self.state.features_as_of(ts)), scores
 
     def recommend_many(self, model: str, user_ids: np.ndarray, times: np.ndarray, k: int) -> list[Ranking]:
         """Batch form: one ranking per (user, time) pair."""

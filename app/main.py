@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -79,6 +79,10 @@ def create_app(settings: Settings | None = None,
     app.include_router(routes_ops.router)
     app.include_router(routes_recommend.router)
     app.include_router(routes_data.router)
+    if settings.console_enabled:
+        from app.console import install  # Jinja2 and the templates load only when the console is on
+
+        install(app)
     if settings.admin_token is not None:  # without a token the endpoint does not exist
         app.include_router(routes_admin.router)
     _install_handlers(app)
@@ -102,10 +106,14 @@ def _install_handlers(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_input(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_input(request: Request, exc: RequestValidationError) -> Response:
         # one readable line per bad field, plus FastAPI's structured list for programs
         errors = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
                   for e in exc.errors()]
+        if request.url.path.startswith("/console/") and request.app.state.settings.console_enabled:
+            from app.console.routes import error_page
+
+            return error_page(request, 422, "Please correct the form", errors)
         text = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": text, "errors": errors}, status_code=422)
 

@@ -1,5 +1,7 @@
 """Prometheus metrics, in a registry of the app's own so that tests can build several apps."""
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -8,6 +10,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.created = time.time()  # counters count from here: the console's average rates divide by it
         self.latency = Histogram("http_request_duration_seconds", "Request latency by endpoint and group",
                                  ["endpoint", "exp_group"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.responses = Counter("recommendations_total", "Recommendation responses by model and group",

@@ -160,3 +160,20 @@ def test_since_excludes_and_counts(sqlite_url):
     with engine.connect() as conn:
         frame, health = load_exposures(conn, to_seconds(T + timedelta(hours=1)), None, 3600)
     assert list(frame["request_id"]) == ["r4"] and health["requests_outside_period"] == 3
+
+
+def test_group_intervals_and_daily_counts():
+    """Each group's bootstrap interval holds its hit rate; the per-day counts add up to the groups."""
+    import doctest
+
+    import training.abreport
+
+    assert doctest.testmod(training.abreport).failed == 0
+    frame = synthetic(3, users=800)
+    s = analyse(frame, ABConfig(n_boot=200))
+    for g in ("control", "test"):
+        lo, hi = s["groups"][g]["hitrate_ci"]
+        assert lo < s["groups"][g]["hitrate"] < hi
+        assert sum(d[g]["requests"] for d in s["daily"]) == s["groups"][g]["requests"]
+        assert sum(d[g]["hits"] for d in s["daily"]) == int(frame.loc[frame["exp_group"] == g, "hit"].sum())
+    assert [d["day"] for d in s["daily"]] == sorted(d["day"] for d in s["daily"])

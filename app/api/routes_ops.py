@@ -8,9 +8,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.deps import MetricsDep, RecommenderDep, WriterDep
+from app.api.deps import MetricsDep, RecommenderDep
 from app.engine import Recommender
+from app.exposure import ExposureWriter
 from app.follower import Follower
+from app.metrics import Metrics
 from app.queries import ping
 
 router = APIRouter()
@@ -85,10 +87,10 @@ def model_info(request: Request, recommender: RecommenderDep) -> dict:
             "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
                        for name, meta in m.get("models", {}).items()},
-            "promotion": _promotion(recommender), "swaps": history}
+            "promotion": promotion_of(recommender), "swaps": history}
 
 
-def _promotion(recommender: Recommender) -> dict | None:
+def promotion_of(recommender: Recommender) -> dict | None:
     """The gate's decision that promoted this version (training.retrain writes it beside the artifacts)."""
     path = recommender.manifest.path / "promotion.json"
     try:
@@ -98,17 +100,20 @@ def _promotion(recommender: Recommender) -> dict | None:
     return {k: data.get(k) for k in ("at", "decision", "reason", "serving", "checks")}
 
 
-@router.get("/metrics")
-def metrics(request: Request, metrics: MetricsDep, writer: WriterDep) -> Response:
+def refresh_gauges(app_state) -> None:
+    """Set the gauges that mirror the exposure writer, the served version and the live state: /metrics
+    and the console's Service page read the registry after this, so both show the same numbers."""
+    metrics: Metrics = app_state.metrics
+    writer: ExposureWriter = app_state.writer
     metrics.log_queue.set(writer.depth)
     metrics.log_dropped.set(writer.dropped)
     metrics.log_written.set(writer.written)
-    serving = request.app.state.serving
+    serving = app_state.serving  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
     metrics.model_info.clear()
     metrics.model_info.labels(recommender.version).set(1)
-    watcher = getattr(request.app.state, "watcher", None)
+    watcher = getattr(app_state, "watcher", None)
     if watcher is not None:
         metrics.model_swaps.set(watcher.status.swaps)
         metrics.model_refusals.set(watcher.status.refusals)
@@ -125,4 +130,9 @@ def metrics(request: Request, metrics: MetricsDep, writer: WriterDep) -> Respons
         metrics.state_poll_failures.set(follower.status.failures)
     else:
         metrics.state_applied_seq.set(state.snapshot.seq)
+
+
+@router.get("/metrics")
+def metrics(request: Request, metrics: MetricsDep) -> Response:
+    refresh_gauges(request.app.state)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ from app.schemas import Response
 router = APIRouter()
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     """Naive times are UTC; aware ones are converted. Returned naive, as the feed stores them."""
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
@@ -33,7 +33,7 @@ async def recommended_posts(
     limit: Annotated[int, Query(ge=1, le=100, description="How many posts, 1-100")] = 10,
 ) -> dict:
     served_at = datetime.now(UTC).replace(tzinfo=None)
-    at = _as_utc(time) if time is not None else served_at
+    at = as_utc(time) if time is not None else served_at
     group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
     model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
     ts = int(at.replace(tzinfo=UTC).timestamp())
