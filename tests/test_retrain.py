@@ -44,7 +44,7 @@ def _train(world, iterations: int) -> str:
 
 def _retrain(world, iterations: int):
     return retrain(world["db_url"], world["models"], world["cache"], "hashing", keep=3, world=world["world"],
-                   requests=150, config=TrainConfig(iterations=iterations, **FAST))
+                   requests=100, config=TrainConfig(iterations=iterations, **FAST), auc_views=3000)
 
 
 def test_a_worse_candidate_is_refused_and_a_better_one_promoted(world):
@@ -61,9 +61,19 @@ def test_a_worse_candidate_is_refused_and_a_better_one_promoted(world):
     assert all(c["passed"] for c in json.loads(better.path.read_text())["checks"])
 
 
-def test_rollback_goes_back_one_promotion_at_a_time(world):
-    a, b = _train(world, 5), _train(world, 5)
-    c = _train(world, 5)
+def _copy(world, trained, name: str) -> str:
+    """A version without training: the trained one under another name (rollback and pruning only move
+    pointers and folders)."""
+    dst = world["models"] / name
+    shutil.copytree(trained["version_dir"], dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    (dst / MANIFEST).write_text(json.dumps({**manifest, "version": name}))
+    set_current(world["models"], name, how="train")
+    return name
+
+
+def test_rollback_goes_back_one_promotion_at_a_time(world, trained):
+    a, b, c = (_copy(world, trained, f"v2021010{i}-000000") for i in range(3))
     assert current_version(world["models"]) == c and rollback_target(world["models"]) == b
     assert rollback(world["models"]) == b
     assert rollback(world["models"]) == a  # twice: two promotions back, not back to c
@@ -74,8 +84,8 @@ def test_rollback_goes_back_one_promotion_at_a_time(world):
         rollback(world["models"], to="v-missing")
 
 
-def test_prune_keeps_the_newest_the_serving_and_the_rollback_target(world):
-    names = [_train(world, 2) for _ in range(4)]
+def test_prune_keeps_the_newest_the_serving_and_the_rollback_target(world, trained):
+    names = [_copy(world, trained, f"v2021010{i}-000000") for i in range(4)]
     rollback(world["models"], to=names[0])  # the oldest serves: no promotion before it to protect
     removed = prune(world["models"], keep=2)
     left = versions(world["models"])

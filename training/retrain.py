@@ -86,12 +86,14 @@ class RetrainResult:
     path: Path | None = None
 
 
-def _evaluate(db_url: str, version_dir: Path, window: tuple[int, int], world: Path | None, requests: int) -> dict:
+def _evaluate(db_url: str, version_dir: Path, window: tuple[int, int], world: Path | None, requests: int,
+              auc_views: int) -> dict:
     recommender = Recommender.load_version(version_dir)
     engine = make_engine(db_url)
     catch_up(engine, recommender.state)  # the version as a worker would serve it now
     with engine.connect() as conn:
-        result, _ = run_evaluation(conn, recommender, world, EvalConfig(requests=requests), window=window)
+        result, _ = run_evaluation(conn, recommender, world, EvalConfig(requests=requests, auc_views=auc_views),
+                                   window=window)
     engine.dispose()
     return result
 
@@ -120,7 +122,7 @@ def prune(models_dir: Path, keep: int) -> list[str]:
 
 def retrain(db_url: str, models_dir: Path, cache_dir: Path, embedding_model: str, keep: int = 5,
             world: Path | None = None, requests: int = 1000, config: TrainConfig | None = None,
-            split_args: dict | None = None, gate: Gate | None = None) -> RetrainResult:
+            split_args: dict | None = None, gate: Gate | None = None, auc_views: int = 30_000) -> RetrainResult:
     gate = gate or Gate()
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -130,11 +132,11 @@ def retrain(db_url: str, models_dir: Path, cache_dir: Path, embedding_model: str
     candidate = candidate_dir.name
     split = json.loads((candidate_dir / MANIFEST).read_text())["split"]
     window = (int(split["test_start"]), int(split["end"]))
-    cand_metrics = _evaluate(db_url, candidate_dir, window, world, requests)
+    cand_metrics = _evaluate(db_url, candidate_dir, window, world, requests, auc_views)
     serv_metrics = None
     if serving is not None:
         try:
-            serv_metrics = _evaluate(db_url, models_dir / serving, window, world, requests)
+            serv_metrics = _evaluate(db_url, models_dir / serving, window, world, requests, auc_views)
         except ArtifactsInvalid as exc:  # a broken serving version cannot hold a good one back
             logger.warning("serving version {} cannot be evaluated: {}", serving, exc)
     if serv_metrics is None:
