@@ -90,7 +90,8 @@ def test_simulation_retrains_and_the_service_swaps(trained, tmp_path):
     engine = make_engine(url)
 
     def retrainer():
-        return retrain(url, models, trained["cache"], "hashing", keep=3, world=trained["world"], requests=80, auc_views=2000,
+        return retrain(url, models, trained["cache"], "hashing", keep=3, world=trained["world"], requests=80,
+                       auc_views=2000,
                        config=TrainConfig(iterations=30, max_train_rows=20_000, max_val_rows=5_000, threads=1),
                        split_args={"test_days": 1, "val_days": 2, "train_days": 7})
 
