@@ -43,7 +43,10 @@ lint: $(STAMP) ## ruff
 browser: ## Install Debian's headless Chromium for the console's browser test (when missing)
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 
-test: $(STAMP) lint browser ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
+java: ## Install Debian's Java 17 for the Spark engine and its test (when missing)
+	command -v java >/dev/null || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
+
+test: $(STAMP) lint browser java ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
 	$(BIN)/python -m pytest -q
 
 screenshots: $(STAMP) browser ## Browser test of the console, saving its screenshots into docs/ (README shows them)
@@ -56,4 +59,4 @@ bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~
 quality: $(STAMP) ## Offline quality over three demo worlds at scale 0.1 (docs/quality.md)
 	$(BIN)/python -m bench.quality --scale 0.1 --seeds 1 2 3
 
-.PHONY: help install world train evaluate serve demo lint browser test screenshots bench quality check simulate ab-report
+.PHONY: help install world train evaluate serve demo lint browser java test screenshots bench quality check simulate ab-report
