@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pickle
 import shutil
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -182,43 +184,63 @@ def cmd_swap(args) -> None:
 
 
 # ------------------------------------------------------------------ weeks of retraining
-def cmd_simulate(args) -> None:
+def _simulate_arm(args, mode: str) -> None:
+    """One arm of the comparison (never or daily retrained), saved to `--work`/<mode>.pkl."""
     from training.retrain import retrain
-    from training.simulate import SimConfig, day_table, simulate
+    from training.simulate import SimConfig, simulate
     from training.world.model import World
 
     settings = get_settings()
     world = World.load(args.world)
+    db = copy_database(args.db, f"life-{mode}")
+    models = Path(args.work) / mode
+    shutil.rmtree(models, ignore_errors=True)
+    models.mkdir(parents=True)
+    source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
+    shutil.copytree(source, models / source.name)
+    set_current(models, source.name, how="bench")
+    port = 8032 if mode == "never" else 8033
+    proc, _ = _service(db, models, port, model_watch_seconds=1)
+    timings: list[float] = []
+
+    def retrainer():
+        started = time.perf_counter()
+        result = retrain(db, models, settings.cache_dir, settings.embedding_model, keep=4, world=args.world,
+                         requests=args.requests)
+        timings.append(time.perf_counter() - started)
+        return result
+
+    config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed,
+                       retrain_every=1 if mode == "daily" else 0)
+    try:
+        engine = make_engine(db)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            summary = simulate(engine, client, world, config, retrainer if mode == "daily" else None)
+        engine.dispose()
+    finally:
+        stop(proc)
+        drop_database(db)
+    with open(Path(args.work) / f"{mode}.pkl", "wb") as fh:
+        pickle.dump((summary, timings), fh)
+
+
+def cmd_simulate(args) -> None:
+    """Both arms at once, each in its own process (same users, same moments, own database copy)."""
+    from training.simulate import day_table
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.arm:
+        _simulate_arm(args, args.arm)
+        return
+    arms = [subprocess.Popen([sys.executable, "-m", "bench.lifecycle", *sys.argv[1:], "--arm", mode])
+            for mode in ("never", "daily")]
+    if any(p.wait() != 0 for p in arms):
+        raise SystemExit("an arm of the simulation failed")
     results = {}
     for mode in ("never", "daily"):
-        db = copy_database(args.db, f"life-{mode}")
-        models = Path(args.work) / mode
-        shutil.rmtree(models, ignore_errors=True)
-        models.mkdir(parents=True)
-        source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
-        shutil.copytree(source, models / source.name)
-        set_current(models, source.name, how="bench")
-        proc, _ = _service(db, models, 8032, model_watch_seconds=1)
-        timings = []
-
-        def retrainer(db=db, models=models, timings=timings):
-            started = time.perf_counter()
-            result = retrain(db, models, settings.cache_dir, settings.embedding_model, keep=4, world=args.world,
-                             requests=args.requests)
-            timings.append(time.perf_counter() - started)
-            return result
-
-        config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed,
-                           retrain_every=1 if mode == "daily" else 0)
-        try:
-            engine = make_engine(db)
-            with httpx.Client(base_url="http://127.0.0.1:8032") as client:
-                results[mode] = (simulate(engine, client, world, config, retrainer if mode == "daily" else None),
-                                 timings)
-            engine.dispose()
-        finally:
-            stop(proc)
-            drop_database(db)
+        with open(work / f"{mode}.pkl", "rb") as fh:
+            results[mode] = pickle.load(fh)
     never, daily = results["never"][0], results["daily"][0]
     timings = results["daily"][1]
 
@@ -267,6 +289,7 @@ def main() -> None:
             p.add_argument("--users-per-day", type=int, default=800)
             p.add_argument("--requests", type=int, default=1000)
             p.add_argument("--seed", type=int, default=3)
+            p.add_argument("--arm", choices=("never", "daily"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     {"swap": cmd_swap, "simulate": cmd_simulate}[args.command](args)
 
