@@ -2,6 +2,7 @@
 
     python -m bench.lifecycle swap --db URL --models DIR [--duration 60] [--every 15] [--workers 2]
     python -m bench.lifecycle simulate --db URL --models DIR --world PATH [--days 28] [--users-per-day 800]
+    python -m bench.lifecycle daily --db URL --models DIR --world PATH --days 2
 
 `swap` serves two copies of one trained version under a closed-loop load of 8 concurrent clients and
 flips `models/current` between them every `--every` seconds; then points it at broken candidates
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -271,10 +273,51 @@ def cmd_simulate(args) -> None:
     append("Weeks of daily retraining", body)
 
 
+def cmd_daily(args) -> None:
+    """The daily job as a scheduler runs it, on a copy of the database with the service serving: each
+    day the simulated users use the feed for a day, then `python -m training retrain` runs as the cron line
+    runs it; its output, exit code and the version the service serves afterwards are recorded."""
+    db = copy_database(args.db, "daily-job")
+    models = Path(args.work) / "models"
+    shutil.rmtree(models, ignore_errors=True)
+    models.mkdir(parents=True)
+    source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
+    shutil.copytree(source, models / source.name)
+    set_current(models, source.name, how="bench")
+    env = {**os.environ, "DATABASE_URL": db, "MODEL_DIR": str(models), "WORLD_PATH": str(args.world)}
+    proc, _ = _service(db, models, 8034, model_watch_seconds=1)
+    body = [f"Demo world behind `{args.db}` (a copy), artifacts `{source.name}`; each day "
+            f"`python -m training simulate --days 1 --users-per-day {args.users_per_day}` against the serving "
+            f"service, then the daily job exactly as `deploy/retrain.cron` runs it "
+            f"(`python -m training retrain --keep 5`, here with `--requests {args.requests}`).", ""]
+    try:
+        for day in range(1, args.days + 1):
+            sim = subprocess.run([sys.executable, "-m", "training", "simulate", "--url", "http://127.0.0.1:8034",
+                                  "--days", "1", "--users-per-day", str(args.users_per_day), "--seed",
+                                  str(args.seed + day)], env=env, capture_output=True, text=True)
+            if sim.returncode != 0:
+                raise RuntimeError(f"simulate failed: {sim.stderr[-2000:]}")
+            started = time.perf_counter()
+            job = subprocess.run([sys.executable, "-m", "training", "retrain", "--keep", "5", "--requests",
+                                  str(args.requests)], env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            time.sleep(3)  # the workers look at models/current every second
+            served = httpx.get("http://127.0.0.1:8034/model", timeout=10).json()
+            log = [line for line in job.stderr.splitlines() if "| INFO" in line or "| WARNING" in line
+                   or "error" in line.lower()]
+            body += [f"### Day {day}", "", f"Exit code **{job.returncode}** after {seconds:.0f} s; the service "
+                     f"then serves `{served.get('version')}`.", "", "stdout:", "", "```", job.stdout.strip(), "```",
+                     "", "stderr (the job's log, INFO and above):", "", "```", *log, "```", ""]
+    finally:
+        stop(proc)
+        drop_database(db)
+    append("The daily job, day after day", body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.lifecycle")
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("swap", "simulate"):
+    for name in ("swap", "simulate", "daily"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--models", type=Path, required=True)
@@ -285,13 +328,13 @@ def main() -> None:
             p.add_argument("--workers", type=int, default=2)
         else:
             p.add_argument("--world", type=Path, required=True)
+            p.add_argument("--arm", choices=("never", "daily"), help=argparse.SUPPRESS)
             p.add_argument("--days", type=int, default=28)
             p.add_argument("--users-per-day", type=int, default=800)
             p.add_argument("--requests", type=int, default=1000)
             p.add_argument("--seed", type=int, default=3)
-            p.add_argument("--arm", choices=("never", "daily"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    {"swap": cmd_swap, "simulate": cmd_simulate}[args.command](args)
+    {"swap": cmd_swap, "simulate": cmd_simulate, "daily": cmd_daily}[args.command](args)
 
 
 if __name__ == "__main__":
