@@ -10,6 +10,7 @@ from app.artifacts import CURRENT, MANIFEST, POSTS_FILE, STATE_FILE, ArtifactsIn
 from app.engine import Recommender
 from app.features import feature_names
 from app.snapshot import Snapshot
+from app.text_features import TRANSFORMS_FILE
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def test_manifest_describes_the_version(trained):
     m = json.loads((trained["version_dir"] / MANIFEST).read_text())
     assert m["models"]["control"]["features"] == list(feature_names(False))
     assert m["models"]["test"]["features"] == list(feature_names(True))
-    assert set(m["files"]) == {"control.cbm", "test.cbm", STATE_FILE, POSTS_FILE}
+    assert set(m["files"]) == {"control.cbm", "test.cbm", STATE_FILE, POSTS_FILE, TRANSFORMS_FILE}
     split = m["split"]
     assert split["start"] < split["train_start"] < split["val_start"] < split["test_start"] < split["end"]
     # exact answers from the exclusion window before the held-out start; every event up to the data end

@@ -33,6 +33,7 @@ from app import feed_events
 from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, STATE_FILE, set_current, write_manifest
 from app.db import make_engine
 from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
+from app.text_features import TRANSFORMS_FILE, TextTransforms
 from training import data
 from training.embeddings import embed_texts
 from training.features import (
@@ -100,6 +101,7 @@ class Prepared:
     profile: np.ndarray  # aligned with history.user_ids
     seq_gaps: np.ndarray
     seq_xmax: int
+    transforms: TextTransforms
 
 
 def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model: str) -> Prepared:
@@ -111,10 +113,10 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
     logger.info("read {} events of {} users", len(history.events.ts), len(history.user_ids))
     split = make_split(history.start, history.end, **split_args)
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
-    static = post_static(posts, embeddings)
+    static, transforms = post_static(posts, embeddings, embedding_model)
     priors = fit_priors(history, users, static, split.train_start)
     return Prepared(split, users, posts, static, history, priors, profile_features(users, priors), gaps,
-                    xmax if len(gaps) else 0)
+                    xmax if len(gaps) else 0, transforms)
 
 
 def with_cold_rows(rows: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -194,6 +196,7 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     for name, model in models.items():
         model.save_model(str(version_dir / MODEL_FILES[name]))
     snapshot.save(version_dir / STATE_FILE)
+    prep.transforms.save(version_dir / TRANSFORMS_FILE)
     posts = prep.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
     write_manifest(version_dir, {
