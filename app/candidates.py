@@ -51,10 +51,11 @@ _RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
 class Budget:
     """How many posts each source contributes (per topic where it says so)."""
 
-    topics: int = 3  # the user's favourite topics the per-topic sources look in
-    taste_topic: int = 60  # nearest to the per-topic taste vector, per favourite topic
-    taste_all: int = 30  # nearest to the overall taste vector, per favourite topic
-    proxy_topic: int = 60  # proxy's best, per favourite topic
+    # per favourite topic, best first (the first favourite holds most of a screen): how many of the
+    # nearest to the per-topic taste vector, to the overall taste vector, and of the proxy's best
+    taste_topic: tuple[int, ...] = (80, 40, 20)
+    taste_all: tuple[int, ...] = (30, 20, 10)
+    proxy_topic: tuple[int, ...] = (250, 100, 50)
     proxy_every: int = 15  # proxy's best of every topic
     popular: int = 40
     fresh: int = 30
@@ -215,7 +216,7 @@ class Retriever:
     def favourite_topics(self, user: UserView) -> np.ndarray:
         """The user's top topics by their smoothed like rate in each."""
         rates = user.num[0, _RATE0:_RATE0 + N_TOPICS]
-        return np.argsort(-rates, kind="stable")[:self.budget.topics]
+        return np.argsort(-rates, kind="stable")[:len(self.budget.proxy_topic)]
 
     def candidates(self, model: str, user: UserView, t: int, timeline: PostTimeline,
                    cat: CatalogueFrame) -> np.ndarray:
@@ -224,11 +225,11 @@ class Retriever:
         parts: list[np.ndarray] = []
         name = model if model in self.proxies else next(iter(self.proxies))
         hourly = self._hour(name, t, timeline)
-        for topic in self.favourite_topics(user):
+        for i, topic in enumerate(self.favourite_topics(user)):
             index = self.topics[int(topic)]
-            parts.append(index.nearest(user.topic_vec[0, topic], b.taste_topic))
-            parts.append(index.nearest(user.vec[0], b.taste_all))
-            parts.append(hourly.by_topic[topic][:b.proxy_topic])
+            parts.append(index.nearest(user.topic_vec[0, topic], b.taste_topic[i]))
+            parts.append(index.nearest(user.vec[0], b.taste_all[i]))
+            parts.append(hourly.by_topic[topic][:b.proxy_topic[i]])
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
@@ -252,7 +253,7 @@ class Retriever:
         posts = frame.posts
         score = self.proxies[name].score(posts.static, finalize_posts(now, self.priors), posts.text)
         topic = posts.topic
-        keep = max(b.proxy_topic, b.proxy_every)
+        keep = max(*b.proxy_topic, b.proxy_every)
         by_topic = tuple(_best(np.flatnonzero(topic == k), score, keep) for k in range(N_TOPICS))
         popular = _best(np.arange(n), (now[:, 1] - week[:, 1]).astype(np.float64), b.popular)
         # young posts first (born within fresh_hours; the engine drops those born after t), then posts
