@@ -135,13 +135,13 @@ def evaluate(
 ) -> None:
     """Evaluate random, popularity, control and test on held-out requests."""
     from app.db import make_engine
-    from app.engine import Recommender
+    from app.engine import Recommender, ScreenPolicy
     from app.follower import catch_up
     from training.evaluate import EvalConfig, run_evaluation, write_json
 
     settings = get_settings()
     engine = Recommender.load(models or settings.model_dir, settings.exclude_viewed_hours,
-                              settings.exclude_last_views)
+                              settings.exclude_last_views, ScreenPolicy.from_settings(settings))
     config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
                         ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
                         ab_models=(settings.ab_control_model, settings.ab_test_model))
