@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None,
         app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
         app.state.db = make_engine(settings.database_url)
         app.state.writer = ExposureWriter(app.state.db, settings.log_queue_size, settings.log_batch_size,
-                                          settings.log_flush_seconds)
+                                          settings.log_flush_seconds, spool_dir=settings.log_spool_dir)
         app.state.writer.start()
         follow = None
         if settings.state_follow:
@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None,
         if app.state.serving.follower is not None:
             app.state.serving.follower.stop()
         app.state.writer.stop()
-        logger.info("exposure log flushed: {} written, {} dropped, {} still buffered",
-                    app.state.writer.written, app.state.writer.dropped, app.state.writer.depth)
+        logger.info("exposure log flushed: {} written, {} dropped, {} spooled in all, {} still buffered",
+                    app.state.writer.written, app.state.writer.dropped, app.state.writer.spooled,
+                    app.state.writer.depth)
         app.state.db.dispose()
 
     app = FastAPI(title="Post recommendations", version="1.0", lifespan=lifespan)

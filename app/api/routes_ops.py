@@ -108,6 +108,8 @@ def refresh_gauges(app_state) -> None:
     metrics.log_queue.set(writer.depth)
     metrics.log_dropped.set(writer.dropped)
     metrics.log_written.set(writer.written)
+    metrics.log_failures.set(writer.failures)
+    metrics.log_spooled.set(writer.spooled)
     serving = app_state.serving  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
