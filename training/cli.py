@@ -55,12 +55,17 @@ def generate(
     db: DbOpt = None,
     world: Annotated[Path | None, typer.Option(help="Where to save the world; default WORLD_PATH")] = None,
     replace: Annotated[bool, typer.Option(help="Drop existing course tables first")] = False,
+    exposure: Annotated[str, typer.Option(help="random: the course's feed shows random posts; organic: "
+                                                   "users choose by popularity, recency and taste")] = "random",
 ) -> None:
     """Build the demo world and write its three tables."""
-    from training.world.generate import generate_world
+    from training.world.generate import EXPOSURES, generate_world
 
+    if exposure not in EXPOSURES:
+        raise typer.BadParameter(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     summary = generate_world(
-        _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace
+        _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
+        exposure=exposure,
     )
     typer.echo(summary)
 
