@@ -243,7 +243,7 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     logger.info("spark: {} events, split {}", n_events, split.describe())
 
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
-    static = post_static(posts, embeddings)
+    static, transforms = post_static(posts, embeddings, embedding_model)
     views = ev.where(F.col("kind") == VIEW)
     early = F.col("ts") < split.train_start
     windows = sample_windows(split, config)
@@ -272,7 +272,7 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     ev.unpersist()
     t2 = time.perf_counter()
     logger.info("spark: sample and features in {:.0f}s", t2 - t1)
-    return TrainingSet(split, posts, priors, rows, matrices, snapshot, "spark",
+    return TrainingSet(split, posts, transforms, priors, rows, matrices, snapshot, "spark",
                        {"read": round(t1 - t0, 1), "features": round(t2 - t1, 1)})
 
 

@@ -31,9 +31,11 @@ from sqlalchemy import Connection
 from app import columns as c
 from app import feed_events
 from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, STATE_FILE, set_current, write_manifest
+from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
 from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
 from app.snapshot import Snapshot
+from app.text_features import TRANSFORMS_FILE, TextTransforms
 from training import data
 from training.embeddings import embed_texts
 from training.features import (
@@ -46,6 +48,7 @@ from training.features import (
     rows_matrix,
     sample_views,
 )
+from training.retrieval import fit_proxy, write_retrieval
 
 DAY = 86_400
 
@@ -101,6 +104,7 @@ class Prepared:
     profile: np.ndarray  # aligned with history.user_ids
     seq_gaps: np.ndarray
     seq_xmax: int
+    transforms: TextTransforms
 
 
 def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model: str) -> Prepared:
@@ -112,10 +116,10 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
     logger.info("read {} events of {} users", len(history.events.ts), len(history.user_ids))
     split = make_split(history.start, history.end, **split_args)
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
-    static = post_static(posts, embeddings)
+    static, transforms = post_static(posts, embeddings, embedding_model)
     priors = fit_priors(history, users, static, split.train_start)
     return Prepared(split, users, posts, static, history, priors, profile_features(users, priors), gaps,
-                    xmax if len(gaps) else 0)
+                    xmax if len(gaps) else 0, transforms)
 
 
 def with_cold_rows(rows: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -141,15 +145,17 @@ def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostC
 
 @dataclass
 class TrainingSet:
-    """What an engine hands to the fit: the split, the catalogue, the priors, the sampled rows with their
-    feature matrices (test-model columns; the control model's are the first ones) and the state to serve.
-    The single-machine engine builds it from the database (`build_training_set`), the Spark engine from
-    Parquet (`training.spark_engine`); the fit and the artifact do not know which."""
+    """What an engine hands to the fit: the split, the catalogue and its fitted text transforms, the
+    priors, the sampled rows with their feature matrices (test-model columns; the control model's are
+    the first ones) and the state to serve. The single-machine engine builds it from the database
+    (`build_training_set`), the Spark engine from Parquet (`training.spark_engine`); the fit and the
+    artifact do not know which."""
 
     split: Split
     posts: pd.DataFrame
+    transforms: TextTransforms
     priors: Priors
-    rows: dict[str, pd.DataFrame]  # train, val, held: user_id, post_id, ts, target, cold
+    rows: dict[str, pd.DataFrame]  # train, val, held: user_row, post_row, user_id, post_id, ts, target, cold
     matrices: dict[str, np.ndarray]
     snapshot: Snapshot
     engine: str
@@ -197,7 +203,7 @@ def build_training_set(db_url: str, cache_dir: Path, embedding_model: str, confi
     snapshot = build_snapshot(history, prep.users, prep.static, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
                               prep.seq_gaps, prep.seq_xmax)
     t2 = time.perf_counter()
-    return TrainingSet(split, prep.posts, prep.priors, rows, matrices, snapshot, "single",
+    return TrainingSet(split, prep.posts, prep.transforms, prep.priors, rows, matrices, snapshot, "single",
                        {"read": round(t1 - t0, 1), "features": round(t2 - t1, 1)})
 
 
@@ -216,7 +222,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
     t0 = time.perf_counter() if t0 is None else t0
     split, matrices = tset.split, tset.matrices
     tr, val, held = tset.rows["train"], tset.rows["val"], tset.rows["held"]
-    models, model_meta = {}, {}
+    models, model_meta, proxies = {}, {}, {}
     for name in MODEL_FILES:
         text = MODEL_USES_TEXT[name]
         names = feature_names(text)
@@ -225,6 +231,9 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                           val[c.TARGET].to_numpy(), names, config)
         held_auc = roc_auc_score(held[c.TARGET], model.predict_proba(matrices["held"][:, cols])[:, 1])
         models[name] = model
+        proxies[name] = fit_proxy(matrices["val"], model.predict(matrices["val"][:, cols],
+                                                                 prediction_type="RawFormulaVal"), text,
+                                  val["user_row"].to_numpy(), config.seed, config.threads)
         model_meta[name] = {
             "file": MODEL_FILES[name], "features": list(names), "dtype": "float32",
             "best_iteration": int(model.get_best_iteration() or 0), "trees": int(model.tree_count_),
@@ -245,11 +254,15 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
     for name, model in models.items():
         model.save_model(str(version_dir / MODEL_FILES[name]))
     snapshot.save(version_dir / STATE_FILE)
+    tset.transforms.save(version_dir / TRANSFORMS_FILE)
+    write_retrieval(version_dir, proxies, dict(MODEL_USES_TEXT), len(val))
     posts = tset.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
     write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
         "models": model_meta,
+        "retrieval": {"file": RETRIEVAL_FILE, "proxy_r2": {k: round(r2, 4) for k, (_, r2) in proxies.items()}},
+        "text_transforms": {"file": TRANSFORMS_FILE, "encoder": embedding_model},
         "state": {"file": STATE_FILE, "base_as_of": snapshot.base_as_of, "events_until": snapshot.events_until,
                   "seq": snapshot.seq, "users": len(snapshot.user_ids), "posts": len(snapshot.post_ids),
                   "events": len(snapshot.events.ts)},
