@@ -214,7 +214,6 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
                        split_args: dict | None = None, serve_latest: bool = False, master: str = "local[2]",
                        spark=None, buckets: int | None = None, work_dir: Path | None = None) -> TrainingSet:
     """The training set of `training.train.build_training_set`, computed by Spark from a Parquet export."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from training.embeddings import embed_texts
@@ -226,6 +225,7 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     posts = pd.read_parquet(parquet_dir / "post_text_df").sort_values(c.POST_ID, ignore_index=True)
     user_ids, post_ids = users[c.USER_ID].to_numpy(np.int64), posts[c.POST_ID].to_numpy(np.int64)
     spark = spark or spark_session(master)
+    logger.info("spark: session after {:.1f}s", time.perf_counter() - t0)
     feed = spark.read.parquet(str(parquet_dir / "feed_data"))
     # rows of the users and posts the tables hold: events of other ids are dropped, as on one machine
     urows = spark.createDataFrame(pd.DataFrame({"user_id": user_ids.astype(np.int32),
@@ -234,8 +234,8 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
                                                 "post_row": np.arange(len(post_ids))}))
     ev = (feed.join(F.broadcast(urows), "user_id").join(F.broadcast(prows), "post_id")
           .select("seq", "user_id", "post_id", "user_row", "post_row", "ts", "kind", "target"))
-    # every stage below reads the feed: keep the joined columns, in memory while they fit, on local disk after
-    ev = ev.persist(StorageLevel.MEMORY_AND_DISK)
+    # not cached: each pass below re-reads the columns it needs from Parquet, so that the JVM holds no
+    # copy of the feed whatever its size
     lo, hi, n_events = ev.agg(F.min("ts"), F.max("ts"), F.count("*")).first()
     if not n_events:
         raise ValueError(f"{parquet_dir / 'feed_data'} holds no events of known users and posts")
@@ -260,6 +260,7 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     post_views = np.zeros(len(post_ids))
     post_views[per_post["post_row"]] = per_post["n"]
     priors = priors_from_counts(user_views, user_liked, post_views, users, static)
+    logger.info("spark: priors' counts after {:.1f}s", time.perf_counter() - t0)
     t1 = time.perf_counter()
 
     rows = _sample(views, windows, {n: int(per_user[n].sum()) for n in windows}, config)
@@ -269,7 +270,6 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     matrices, snapshot = _features_and_state(spark, ev, views, rows, ctx, int(hi) + 1, meta,
                                              buckets or max(4, -(-int(n_events) // EVENTS_PER_BUCKET)),
                                              work_dir or parquet_dir.parent / f"{parquet_dir.name}_work")
-    ev.unpersist()
     t2 = time.perf_counter()
     logger.info("spark: sample and features in {:.0f}s", t2 - t1)
     return TrainingSet(split, posts, transforms, priors, rows, matrices, snapshot, "spark",
@@ -312,16 +312,20 @@ def _features_and_state(spark, ev, views, rows: dict[str, pd.DataFrame], ctx: _C
     table = pd.concat([f[["user_id", "user_row", "post_row", "ts", "cold"]] for f in frames], ignore_index=True)
     table.insert(0, "row_id", np.arange(len(table), dtype=np.int64))
     sampled = spark.createDataFrame(table)
-    post_key, user_key = F.col("post_row") % buckets, F.col("user_row") % buckets
-    with_counters = (views.select("post_row", "ts", "target").groupBy(post_key.alias("b"))
-                     .cogroup(sampled.groupBy(post_key.alias("b")))
+    post_key, user_key = (F.col("post_row") % buckets).alias("b"), (F.col("user_row") % buckets).alias("b")
+    # only the columns each partition function reads cross the shuffle
+    with_counters = (views.select(post_key, "post_row", "ts", "target").groupBy("b")
+                     .cogroup(sampled.groupBy(post_key))
                      .applyInPandas(_post_counters, "row_id long, user_id long, user_row long, post_row long, "
                                                     "ts long, cold boolean, p_views long, p_liked long"))
-    out = (ev.groupBy(user_key.alias("b")).cogroup(with_counters.groupBy(user_key.alias("b")))
+    out = (ev.select(user_key, "seq", "user_id", "post_id", "ts", "kind", "target").groupBy("b")
+           .cogroup(with_counters.groupBy(user_key))
            .applyInPandas(partial(_user_stage, ctx), _feature_schema(ctx.n_features)))
     work_dir.mkdir(parents=True, exist_ok=True)
     target = work_dir / "features"
+    t0 = time.perf_counter()
     out.write.mode("overwrite").parquet(str(target))
+    logger.info("spark: post and user stages in {:.1f}s", time.perf_counter() - t0)
 
     result = pq.read_table(target)
     row_id = result.column("row_id").to_numpy()
