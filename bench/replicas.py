@@ -305,6 +305,8 @@ def main() -> None:
     url = "/post/recommendations/"
     out: dict = {"replicas": args.replicas, "threads": args.threads, "duration": args.duration}
     with Replicas(args.db, args.models, n=args.replicas) as rs:
+        for port in rs.ports:  # warm-up: first requests load lazily built tables
+            load(f"http://127.0.0.1:{port}{url}", users, times, 2, requests=40)
         # one replica: directly, then through nginx with that replica as its only upstream
         one = load(f"http://127.0.0.1:{rs.ports[0]}{url}", users, times, args.threads, seconds=args.duration)
         out["one_direct"] = one.summary()
@@ -314,6 +316,7 @@ def main() -> None:
         rs.start_nginx(rs.ports)
         out["all_nginx"] = load(f"http://127.0.0.1:{rs.lb_port}{url}", users, times, args.threads,
                                 seconds=args.duration).summary()
+        time.sleep(3)  # the writers flush every second: the log holds every earlier answer
         before = exposures(args.db)
         kill = load(f"http://127.0.0.1:{rs.lb_port}{url}", users, times, args.threads, seconds=args.duration,
                     on_half=lambda: rs.kill(args.replicas - 1))
