@@ -191,7 +191,7 @@ def report(data: Path, out: Path, plot: Path) -> str:
         x, y = np.array(pts, float).T
         ax.plot(x / 1e6, y, "o-", color=colour, label=engine)
         if len(pts) >= 2:
-            fits[engine] = fit_line(x, y)
+            fits[engine] = (*fit_line(x, y), len(pts))
     ax.set_xlabel("feed events (millions)")
     ax.set_ylabel("training set, wall seconds")
     ax.set_title("Feature stage: Spark local[2] vs one process")
@@ -199,10 +199,10 @@ def report(data: Path, out: Path, plot: Path) -> str:
     fig.tight_layout()
     fig.savefig(plot, dpi=110)
     text = "\n".join(lines) + "\n"
-    for engine, (slope, intercept, r2) in fits.items():
+    for engine, (slope, intercept, r2, n) in fits.items():
         hours = (slope * BILLION + intercept) / 3600
-        text += (f"\n{engine}: {slope * 1e6:.2f} s per million events + {intercept:.0f} s, R² = {r2:.4f}; "
-                 f"a billion events at this rate: {hours:.1f} h on this machine")
+        text += (f"\n{engine}: {slope * 1e6:.2f} s per million events + {intercept:.0f} s, R² = {r2:.4f} over {n} "
+                 f"worlds; a billion events at this rate: {hours:.1f} h on this machine\n")
     print(text)
     if out:
         out.write_text(text + "\n")
