@@ -84,6 +84,7 @@ async def model_info(request: Request, recommender: RecommenderDep) -> dict:
     watcher = getattr(request.app.state, "watcher", None)
     history = [vars(s) for s in watcher.status.history] if watcher is not None else []
     return {"version": recommender.version, "features_as_of": m.get("features_as_of"), "split": m.get("split"),
+            "serves": m.get("serves", "test_start"),  # "latest": built with --serve-latest
             "state": m.get("state"), "exclude_viewed_hours": recommender.state.exclude_viewed_seconds / 3600,
             "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
