@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     )
     state_poll_seconds: float = Field(default=0.2, gt=0, le=60, description="How often the state polls the database.")
     state_batch_rows: int = Field(default=50_000, ge=1, description="Feed rows read per poll while catching up.")
+    retrieval: str = Field(
+        default="candidates", pattern="^(candidates|full)$",
+        description="candidates: CatBoost ranks a few hundred retrieved posts (app/candidates.py); full: every "
+                    "post of the catalogue (the cost grows with it).",
+    )
+    fresh_share: float = Field(
+        default=0.0, ge=0, le=0.5,
+        description="Share of a screen given to the best fresh posts (fewer than FRESH_VIEWS views or younger than "
+                    "FRESH_HOURS) when the ranking holds fewer.",
+    )
+    fresh_hours: float = Field(default=24.0, gt=0, le=24 * 30, description="A post younger than this is fresh.")
+    fresh_views: int = Field(default=20, ge=0, description="A post with fewer views than this is fresh.")
     console_enabled: bool = Field(
         default=True,
         description="Serve the read-only web console under /console/; false in production leaves only the API.",

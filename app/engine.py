@@ -1,9 +1,12 @@
 """The scoring engine: artifacts loaded once, then (user, time, k) -> best posts in milliseconds.
 
 Per request: the user and the catalogue as of the requested moment from the live state
-(`app.live_state`), one feature matrix for all posts built by `assemble` (NumPy only), one CatBoost
-call, exclusion of posts the user liked before that moment and of those viewed within the exclusion
-window, top k by `argpartition` with ties broken by post id.
+(`app.live_state`); the posts to score — a few hundred candidates from cheap sources
+(`app.candidates`, `retrieval="candidates"`) or the whole catalogue (`retrieval="full"`); one feature
+matrix built by `assemble` (NumPy only), one CatBoost call; exclusion of posts the user liked before
+that moment, of those viewed within the exclusion window and of posts added after it; top k by
+`argpartition` with ties broken by post id; then, with `fresh_share` > 0, that share of the screen
+goes to the best fresh posts (fewer than `fresh_views` views or younger than `fresh_hours`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,31 @@ from app.artifacts import (
     current_version_dir,
     load_manifest,
 )
+from app.candidates import RETRIEVAL_FILE, Budget, Retriever, load_proxies
 from app.features import PostView, assemble
 from app.live_state import LiveState, UserAt
 from app.snapshot import Snapshot
+from app.text_features import TRANSFORMS_FILE, TextTransforms
 
 POPULAR = "popular"
 MODEL_NAMES = (*MODEL_FILES, POPULAR)
+RETRIEVAL_MODES = ("candidates", "full")
+
+
+@dataclass(frozen=True)
+class ScreenPolicy:
+    """How a screen is made: retrieval mode and fresh-post exposure (settings RETRIEVAL, FRESH_*)."""
+
+    retrieval: str = "candidates"
+    fresh_share: float = 0.0
+    fresh_hours: float = 24.0
+    fresh_views: int = 20
+    budget: Budget = Budget()
+
+    @classmethod
+    def from_settings(cls, settings) -> ScreenPolicy:
+        return cls(retrieval=settings.retrieval, fresh_share=settings.fresh_share,
+                   fresh_hours=settings.fresh_hours, fresh_views=settings.fresh_views)
 
 
 class UnknownModel(ValueError):
@@ -69,23 +91,39 @@ class Recommender:
     """Everything the service needs to rank: one artifact version's models and its live state."""
 
     def __init__(self, manifest: Manifest, state: LiveState, models: dict[str, CatBoostClassifier],
-                 posts: dict[int, dict] | None = None):
+                 posts: dict[int, dict] | None = None, retriever: Retriever | None = None,
+                 policy: ScreenPolicy | None = None):
         self.manifest = manifest
-        self.posts = posts or {}  # post id -> {"id", "text", "topic"}
+        self.posts = posts or {}  # post id -> {"id", "text", "topic"}; grows with the catalogue
         self.version = manifest.version
         self.state = state
         self.models = models
+        self.policy = policy or ScreenPolicy()
+        if self.policy.retrieval not in RETRIEVAL_MODES:
+            raise ValueError(f"RETRIEVAL={self.policy.retrieval!r}: choose one of {RETRIEVAL_MODES}")
+        self.retriever = retriever
+        state.post_info = self.posts
+        if retriever is not None:
+            retriever.update(state.catalogue.frame)
+            state.on_posts_added.append(retriever.update)
+
+    @property
+    def retrieval(self) -> str:
+        """The mode in force: candidates need the artifact's retrieval file."""
+        return "candidates" if self.policy.retrieval == "candidates" and self.retriever is not None else "full"
 
     @classmethod
-    def load(cls, model_dir: Path, exclude_viewed_hours: float = 72.0, exclude_last_views: int = 50) -> Recommender:
+    def load(cls, model_dir: Path, exclude_viewed_hours: float = 72.0, exclude_last_views: int = 50,
+             policy: ScreenPolicy | None = None) -> Recommender:
         """The version `model_dir/current` names."""
-        return cls.load_version(current_version_dir(model_dir), exclude_viewed_hours, exclude_last_views)
+        return cls.load_version(current_version_dir(model_dir), exclude_viewed_hours, exclude_last_views, policy)
 
     @classmethod
     def load_version(cls, version_dir: Path, exclude_viewed_hours: float = 72.0,
-                     exclude_last_views: int = 50) -> Recommender:
+                     exclude_last_views: int = 50, policy: ScreenPolicy | None = None) -> Recommender:
         """One version folder, checked (manifest, checksums, feature lists) before anything is loaded."""
         manifest = load_manifest(Path(version_dir))
+        policy = policy or ScreenPolicy()
         try:
             snapshot = Snapshot.load(manifest.file(STATE_FILE))
             posts = {int(p["id"]): p for p in json.loads(manifest.file(POSTS_FILE).read_text())}
@@ -94,10 +132,20 @@ class Recommender:
                 model = CatBoostClassifier()
                 model.load_model(str(manifest.file(file)))
                 models[name] = model
+            # older artifacts lack these: they serve with full scoring and a catalogue that cannot grow
+            transforms = (TextTransforms.load(manifest.file(TRANSFORMS_FILE))
+                          if manifest.file(TRANSFORMS_FILE).is_file() else None)
+            proxies = (load_proxies(manifest.path)
+                       if manifest.file(RETRIEVAL_FILE).is_file() else None)
         except Exception as exc:  # a half-written or foreign file: refuse with the reason
             raise ArtifactsInvalid(f"{manifest.path}: cannot load artifacts: {exc}") from None
         state = LiveState(snapshot, int(exclude_viewed_hours * 3600), exclude_last_views)
-        return cls(manifest, state, models, posts)
+        state.text_transforms = transforms
+        retriever = None
+        if proxies is not None and policy.retrieval == "candidates":
+            retriever = Retriever(proxies, snapshot.priors, policy.budget, fresh_hours=policy.fresh_hours,
+                                  fresh_views=policy.fresh_views)
+        return cls(manifest, state, models, posts, retriever, policy)
 
     @property
     def post_ids(self) -> np.ndarray:
@@ -110,11 +158,12 @@ class Recommender:
         """Stage 1 of the course: liked views of each post before t (ties by post id in top_k)."""
         return self.state.counts_at(t)[:, 1].astype(np.float64)
 
-    def model_scores(self, model: str, user: UserAt, posts: PostView, ts: int) -> np.ndarray:
-        """Score of every post (in post_ids order) for one user as of second ts."""
+    def model_scores(self, model: str, user: UserAt, posts: PostView, ts: int,
+                     rows: np.ndarray | None = None) -> np.ndarray:
+        """Score of every post (in post_ids order), or of the post `rows`, for one user as of second ts."""
         if model not in self.models:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
-        x = assemble(user.view, np.int64(0), posts, None, np.int64(ts), text=MODEL_USES_TEXT[model])
+        x = assemble(user.view, np.int64(0), posts, rows, np.int64(ts), text=MODEL_USES_TEXT[model])
         return self.models[model].predict(x, prediction_type="RawFormulaVal", thread_count=1)
 
     def scores(self, model: str, user_id: int, ts: int) -> tuple[np.ndarray, UserAt | None]:
@@ -122,28 +171,94 @@ class Recommender:
         row = self.state.user_row(user_id)
         user, posts = self.state.at(row, ts)
         if model == POPULAR or user is None:
-            return self.popular_scores(ts), user
+            return self.popular_scores(ts)[:len(posts.topic)], user
         return self.model_scores(model, user, posts, ts), user
+
+    def candidates(self, model: str, user: UserAt, ts: int, n: int) -> np.ndarray:
+        """The catalogue rows (below n) the model ranks for this user at ts."""
+        rows = self.retriever.candidates(model, user.view, ts, self.state.timeline, self.state.catalogue.frame)
+        return rows[rows < n]  # posts added since the request read the catalogue wait for the next one
+
+    def _scored(self, model: str, user_id: int, ts: int) -> tuple[np.ndarray, np.ndarray, UserAt | None, PostView]:
+        """(rows, their scores, the user, the catalogue as of ts): candidates or every post."""
+        if model not in MODEL_NAMES:
+            raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
+        user, posts = self.state.at(self.state.user_row(user_id), ts)
+        n = len(posts.topic)
+        if model == POPULAR or user is None:
+            return np.arange(n), self.popular_scores(ts)[:n], user, posts
+        if self.retrieval == "candidates":
+            rows = self.candidates(model, user, ts, n)
+            return rows, self.model_scores(model, user, posts, ts, rows), user, posts
+        return np.arange(n), self.model_scores(model, user, posts, ts), user, posts
+
+    def _eligible(self, rows: np.ndarray, user: UserAt | None, ts: int, n: int) -> np.ndarray:
+        """Mask over `rows`: not liked before ts, not recently viewed, not added after ts."""
+        hidden = [self.state.catalogue.frame.unborn(ts)]
+        if user is not None:
+            hidden += [user.liked, user.viewed]
+        hidden = np.concatenate(hidden).astype(np.int64)
+        if len(rows) == n:  # every post: mark in place
+            ok = np.ones(n, bool)
+            ok[hidden[hidden < n]] = False
+            return ok
+        return ~np.isin(rows, hidden)
+
+    def _fresh(self, rows: np.ndarray, posts: PostView, ts: int) -> np.ndarray:
+        s = self.policy
+        born = self.state.catalogue.frame.born[rows]
+        return (posts.counters[rows, 0] < s.fresh_views) | (born >= ts - int(s.fresh_hours * 3600))
+
+    def _select(self, rows: np.ndarray, scores: np.ndarray, posts: PostView, ts: int, k: int,
+                fresh_share: float) -> np.ndarray:
+        """Positions in `rows` of the screen, best first: top k by score, then the fresh share."""
+        ids = self.state.catalogue.frame.ids[rows]
+        keep = top_k(scores, ids, k)
+        keep = keep[np.isfinite(scores[keep])]
+        m = int(round(k * fresh_share))
+        if m <= 0 or not len(keep):
+            return keep
+        fresh = self._fresh(rows, posts, ts) & np.isfinite(scores)
+        have = int(fresh[keep].sum())
+        if have >= m:
+            return keep
+        pool = np.flatnonzero(fresh)
+        pool = pool[~np.isin(pool, keep)]
+        add = pool[top_k(scores[pool], ids[pool], m - have)]
+        if not len(add):
+            return keep
+        # the lowest-scored non-fresh places give way to the best fresh posts not already shown
+        stale = keep[~fresh[keep]][::-1][:len(add)]
+        chosen = np.concatenate([keep[~np.isin(keep, stale)], add])
+        return chosen[np.lexsort((ids[chosen], -scores[chosen]))]
 
     def recommend(self, model: str, user_id: int, ts: int, k: int) -> Ranking:
         """Top k post ids for the user at second ts, excluding posts liked before ts and posts viewed in
         the exclusion window before it or among the user's last views."""
-        return self.rank(model, user_id, ts, k)[0]
+        return self._rank(model, user_id, ts, k)[0]
+
+    def _rank(self, model: str, user_id: int, ts: int, k: int):
+        rows, scores, user, posts = self._scored(model, user_id, ts)
+        n = len(posts.topic)
+        served = model if user is not None else POPULAR  # users the state does not know
+        scores = np.where(self._eligible(rows, user, ts, n), scores, -np.inf)
+        share = self.policy.fresh_share if served != POPULAR else 0.0
+        keep = self._select(rows, scores, posts, ts, k, share)
+        ranking = Ranking(self.state.catalogue.frame.ids[rows[keep]], served, self.state.features_as_of(ts))
+        return ranking, rows, scores, n
 
     def rank(self, model: str, user_id: int, ts: int, k: int) -> tuple[Ranking, np.ndarray]:
-        """`recommend` with the scores it ranked by (post_ids order; -inf for excluded posts): the
-        console shows them beside the very ranking the API serves."""
-        if model not in MODEL_NAMES:
-            raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
-        scores, user = self.scores(model, user_id, ts)
-        served = model if user is not None else POPULAR  # users the state does not know
-        if user is not None:
-            scores[user.liked] = -np.inf
-            scores[user.viewed] = -np.inf
-        keep = top_k(scores, self.post_ids, k)
-        keep = keep[np.isfinite(scores[keep])]
-        return Ranking(self.post_ids[keep], served, self.state.features_as_of(ts)), scores
+        """`recommend` with the scores it ranked by (post_ids order; -inf for excluded posts and, with
+        candidate retrieval, for the posts not retrieved): the console shows them beside the very
+        ranking the API serves."""
+        ranking, rows, scores, n = self._rank(model, user_id, ts, k)
+        if len(rows) == n:
+            return ranking, scores
+        full = np.full(n, -np.inf)
+        full[rows] = scores
+        return ranking, full
 
     def recommend_many(self, model: str, user_ids: np.ndarray, times: np.ndarray, k: int) -> list[Ranking]:
         """Batch form: one ranking per (user, time) pair."""
         return [self.recommend(model, int(u), int(t), k) for u, t in zip(user_ids, times, strict=True)]
+

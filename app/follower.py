@@ -8,7 +8,11 @@ One background thread per worker (workers share nothing) polls `feed_data` on it
   numbers skipped are kept as open gaps with the transaction horizon at which they were seen, looked
   up again at every poll, and closed once every transaction that could hold them has finished
   (`pg_snapshot_xmin` past that horizon) — so no row is lost and none is applied twice;
-- new `user_data` rows, found by their count and highest id.
+- new `user_data` rows, found by their count and highest id;
+- new `post_text_df` rows, found the same way: their text features are computed here, with the
+  artifact's fitted transforms and encoder (`app.text_features`), in batches of `posts_batch` — the
+  encoder runs on this thread, never on the request path — and the posts join the catalogue with no
+  history (`LiveState.add_posts`), candidates from the next request on.
 
 A lost database only stops the polls: the state keeps serving, and the next successful poll catches
 up from the same sequence number.
@@ -31,7 +35,9 @@ from app import feed_events
 from app.db import feed_has_seq
 from app.feed_events import EventBatch, missing_ranges
 from app.live_state import LiveState
-from app.tables import user_data
+from app.tables import post_text_df, user_data
+from app.text_encoder import Encoder, make_encoder
+from app.text_features import post_text_features
 
 
 @dataclass
@@ -46,18 +52,25 @@ class FollowerStatus:
     last_error: str = ""
     open_gaps: int = 0
     users_added: int = 0
+    posts_added: int = 0
+    posts_encode_seconds: float = 0.0  # text features of the new posts, total
     caught_up: threading.Event = field(default_factory=threading.Event)
     rate: float = 0.0  # events applied per second over the last busy polls
 
 
 class Follower:
     def __init__(self, engine: Engine, state: LiveState, poll_seconds: float = 0.2, batch_rows: int = 50_000,
-                 max_backoff: float = 10.0, users_poll_seconds: float = 0.5) -> None:
+                 max_backoff: float = 10.0, users_poll_seconds: float = 0.5, posts_poll_seconds: float = 1.0,
+                 posts_batch: int = 256) -> None:
         self.engine = engine
         self.state = state
         self.poll_seconds = poll_seconds
         self.users_poll_seconds = users_poll_seconds
         self._users_polled = -float("inf")
+        self.posts_poll_seconds = posts_poll_seconds
+        self.posts_batch = posts_batch
+        self._posts_polled = -float("inf")
+        self._encoder: Encoder | None = None
         self.batch_rows = batch_rows
         self.max_backoff = max_backoff
         snap = state.snapshot
@@ -66,6 +79,7 @@ class Follower:
         # gaps the snapshot's own read saw: [lo, hi, horizon]
         self._gaps: list[list[int]] = [[int(lo), int(hi), snap.seq_xmax] for lo, hi in snap.seq_gaps]
         self._users = (len(snap.user_ids), int(snap.user_ids.max()) if len(snap.user_ids) else -1)
+        self._posts = (len(snap.post_ids), int(snap.post_ids.max()) if len(snap.post_ids) else -1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -111,10 +125,13 @@ class Follower:
         started = time.perf_counter()
         with self.engine.connect() as conn:
             self._poll_users(conn)
+            new_posts = self._poll_posts(conn)
             horizon_min, horizon_max = feed_events.pg_snapshot(conn)
             batch = feed_events.read_after(conn, self._high, limit=self.batch_rows)
             found_in_gaps = self._poll_gaps(conn, horizon_min)
             database_seq = feed_events.max_seq(conn) if len(batch) < self.batch_rows else None
+        if new_posts is not None:
+            self._add_posts(new_posts)  # before the events, which may already be about them
         if len(batch):
             if conn.dialect.name == "postgresql":
                 for lo, hi in missing_ranges(batch.seq, self._high, int(batch.seq[-1])):
@@ -173,6 +190,50 @@ class Follower:
             logger.info("state follower: {} new users", added)
 
 
+    def _poll_posts(self, conn: Connection) -> pd.DataFrame | None:
+        """New post_text_df rows (None when there are none), read like new users."""
+        if self.state.text_transforms is None:
+            return None  # an artifact without text transforms cannot featurize new posts
+        now = time.monotonic()
+        if now - self._posts_polled < self.posts_poll_seconds:
+            return None
+        self._posts_polled = now
+        count, top = conn.execute(select(func.count(), func.max(post_text_df.c.post_id))).one()
+        count, top = int(count or 0), int(top if top is not None else -1)
+        if (count, top) == self._posts:
+            return None
+        known_count, known_top = self._posts
+
+        def read(q) -> pd.DataFrame:
+            return pd.DataFrame(conn.execute(q).mappings().all(), columns=list(c.POST_COLUMNS))
+
+        rows = read(select(*post_text_df.c).where(post_text_df.c.post_id > known_top))
+        if len(rows) < count - known_count:  # some new ids lie below the highest: look at them all
+            rows = read(select(*post_text_df.c))
+        self._posts = (count, top)
+        rows = rows[self.state.post_rows(rows[c.POST_ID].to_numpy(np.int64)) < 0]
+        return rows if len(rows) else None
+
+    def _add_posts(self, rows: pd.DataFrame) -> None:
+        """Text features of new posts off the request path, in batches, then into the catalogue."""
+        transforms = self.state.text_transforms
+        if self._encoder is None:
+            self._encoder = make_encoder(transforms.encoder_name)
+        started = time.perf_counter()
+        bad = ~rows[c.TOPIC].isin(c.TOPICS)
+        if bad.any():  # a row the model cannot place: skip it loudly rather than stop following
+            logger.warning("state follower: posts {} have topics outside {}: skipped",
+                           rows.loc[bad, c.POST_ID].tolist()[:10], c.TOPICS)
+            rows = rows[~bad]
+        for lo in range(0, len(rows), self.posts_batch):
+            part = rows.iloc[lo:lo + self.posts_batch]
+            view = post_text_features(part[c.TEXT].astype(str).tolist(), part[c.TOPIC], transforms, self._encoder)
+            added = self.state.add_posts(part, view, born=self.state.latest_event)
+            self.status.posts_added += added
+        self.status.posts_encode_seconds += time.perf_counter() - started
+        logger.info("state follower: {} new posts in {:.2f}s", len(rows), time.perf_counter() - started)
+
+
 def check_feed(engine: Engine) -> str | None:
     """Why the database cannot be followed, or None."""
     try:
@@ -188,7 +249,7 @@ def catch_up(engine: Engine, state: LiveState, batch_rows: int = 200_000) -> int
     """Apply everything the database holds after the state, now, on this thread (offline evaluation,
     tests); returns the number of events applied."""
     follower = Follower(engine, state, batch_rows=batch_rows)
-    follower.users_poll_seconds = 0.0
+    follower.users_poll_seconds = follower.posts_poll_seconds = 0.0
     before = state.events_applied
     while follower.poll():
         pass

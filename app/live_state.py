@@ -6,7 +6,10 @@ later events it also holds. Users added to `user_data` after the snapshot get a 
 are ranked from their profile. Before the snapshot's base cut the base alone answers
 (`features_as_of` says so).
 
-One writer (the follower thread) calls `apply` and `add_users`; request threads read. A batch is
+Posts added to `post_text_df` join the catalogue (`app.catalogue`) with no history and follow the
+feed from then on (`add_posts`).
+
+One writer (the follower thread) calls `apply`, `add_users` and `add_posts`; request threads read. A batch is
 prepared off the lock and published under it in one short step, so a reader sees a batch whole or not
 at all.
 """
@@ -14,12 +17,14 @@ at all.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from app import columns as c
+from app.catalogue import Catalogue, CatalogueFrame
 from app.features import (
     PostView,
     UserView,
@@ -33,6 +38,7 @@ from app.features import (
 from app.feed_events import EventBatch
 from app.post_counters import PostTimeline
 from app.snapshot import Snapshot
+from app.text_features import TextTransforms
 from app.user_state import LIKE, VIEW, fold_user, taste_at
 
 # a user's events applied after the snapshot: one packed array per user (14 bytes an event, one object)
@@ -57,9 +63,11 @@ class LiveState:
         self.priors = snapshot.priors
         self.exclude_viewed_seconds = int(exclude_viewed_seconds)
         self.exclude_last_views = int(exclude_last_views)
-        self.post_ids = snapshot.post_ids
-        self.posts = snapshot.posts
-        self.n_posts = len(snapshot.post_ids)
+        self.catalogue = Catalogue(snapshot.post_ids, snapshot.posts)
+        self.text_transforms: TextTransforms | None = None  # set by the engine: what new posts need
+        self.post_info: dict[int, dict] | None = None  # post id -> {"id", "text", "topic"}, grown with the posts
+        self.posts_added = 0
+        self.on_posts_added: list[Callable[[CatalogueFrame], None]] = []  # e.g. the retrieval indexes
         self.base_as_of = snapshot.base_as_of
         self.timeline = PostTimeline(snapshot.post_base)
         ev = snapshot.events
@@ -82,6 +90,19 @@ class LiveState:
         return self._n_base_users + len(self._new_profiles)
 
     @property
+    def post_ids(self) -> np.ndarray:
+        """Ids in row order (the artifact's sorted, then those added while serving)."""
+        return self.catalogue.frame.ids
+
+    @property
+    def posts(self) -> PostView:
+        return self.catalogue.frame.posts
+
+    @property
+    def n_posts(self) -> int:
+        return self.catalogue.frame.n
+
+    @property
     def pending_events(self) -> int:
         return sum(len(b) for b in self._pending)
 
@@ -97,9 +118,8 @@ class LiveState:
         return np.array([self.user_row(int(u)) for u in np.asarray(user_ids)], dtype=np.int64)
 
     def post_rows(self, post_ids: np.ndarray) -> np.ndarray:
-        post_ids = np.asarray(post_ids, dtype=np.int64)
-        idx = np.clip(np.searchsorted(self.post_ids, post_ids), 0, max(self.n_posts - 1, 0))
-        return np.where((self.n_posts > 0) & (self.post_ids[idx] == post_ids), idx, -1)
+        """Row of each post id, -1 for ids the catalogue does not hold."""
+        return self.catalogue.frame.rows(post_ids)
 
     def features_as_of(self, t: int) -> int:
         """The moment the features of a request at t describe: t itself, or the base cut before it."""
@@ -107,13 +127,14 @@ class LiveState:
 
     # ------------------------------------------------------------------ as of t
     def _read(self, row: int):
-        """Everything one request needs, read together under the lock: the user's base and events, and
-        the post counters' frame (row -1: only the frame)."""
+        """Everything one request needs, read together under the lock: the user's base and events, the
+        post counters' frame and the catalogue's (row -1: only the frames)."""
         s = self.snapshot
         with self._lock:
             frame = self.timeline.frame
+            cat = self.catalogue.frame
             if row < 0:
-                return None, frame
+                return None, frame, cat
             tail = self._tails.get(row)
             profile = (s.profile[row] if row < self._n_base_users
                        else self._new_profiles[row - self._n_base_users])
@@ -128,13 +149,13 @@ class LiveState:
             events = (np.empty(0, np.int64), _NO_POSTS, np.empty(0, np.int8), np.empty(0, np.int8))
         if tail is not None:
             events = tuple(np.concatenate([a, tail[name]]) for a, name in zip(events, TAIL_DTYPE.names, strict=True))
-        return (profile, base, days, likes, seen, events), frame
+        return (profile, base, days, likes, seen, events), frame, cat
 
     def at(self, row: int, t: int, cold: bool = False) -> tuple[UserAt | None, PostView]:
         """The user (None for row -1) and the catalogue as of t, from exactly the events before t.
         `cold` hides the user's history: the profile alone, as for a user who has just signed up."""
-        parts, frame = self._read(row)
-        posts = self._post_view(t, frame)
+        parts, frame, cat = self._read(row)
+        posts = self._post_view(t, frame, cat.posts)
         if parts is None:
             return None, posts
         profile, base, days, likes, seen, (ts, post, kind, target) = parts
@@ -142,10 +163,9 @@ class LiveState:
             base, days, likes, seen = empty_counts()[0], _NO_DAYS, _NO_POSTS, _NO_POSTS
             ts, post, kind, target = ts[:0], post[:0], kind[:0], target[:0]
         times = np.array([t], dtype=np.int64)
-        counts = fold_user(base, days, ts, post, kind, target, self.posts.topic, times)
+        counts = fold_user(base, days, ts, post, kind, target, posts.topic, times)
         is_like = kind == LIKE
-        taste = taste_at(likes, ts[is_like], post[is_like], times, self.posts.vec, self.posts.tfidf_vec,
-                         self.posts.topic)
+        taste = taste_at(likes, ts[is_like], post[is_like], times, posts.vec, posts.tfidf_vec, posts.topic)
         view = finalize_users(profile, counts, taste, self.priors)
         before = ts < t
         liked = np.concatenate([likes, post[is_like & before]])
@@ -174,7 +194,7 @@ class LiveState:
             out[i] = assemble(user.view, np.int64(0), posts, np.array([p]), np.int64(t), text)[0]
         return out
 
-    def _post_view(self, t: int, frame) -> PostView:
+    def _post_view(self, t: int, frame, p: PostView) -> PostView:
         counts = self.timeline.counts_at(t, frame)
         cache = self._counters_cache  # the running totals change only when a batch is applied
         if cache is not None and cache[0] is counts:
@@ -183,7 +203,6 @@ class LiveState:
             counters = finalize_posts(counts, self.priors)
             if counts is frame.current:
                 self._counters_cache = (counts, counters)
-        p = self.posts
         return PostView(p.static, counters, p.text, p.vec, p.tfidf_vec, p.topic)
 
     # ------------------------------------------------------------------ writer side
@@ -203,6 +222,26 @@ class LiveState:
             pending, self._pending = EventBatch.concat(self._pending), []
             self.apply(pending)
         return len(fresh)
+
+    def add_posts(self, posts: pd.DataFrame, view: PostView, born: int) -> int:
+        """Posts of post_text_df the catalogue does not hold yet, with their text features (computed off
+        the lock by the follower); `born` is the feed time they enter at. Returns how many were added."""
+        if posts.empty:
+            return 0
+        ids = posts[c.POST_ID].to_numpy(np.int64)
+        with self._lock:
+            rows = self.catalogue.add(ids, view, born)
+            self.timeline.add_posts(len(rows))  # no views yet: "no history", then the live counters
+        for listener in self.on_posts_added:
+            listener(self.catalogue.frame)
+        if self.post_info is not None:
+            for record in posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]].to_dict("records"):
+                self.post_info.setdefault(int(record["id"]), record)
+        self.posts_added += len(rows)
+        if len(rows) and self._pending:  # events that arrived before their post
+            pending, self._pending = EventBatch.concat(self._pending), []
+            self.apply(pending)
+        return len(rows)
 
     def apply(self, batch: EventBatch) -> int:
         """Apply feed events (any order, late ones included); returns how many were applied. Events of

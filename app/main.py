@@ -16,7 +16,7 @@ from app.api import routes_admin, routes_data, routes_ops, routes_recommend
 from app.api.deps import DatabaseTimeout
 from app.config import Settings, get_settings
 from app.db import make_engine
-from app.engine import Recommender
+from app.engine import Recommender, ScreenPolicy
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
 from app.lifecycle import ModelWatcher, Serving
@@ -25,8 +25,10 @@ from app.metrics import Metrics
 
 def _load(settings: Settings, version_dir: Path | None = None) -> Recommender:
     if version_dir is None:
-        return Recommender.load(settings.model_dir, settings.exclude_viewed_hours, settings.exclude_last_views)
-    return Recommender.load_version(version_dir, settings.exclude_viewed_hours, settings.exclude_last_views)
+        return Recommender.load(settings.model_dir, settings.exclude_viewed_hours, settings.exclude_last_views,
+                                ScreenPolicy.from_settings(settings))
+    return Recommender.load_version(version_dir, settings.exclude_viewed_hours, settings.exclude_last_views,
+                                    ScreenPolicy.from_settings(settings))
 
 
 def create_app(settings: Settings | None = None,

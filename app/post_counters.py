@@ -52,24 +52,41 @@ def _bincount(views: _Views, n_posts: int) -> np.ndarray:
     return both
 
 
+def _sized(counts: np.ndarray, n_posts: int) -> np.ndarray:
+    """Counts of a smaller catalogue, padded with zeros for the posts added since (no views before)."""
+    if len(counts) >= n_posts:
+        return counts
+    return np.concatenate([counts, np.zeros((n_posts - len(counts), 2), counts.dtype)])
+
+
 @dataclass(frozen=True)
 class _Frame:
     blocks: tuple[_Views, ...]
     last_ts: np.ndarray  # last ts of each sealed block
-    checkpoints: tuple[np.ndarray, ...]  # counts before block k; the last: before the head
+    checkpoints: tuple[np.ndarray, ...]  # counts before block k; the last: before the head (may be shorter
+    # than n_posts: posts added later are padded when read)
     head: _Views
     current: np.ndarray  # counts after every view
+    n_posts: int
 
 
 class PostTimeline:
     """(views, liked views) per post row as of any moment after the base cut."""
 
-    def __init__(self, base: np.ndarray, block: int = DEFAULT_BLOCK) -> None:
-        self.block = block
-        self.n_posts = len(base)
+    def __init__(self, base: np.ndarray, block: int | None = None) -> None:
+        self.block = block  # views per sealed block; None: adaptive (`block_size`)
         base = np.asarray(base, dtype=np.int64)
-        self._frame = _Frame((), np.empty(0, np.int64), (base,), _Views.empty(), base)
+        self._frame = _Frame((), np.empty(0, np.int64), (base,), _Views.empty(), base, len(base))
         self.applied = 0
+
+    @property
+    def n_posts(self) -> int:
+        return self._frame.n_posts
+
+    def block_size(self, n_posts: int) -> int:
+        """Views per sealed block: the fixed `block`, or max(DEFAULT_BLOCK, 4 per post), so that the
+        checkpoints (16 bytes a post each) stay at most 4 bytes a view however large the catalogue grows."""
+        return self.block if self.block is not None else max(DEFAULT_BLOCK, 4 * n_posts)
 
     @property
     def events(self) -> int:
@@ -92,15 +109,24 @@ class PostTimeline:
     def counts_at(self, t: int, frame: _Frame | None = None) -> np.ndarray:
         """(P, 2) counts of the views strictly before t (never modify the result: it may be shared)."""
         f = self._frame if frame is None else frame  # one read: a batch meanwhile publishes a new frame
+        n = f.n_posts
         k = int(np.searchsorted(f.last_ts, t, side="left"))
         if k < len(f.blocks):
             block = f.blocks[k]
             j = int(np.searchsorted(block.ts, t, side="left"))
-            return f.checkpoints[k] + _bincount(block[:j], self.n_posts)
+            return _sized(f.checkpoints[k], n) + _bincount(block[:j], n)
         j = int(np.searchsorted(f.head.ts, t, side="left"))
         if j == len(f.head):
             return f.current
-        return f.checkpoints[-1] + _bincount(f.head[:j], self.n_posts)
+        return _sized(f.checkpoints[-1], n) + _bincount(f.head[:j], n)
+
+    def add_posts(self, k: int) -> None:
+        """Room for k new posts (rows after the current ones), with no views. Only the writer calls this."""
+        if k <= 0:
+            return
+        f = self._frame
+        n = f.n_posts + k
+        self._frame = _Frame(f.blocks, f.last_ts, f.checkpoints, f.head, _sized(f.current, n), n)
 
     def add(self, ts: np.ndarray, post: np.ndarray, target: np.ndarray) -> None:
         """Apply views (any order). Only the writer thread calls this."""
@@ -109,17 +135,19 @@ class PostTimeline:
         new = _Views.merged([_Views(np.asarray(ts, np.int64), np.asarray(post, np.int32),
                                     np.asarray(target, np.int8))])
         f = self._frame
+        n = f.n_posts
+        size = self.block_size(n)
         # the first sealed block a view lands in; views at or after the last sealed view join the head
         k = int(np.searchsorted(f.last_ts, new.ts[0], side="right"))
         blocks, checkpoints = list(f.blocks[:k]), list(f.checkpoints[:k + 1])
         pending = _Views.merged([*f.blocks[k:], f.head, new])
-        while len(pending) >= self.block:
-            sealed, pending = pending[:self.block], pending[self.block:]
+        while len(pending) >= size:
+            sealed, pending = pending[:size], pending[size:]
             blocks.append(sealed)
-            checkpoints.append(checkpoints[-1] + _bincount(sealed, self.n_posts))
-        current = checkpoints[-1] + _bincount(pending, self.n_posts)
+            checkpoints.append(_sized(checkpoints[-1], n) + _bincount(sealed, n))
+        current = _sized(checkpoints[-1], n) + _bincount(pending, n)
         last_ts = np.array([b.ts[-1] for b in blocks], dtype=np.int64)
-        self._frame = _Frame(tuple(blocks), last_ts, tuple(checkpoints), pending, current)
+        self._frame = _Frame(tuple(blocks), last_ts, tuple(checkpoints), pending, current, n)
         self.applied += len(new)
 
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from app.artifacts import CURRENT, MANIFEST, POSTS_FILE, STATE_FILE, ArtifactsInvalid, load_manifest
+from app.candidates import RETRIEVAL_FILE
 from app.engine import Recommender
 from app.features import feature_names
 from app.snapshot import Snapshot
+from app.text_features import TRANSFORMS_FILE
 
 
 @pytest.fixture
@@ -23,7 +25,8 @@ def test_manifest_describes_the_version(trained):
     m = json.loads((trained["version_dir"] / MANIFEST).read_text())
     assert m["models"]["control"]["features"] == list(feature_names(False))
     assert m["models"]["test"]["features"] == list(feature_names(True))
-    assert set(m["files"]) == {"control.cbm", "test.cbm", STATE_FILE, POSTS_FILE}
+    assert set(m["files"]) == {"control.cbm", "test.cbm", STATE_FILE, POSTS_FILE, TRANSFORMS_FILE,
+                                 RETRIEVAL_FILE, "proxy_control.cbm", "proxy_test.cbm"}
     split = m["split"]
     assert split["start"] < split["train_start"] < split["val_start"] < split["test_start"] < split["end"]
     # exact answers from the exclusion window before the held-out start; every event up to the data end

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from app import columns as c
-from app.engine import POPULAR, Recommender, top_k
+from app.engine import POPULAR, Recommender, ScreenPolicy, top_k
 from app.features import (
     CROSS,
     POST_COUNTERS,
@@ -21,10 +21,12 @@ from app.features import (
 )
 from app.user_state import LIKE
 
+FULL = ScreenPolicy(retrieval="full")  # these tests compare with scoring every post
+
 
 @pytest.fixture(scope="module")
 def engine(trained) -> Recommender:
-    return Recommender.load(trained["model_dir"])
+    return Recommender.load(trained["model_dir"], policy=FULL)
 
 
 def reference_features(user, posts, ts: int, text: bool) -> pd.DataFrame:
@@ -97,7 +99,7 @@ def test_served_row_is_one_row_of_the_batch(engine):
 
 
 def test_exclusion_is_by_requested_time(trained):
-    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
+    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0, policy=FULL)
     snap = engine.state.snapshot
     ev = snap.events
     i = int(np.flatnonzero(ev.kind == LIKE)[0])
@@ -114,8 +116,8 @@ def test_exclusion_is_by_requested_time(trained):
 
 def test_recently_viewed_posts_are_left_out(trained):
     """With the default window a post viewed an hour ago is not served; with a window of 0 it may be."""
-    hidden = Recommender.load(trained["model_dir"])
-    shown = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
+    hidden = Recommender.load(trained["model_dir"], policy=FULL)
+    shown = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0, policy=FULL)
     snap = hidden.state.snapshot
     ev = snap.events
     i = int(np.flatnonzero(ev.kind == 0)[-1])  # the last view the snapshot holds
@@ -134,8 +136,8 @@ def test_last_views_are_left_out_however_old(trained):
     """The user's last views stay out of the screen after the 72-hour window has passed: a user who comes
     back a week later does not get the same screen again. The oldest of them come from before the
     snapshot's base cut."""
-    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=50)
-    plain = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0)
+    engine = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=50, policy=FULL)
+    plain = Recommender.load(trained["model_dir"], exclude_viewed_hours=0, exclude_last_views=0, policy=FULL)
     snap = engine.state.snapshot
     row = int(np.argmax(np.diff(snap.seen_indptr) - 50 * np.diff(snap.events.indptr)))  # many old, few new views
     user_id = int(snap.user_ids[row])

@@ -57,12 +57,17 @@ def generate(
     db: DbOpt = None,
     world: Annotated[Path | None, typer.Option(help="Where to save the world; default WORLD_PATH")] = None,
     replace: Annotated[bool, typer.Option(help="Drop existing course tables first")] = False,
+    exposure: Annotated[str, typer.Option(help="random: the course's feed shows random posts; organic: "
+                                                   "users choose by popularity, recency and taste")] = "random",
 ) -> None:
     """Build the demo world and write its three tables."""
-    from training.world.generate import generate_world
+    from training.world.generate import EXPOSURES, generate_world
 
+    if exposure not in EXPOSURES:
+        raise typer.BadParameter(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     summary = generate_world(
-        _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace
+        _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
+        exposure=exposure,
     )
     typer.echo(summary)
 
@@ -138,13 +143,13 @@ def evaluate(
 ) -> None:
     """Evaluate random, popularity, control and test on held-out requests."""
     from app.db import make_engine
-    from app.engine import Recommender
+    from app.engine import Recommender, ScreenPolicy
     from app.follower import catch_up
     from training.evaluate import EvalConfig, run_evaluation, write_json
 
     settings = get_settings()
     engine = Recommender.load(models or settings.model_dir, settings.exclude_viewed_hours,
-                              settings.exclude_last_views)
+                              settings.exclude_last_views, ScreenPolicy.from_settings(settings))
     config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
                         ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
                         ab_models=(settings.ab_control_model, settings.ab_test_model))

@@ -4,7 +4,8 @@ Every user-side value of a training row is computed as of the row's own moment b
 functions the service calls for a request (`app.user_state`), from the user's whole history held in
 memory (`History`); the post counters by `app.post_counters.counts_before`, which a test pins to the
 service's timeline. The text models (TF-IDF components and clusters, embedding components) are fitted
-on post texts alone, which hold no label, so fitting them once on the whole catalogue leaks nothing.
+on post texts alone, which hold no label, so fitting them once on the catalogue leaks nothing; they are
+applied by `app.text_features.post_text_features`, the function the service runs for new posts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from app import columns as c
 from app.features import (
     EMB_COMPONENTS,
     N_TOPICS,
-    POST_COUNTERS,
     PRIOR_VIEWS_CITY,
     SECONDS_PER_DAY,
     TFIDF_CLUSTERS,
@@ -41,39 +41,62 @@ from app.features import (
 from app.feed_events import EventBatch
 from app.post_counters import counts_before
 from app.snapshot import Snapshot, UserEvents, csr
+from app.text_features import TextTransforms, post_text_features, tfidf_matrix, topic_codes
 from app.user_state import LIKE, VIEW, fold_user, taste_at
 
 VEC_DIM = 64  # text space of user vectors and similarities
 EXCLUDE_WINDOW_SECONDS = 72 * 3600  # events kept one by one before the snapshot's cut (exclusion window)
 LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
+MAX_FIT_POSTS = 100_000  # posts the text models are fitted on
 
 
 # --------------------------------------------------------------------------------------- posts
-def post_static(posts: pd.DataFrame, embeddings: np.ndarray, seed: int = 0) -> PostView:
-    """Everything about a post that does not change: text columns, components, vectors, topic."""
-    texts = posts[c.TEXT].astype(str)
+def fit_text_transforms(texts: list[str], topics, embeddings: np.ndarray, encoder: str, seed: int = 0,
+                        max_posts: int = MAX_FIT_POSTS) -> TextTransforms:
+    """Fit the text models on at most `max_posts` posts (a fixed random sample beyond that: a million-post
+    catalogue is then transformed in chunks by `post_text_features`). Texts hold no label, so fitting on
+    the whole catalogue leaks nothing."""
+    texts = [str(x) for x in texts]
+    topic = topic_codes(topics)
+    if len(texts) > max_posts:
+        pick = np.sort(np.random.default_rng(seed).choice(len(texts), max_posts, replace=False))
+        texts, topic, embeddings = [texts[i] for i in pick], topic[pick], embeddings[pick]
     tfidf = TfidfVectorizer(stop_words="english", max_features=20_000, min_df=2, sublinear_tf=True)
-    matrix = tfidf.fit_transform(texts)
-    comps = TruncatedSVD(n_components=TFIDF_COMPONENTS, random_state=seed).fit_transform(matrix)
-    dists = KMeans(n_clusters=TFIDF_CLUSTERS, n_init=4, random_state=seed).fit_transform(comps)
-    emb = PCA(n_components=EMB_COMPONENTS, random_state=seed).fit_transform(embeddings)
-    topic = pd.Categorical(posts[c.TOPIC], categories=c.TOPICS).codes.astype(np.int64)
-    vec = _topic_centred(PCA(n_components=VEC_DIM, random_state=seed).fit_transform(embeddings), topic)
-    tfidf_vec = _topic_centred(TruncatedSVD(n_components=VEC_DIM, random_state=seed).fit_transform(matrix), topic)
-    static = np.column_stack([topic.astype(float), np.log1p(texts.str.len()), np.log1p(texts.str.split().str.len()),
-                              comps, dists]).astype(np.float32)
-    return PostView(static=static, counters=np.zeros((len(posts), len(POST_COUNTERS)), np.float32),
-                    text=emb[:, :EMB_COMPONENTS].astype(np.float32), vec=vec, tfidf_vec=tfidf_vec, topic=topic)
+    tfidf.fit(texts)
+    vocabulary = np.array(tfidf.get_feature_names_out(), dtype=str)
+    idf = tfidf.idf_.astype(np.float64)
+    matrix = tfidf_matrix(texts, vocabulary, idf)  # the app's own TF-IDF rows: the SVDs see what the service will
+    svd = TruncatedSVD(n_components=TFIDF_COMPONENTS, random_state=seed).fit(matrix)
+    comps = np.asarray(matrix @ svd.components_.T)
+    centres = KMeans(n_clusters=TFIDF_CLUSTERS, n_init=4, random_state=seed).fit(comps).cluster_centers_
+    emb_pca = PCA(n_components=EMB_COMPONENTS, random_state=seed).fit(embeddings)
+    vec_pca = PCA(n_components=VEC_DIM, random_state=seed).fit(embeddings)
+    tfidf_vec_svd = TruncatedSVD(n_components=VEC_DIM, random_state=seed).fit(matrix)
+    centred = np.asarray(embeddings, np.float64) - vec_pca.mean_
+    return TextTransforms(
+        vocabulary=vocabulary, idf=idf, encoder=np.array(encoder), svd=svd.components_.astype(np.float64),
+        centres=centres.astype(np.float64),
+        emb_mean=vec_pca.mean_.astype(np.float64), emb_pca=emb_pca.components_.astype(np.float64),
+        vec_pca=vec_pca.components_.astype(np.float64),
+        vec_topic_centre=_topic_means(centred @ vec_pca.components_.T, topic),
+        tfidf_vec_svd=tfidf_vec_svd.components_.astype(np.float64),
+        tfidf_vec_topic_centre=_topic_means(np.asarray(matrix @ tfidf_vec_svd.components_.T), topic))
 
 
-def _topic_centred(x: np.ndarray, topic: np.ndarray) -> np.ndarray:
-    """Taste inside a topic is what the topic cannot tell: vectors relative to their topic's centre, so a
-    user's liked mean points at the themes they prefer, not at the topic itself. Unit length, float32."""
-    x = x.astype(np.float64).copy()
+def _topic_means(x: np.ndarray, topic: np.ndarray) -> np.ndarray:
+    out = np.zeros((N_TOPICS, x.shape[1]))
     for t in np.unique(topic):
-        x[topic == t] -= x[topic == t].mean(axis=0)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+        out[t] = x[topic == t].mean(axis=0)
+    return out
+
+
+def post_static(posts: pd.DataFrame, embeddings: np.ndarray, encoder: str = "unknown",
+                seed: int = 0) -> tuple[PostView, TextTransforms]:
+    """Everything about a post that does not change (text columns, components, vectors, topic), through
+    the service's own `post_text_features`, and the fitted transforms the artifact ships."""
+    texts = posts[c.TEXT].astype(str).tolist()
+    transforms = fit_text_transforms(texts, posts[c.TOPIC], embeddings, encoder, seed)
+    return post_text_features(texts, posts[c.TOPIC], transforms, embeddings), transforms
 
 
 # --------------------------------------------------------------------------------------- history

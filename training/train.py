@@ -31,8 +31,10 @@ from sqlalchemy import Connection
 from app import columns as c
 from app import feed_events
 from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, STATE_FILE, set_current, write_manifest
+from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
 from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
+from app.text_features import TRANSFORMS_FILE, TextTransforms
 from training import data
 from training.embeddings import embed_texts
 from training.features import (
@@ -45,6 +47,7 @@ from training.features import (
     rows_matrix,
     sample_views,
 )
+from training.retrieval import fit_proxy, write_retrieval
 
 DAY = 86_400
 
@@ -100,6 +103,7 @@ class Prepared:
     profile: np.ndarray  # aligned with history.user_ids
     seq_gaps: np.ndarray
     seq_xmax: int
+    transforms: TextTransforms
 
 
 def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model: str) -> Prepared:
@@ -111,10 +115,10 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
     logger.info("read {} events of {} users", len(history.events.ts), len(history.user_ids))
     split = make_split(history.start, history.end, **split_args)
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
-    static = post_static(posts, embeddings)
+    static, transforms = post_static(posts, embeddings, embedding_model)
     priors = fit_priors(history, users, static, split.train_start)
     return Prepared(split, users, posts, static, history, priors, profile_features(users, priors), gaps,
-                    xmax if len(gaps) else 0)
+                    xmax if len(gaps) else 0, transforms)
 
 
 def with_cold_rows(rows: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -162,7 +166,7 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
                 for name, rows in (("train", tr), ("val", val), ("held", held))}
     logger.info("point-in-time rows built after {:.0f}s", time.perf_counter() - t0)
 
-    models, model_meta = {}, {}
+    models, model_meta, proxies = {}, {}, {}
     for name in MODEL_FILES:
         text = MODEL_USES_TEXT[name]
         names = feature_names(text)
@@ -171,6 +175,9 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
                           val[c.TARGET].to_numpy(), names, config)
         held_auc = roc_auc_score(held[c.TARGET], model.predict_proba(matrices["held"][:, cols])[:, 1])
         models[name] = model
+        proxies[name] = fit_proxy(matrices["val"], model.predict(matrices["val"][:, cols],
+                                                                 prediction_type="RawFormulaVal"), text,
+                                  val["user_row"].to_numpy(), config.seed, config.threads)
         model_meta[name] = {
             "file": MODEL_FILES[name], "features": list(names), "dtype": "float32",
             "best_iteration": int(model.get_best_iteration() or 0), "trees": int(model.tree_count_),
@@ -194,11 +201,15 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     for name, model in models.items():
         model.save_model(str(version_dir / MODEL_FILES[name]))
     snapshot.save(version_dir / STATE_FILE)
+    prep.transforms.save(version_dir / TRANSFORMS_FILE)
+    write_retrieval(version_dir, proxies, dict(MODEL_USES_TEXT), len(val))
     posts = prep.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
     write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
         "models": model_meta,
+        "retrieval": {"file": RETRIEVAL_FILE, "proxy_r2": {k: round(r2, 4) for k, (_, r2) in proxies.items()}},
+        "text_transforms": {"file": TRANSFORMS_FILE, "encoder": embedding_model},
         "state": {"file": STATE_FILE, "base_as_of": snapshot.base_as_of, "events_until": snapshot.events_until,
                   "seq": snapshot.seq, "users": len(snapshot.user_ids), "posts": len(snapshot.post_ids),
                   "events": len(snapshot.events.ts)},

@@ -24,9 +24,11 @@ from app.tables import COURSE_TABLES, feed_data, post_text_df, recommendation_lo
 from training.bulk import epoch_to_datetime, write_frame
 from training.world import reference as ref
 from training.world.cities import city_table
+from training.world.exposure import choose_posts, organic_parameters
 from training.world.model import World
 from training.world.texts import load_posts
 
+EXPOSURES = ("random", "organic")  # the course's random feed; users who choose what they view
 THEMES_PER_TOPIC = {"movie": 4, "covid": 4}  # other topics: 3
 USERS_PER_CHUNK = 5_000
 CALIBRATION_ROWS = 400_000
@@ -195,9 +197,12 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
     run -= np.repeat(run[session_start] - gap[session_start], np.diff(np.append(session_start, len(run))))
     day_end = (s_time[v_session] - ref.START) // 86_400 * 86_400 + ref.START + 86_399
     ts = np.minimum(s_time[v_session] + run, day_end)
-    exposure = world.post_exposure / world.post_exposure.sum()
-    pj = rng.choice(len(world.post_ids), size=len(v_user), p=exposure)
-    # the random feed may draw a post twice for a user; keep the first showing
+    if world.exposure == "organic":
+        pj = choose_posts(world, ui[v_user], ts, rng)
+    else:
+        exposure = world.post_exposure / world.post_exposure.sum()
+        pj = rng.choice(len(world.post_ids), size=len(v_user), p=exposure)
+    # either feed may draw a post twice for a user; keep the first showing
     key = ui[v_user].astype(np.int64) * len(world.post_ids) + pj
     _, first = np.unique(key, return_index=True)
     first.sort()
@@ -223,10 +228,15 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
 
 
 # ------------------------------------------------------------------ entry point
-def generate_world(db_url: str, scale: float, seed: int, world_path: Path, replace: bool = False) -> str:
-    """Generate users, posts and feed at `scale`, write them in one transaction, save the world."""
+def generate_world(db_url: str, scale: float, seed: int, world_path: Path, replace: bool = False,
+                   exposure: str = "random") -> str:
+    """Generate users, posts and feed at `scale`, write them in one transaction, save the world.
+    `exposure` is how users come to view posts: the course's random feed, or their own choice
+    (`training.world.exposure`)."""
     if not 0 < scale <= 2:
         raise ValueError(f"scale must be in (0, 2], got {scale}")
+    if exposure not in EXPOSURES:
+        raise ValueError(f"exposure must be one of {EXPOSURES}, got {exposure!r}")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_users = max(50, round(ref.N_USERS * scale))
@@ -234,6 +244,8 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     posts, themes = catalogue()
     views, start, end = activity(n_users, rng)
     world = build_world(users, posts, themes, views, seed, scale, rng)
+    if exposure == "organic":  # drawn after the random world's parameters: same users, posts and tastes
+        organic_parameters(world, rng)
     logger.info("world calibrated: {} users, {} posts", n_users, len(posts))
 
     engine = make_engine(db_url)
@@ -258,6 +270,6 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     create_feed_indexes(engine)
     engine.dispose()
     world.save(world_path)
-    return (f"world seed={seed} scale={scale}: {n_users} users, {len(posts)} posts, {n_feed} feed rows "
-            f"in {time.perf_counter() - t0:.1f}s; world saved to {world_path}")
+    return (f"world seed={seed} scale={scale} exposure={exposure}: {n_users} users, {len(posts)} posts, "
+            f"{n_feed} feed rows in {time.perf_counter() - t0:.1f}s; world saved to {world_path}")
 

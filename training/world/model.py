@@ -15,7 +15,7 @@ Times are int64 seconds since the Unix epoch (UTC); ids are the table ids.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,16 @@ class World:
     post_appeal: np.ndarray
     post_themes: np.ndarray  # (P, n_themes), rows sum to 1 within the post's topic
     post_exposure: np.ndarray  # relative chance of being shown by the random feed
+    # how users come to view posts: "random" (the course's feed) or "organic" (users choose;
+    # `training.world.exposure`). Worlds saved before this field existed are random.
+    exposure: str = "random"
+    post_buzz: np.ndarray = field(default_factory=lambda: np.zeros(0))  # latent popularity (organic)
+    post_release: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first second viewable
+    choice_buzz: float = 0.0  # weights of the organic choice logit: buzz, log recency, like log-odds
+    choice_recency: float = 0.0
+    choice_taste: float = 0.0
+    recency_days: float = 14.0  # a post's pull decays by e every this many days after release
+    recency_floor: float = 0.1  # the pull an old post keeps
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
@@ -142,3 +152,16 @@ class World:
             p[self.post_index(np.asarray(exclude))] = -1.0
         top = np.argsort(-p, kind="stable")[:k]
         return self.post_ids[top]
+
+    # ---------------------------------------------------------------- exposure
+    def choice_probability(self, user_id: int, ts: int) -> np.ndarray:
+        """P(a view of this user at ts is of each post), in post_ids order: the random feed's exposure
+        shares, or the organic world's choice model (`training.world.exposure`)."""
+        if self.exposure != "organic":
+            return self.post_exposure / self.post_exposure.sum()
+        from training.world.exposure import choice_logits  # the choice model lives beside the generator
+
+        ui = self.user_index(np.array([user_id]))[0]
+        logits = choice_logits(self, np.array([ui]), np.array([ts], np.int64))[0]
+        w = np.exp(logits - logits.max())
+        return w / w.sum()

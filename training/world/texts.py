@@ -5,12 +5,11 @@ text embeddings can be cached once.
 """
 
 import hashlib
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 
 from app import columns as c
+from app.text_encoder import package_dir
 
 BBC_TOPICS = {"business": "business", "entertainment": "entertainment", "politics": "politics",
               "sports": "sport", "tech": "tech"}
@@ -19,14 +18,6 @@ COVID_PATTERN = (
     r"|test and trace|outbreak|face mask|\bppe\b|sars-cov|virus"
 )
 N_POSTS = 7023  # the course's catalogue size
-
-
-def package_dir(name: str) -> Path:
-    """Folder of an installed package, found without importing it (its imports need not install)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {name!r} is not installed: run `make install`")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _bbc() -> pd.DataFrame:

@@ -1,0 +1,267 @@
+"""Candidate retrieval: a few hundred posts from cheap sources, then CatBoost ranks only those.
+
+Sources, each a handful of array operations (no model call):
+
+- **taste**: the posts nearest to the user's taste vectors (the per-topic liked mean `topic_vec`, and
+  the overall liked mean `vec`) inside the user's favourite topics, by inner product with the post
+  vectors the model's `sim_*` features use. Per topic: exact dot products below `exact_below` posts
+  (as fast as an index there), above it a faiss IVF index (`IndexIVFFlat`, inner product), which new
+  posts join with `add` as they arrive.
+- **favourite topics**: the best posts of the user's top topics by a *proxy* of the model's score on
+  the post's own columns (a small CatBoost regressor fitted at training on the model's own scores,
+  listed in `retrieval.json`), with the counters as of the start of the request's hour.
+- **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
+- **recent popularity**: the most liked posts of the last `POPULAR_DAYS` days.
+- **fresh**: posts with fewer than `fresh_views` views or younger than `fresh_hours` (the proxy's best).
+
+The union is deduplicated; liked, recently viewed and not-yet-born posts are removed by the engine.
+The popularity and fresh sources are computed from the counters as of the start of the request's hour
+(events before t only) and cached for that hour and state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app import columns as c
+from app.catalogue import CatalogueFrame
+from app.features import (
+    N_TOPICS,
+    POST_COUNTERS,
+    POST_STATIC,
+    POST_TEXT,
+    USER_NUM,
+    Priors,
+    UserView,
+    finalize_posts,
+)
+from app.post_counters import PostTimeline
+
+RETRIEVAL_FILE = "retrieval.json"
+POPULAR_DAYS = 7
+_RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many posts each source contributes (per topic where it says so)."""
+
+    # per favourite topic, best first (the first favourite holds most of a screen): how many of the
+    # nearest to the per-topic taste vector, to the overall taste vector, and of the proxy's best
+    taste_topic: tuple[int, ...] = (80, 40, 20)
+    taste_all: tuple[int, ...] = (30, 20, 10)
+    proxy_topic: tuple[int, ...] = (250, 100, 50)
+    proxy_every: int = 15  # proxy's best of every topic
+    popular: int = 40
+    fresh: int = 30
+
+
+class Proxy:
+    """A cheap stand-in for a model's score from a post's own columns (static, counters as of a moment,
+    and for a text model the embedding components): a small CatBoost regressor fitted at training on
+    the model's own scores, centred per user (`training.retrieval`). It orders whole topics once an
+    hour without the user side; the model itself then ranks the candidates."""
+
+    def __init__(self, model, text: bool) -> None:
+        self.model = model
+        self.text = text
+
+    def score(self, static: np.ndarray, counters: np.ndarray, text: np.ndarray, chunk: int = 100_000) -> np.ndarray:
+        out = np.empty(len(static), np.float64)
+        for lo in range(0, len(static), chunk):  # bounded memory for a million posts
+            hi = min(lo + chunk, len(static))
+            blocks = [static[lo:hi], counters[lo:hi]] + ([text[lo:hi]] if self.text else [])
+            x = np.asfortranarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+            out[lo:hi] = self.model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
+        return out
+
+
+def proxy_columns(text: bool) -> tuple[str, ...]:
+    return (*POST_STATIC, *POST_COUNTERS, *(POST_TEXT if text else ()))
+
+
+def load_proxies(version_dir: Path) -> dict[str, Proxy]:
+    """The proxies `retrieval.json` lists, checked against the columns this code builds."""
+    from catboost import CatBoostRegressor
+
+    data = json.loads((Path(version_dir) / RETRIEVAL_FILE).read_text())
+    out = {}
+    for name, meta in data["proxy"].items():
+        if list(meta["columns"]) != list(proxy_columns(bool(meta["text"]))):
+            raise ValueError("retrieval proxy has other columns than this code builds: retrain")
+        model = CatBoostRegressor()
+        model.load_model(str(Path(version_dir) / meta["file"]))
+        out[name] = Proxy(model, bool(meta["text"]))
+    return out
+
+
+class _TopicIndex:
+    """Nearest posts of one topic by inner product: exact while small, a faiss IVF index when large."""
+
+    def __init__(self, exact_below: int, nprobe: int) -> None:
+        self.rows = np.empty(0, np.int64)
+        self.vecs = np.empty((0, 0), np.float32)
+        self.exact_below = exact_below
+        self.nprobe = nprobe
+        self.index = None  # faiss, once the topic is large
+        self._lock = threading.Lock()  # faiss indexes are not safe to search while adding
+
+    def add(self, rows: np.ndarray, vecs: np.ndarray) -> None:
+        vecs = np.ascontiguousarray(vecs, np.float32)
+        if self.index is None:
+            all_rows = np.concatenate([self.rows, rows])
+            all_vecs = vecs if not len(self.rows) else np.concatenate([self.vecs, vecs])
+            if len(all_rows) >= self.exact_below:
+                index = _ivf(all_vecs, self.nprobe)
+                with self._lock:
+                    self.index, self.rows, self.vecs = index, all_rows, np.empty((0, vecs.shape[1]), np.float32)
+            else:
+                self.rows, self.vecs = all_rows, all_vecs  # published in one step each; readers pair by length
+            return
+        with self._lock:
+            self.index.add(vecs)
+            self.rows = np.concatenate([self.rows, rows])
+
+    def nearest(self, query: np.ndarray, k: int) -> np.ndarray:
+        if k <= 0 or not np.any(query):
+            return np.empty(0, np.int64)
+        if self.index is None:
+            rows, vecs = self.rows, self.vecs
+            n = min(len(rows), len(vecs))
+            if n == 0:
+                return rows[:0]
+            sims = vecs[:n] @ query.astype(np.float32)
+            k = min(k, n)
+            return rows[np.argpartition(-sims, k - 1)[:k]]
+        with self._lock:
+            _, found = self.index.search(query.astype(np.float32)[None, :], k)
+            rows = self.rows
+        found = found[0]
+        return rows[found[found >= 0]]
+
+
+def _ivf(vecs: np.ndarray, nprobe: int):
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one request, one core: the workers already use them all
+    d = vecs.shape[1]
+    nlist = int(min(4096, max(16, 4 * np.sqrt(len(vecs)))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 64 * nlist), replace=False)]
+    index.train(sample)
+    index.add(vecs)
+    index.nprobe = nprobe
+    return index
+
+
+@dataclass(frozen=True)
+class _Hourly:
+    """What the sources that need the post counters hold for one hour (counts as of its start)."""
+
+    key: tuple
+    by_topic: tuple[np.ndarray, ...]  # per topic, the proxy's best rows, best first
+    popular: np.ndarray
+    fresh: np.ndarray
+
+
+def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The k rows with the highest scores, best first."""
+    k = min(k, len(rows))
+    if not k:
+        return np.empty(0, np.int64)
+    top = rows[np.argpartition(-scores[rows], k - 1)[:k]]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
+class Retriever:
+    """Candidate rows for (model, user, t), over a catalogue that grows (`update`)."""
+
+    def __init__(self, proxies: dict[str, Proxy], priors: Priors, budget: Budget | None = None,
+                 exact_below: int = 30_000, nprobe: int = 24, fresh_hours: float = 24.0,
+                 fresh_views: int = 20) -> None:
+        self.proxies = proxies
+        self.priors = priors
+        self.budget = budget or Budget()
+        self.exact_below = exact_below
+        self.fresh_seconds = int(fresh_hours * 3600)
+        self.fresh_views = int(fresh_views)
+        self.topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
+        self.n = 0  # catalogue rows indexed
+        self._frame: CatalogueFrame | None = None
+        self._hourly: dict[str, _Hourly] = {}
+        self._write = threading.Lock()
+
+    def update(self, frame: CatalogueFrame) -> None:
+        """Index the catalogue rows added since the last call (the follower's thread, or at load)."""
+        with self._write:
+            lo, hi = self.n, frame.n
+            if hi <= lo:
+                return
+            posts = frame.posts
+            rows = np.arange(lo, hi, dtype=np.int64)
+            topic = posts.topic[lo:hi]
+            for t in range(N_TOPICS):
+                sel = rows[topic == t]
+                if len(sel):
+                    self.topics[t].add(sel, posts.vec[sel])
+            self._frame = frame
+            self.n = hi  # the hourly entries carry n in their key: they are recomputed
+
+    # ------------------------------------------------------------------ per request
+    def favourite_topics(self, user: UserView) -> np.ndarray:
+        """The user's top topics by their smoothed like rate in each."""
+        rates = user.num[0, _RATE0:_RATE0 + N_TOPICS]
+        return np.argsort(-rates, kind="stable")[:len(self.budget.proxy_topic)]
+
+    def candidates(self, model: str, user: UserView, t: int, timeline: PostTimeline,
+                   cat: CatalogueFrame) -> np.ndarray:
+        """Sorted unique rows of the catalogue `cat` worth ranking for this user at t."""
+        b = self.budget
+        parts: list[np.ndarray] = []
+        name = model if model in self.proxies else next(iter(self.proxies))
+        hourly = self._hour(name, t, timeline)
+        for i, topic in enumerate(self.favourite_topics(user)):
+            index = self.topics[int(topic)]
+            parts.append(index.nearest(user.topic_vec[0, topic], b.taste_topic[i]))
+            parts.append(index.nearest(user.vec[0], b.taste_all[i]))
+            parts.append(hourly.by_topic[topic][:b.proxy_topic[i]])
+        parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
+        parts.append(hourly.popular)
+        parts.append(hourly.fresh)
+        rows = np.unique(np.concatenate(parts).astype(np.int64))
+        return rows[rows < cat.n]
+
+    def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:
+        """The counter-based sources as of the start of t's hour (events before t only), computed once per
+        hour, proxy and catalogue size: O(catalogue) then, O(1) for every other request of the hour.
+        Events applied later for moments before the hour (late ones) wait for the next hour."""
+        hour = (int(t) // 3600) * 3600
+        frame = self._frame
+        n = frame.n
+        key = (hour, n)
+        cached = self._hourly.get(name)
+        if cached is not None and cached.key == key:
+            return cached
+        b = self.budget
+        now = timeline.counts_at(hour)[:n]
+        week = timeline.counts_at(hour - POPULAR_DAYS * 86_400)[:n]
+        posts = frame.posts
+        score = self.proxies[name].score(posts.static, finalize_posts(now, self.priors), posts.text)
+        topic = posts.topic
+        keep = max(*b.proxy_topic, b.proxy_every)
+        by_topic = tuple(_best(np.flatnonzero(topic == k), score, keep) for k in range(N_TOPICS))
+        popular = _best(np.arange(n), (now[:, 1] - week[:, 1]).astype(np.float64), b.popular)
+        # young posts first (born within fresh_hours; the engine drops those born after t), then posts
+        # with few views, each by the proxy
+        young = np.flatnonzero(frame.born >= hour - self.fresh_seconds)
+        few = np.flatnonzero(now[:, 0] < self.fresh_views)
+        fresh = np.concatenate([_best(young, score, b.fresh), _best(few, score, b.fresh)])
+        _, first = np.unique(fresh, return_index=True)
+        entry = _Hourly(key, by_topic, popular, fresh[np.sort(first)][:b.fresh])
+        self._hourly[name] = entry  # one assignment: readers see an old or a new entry, whole
+        return entry

@@ -1,0 +1,282 @@
+"""A catalogue that grows, measured: retrieval quality, cost per request by catalogue size, time from a
+new post's insert to candidate, and the fresh-post exposure sweep.
+
+    python -m bench.catalogue recall --db URL --models DIR --world PATH [--requests 1000]
+    python -m bench.catalogue cost --db URL --models DIR [--posts 7023 70000 1000000] [--requests 300]
+    python -m bench.catalogue newposts --db URL --models DIR [--inserts 50]
+    python -m bench.catalogue fresh --db URL --models DIR --world PATH [--shares 0 0.1 0.2 0.4]
+
+Each appends its result to docs/catalogue.md with the command, the machine and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from app import columns as c
+from app.config import PROJECT_ROOT
+from app.db import make_engine
+from app.engine import Recommender, ScreenPolicy
+from app.follower import catch_up
+from training.metrics import bootstrap_ci, expected_hit
+
+OUT = PROJECT_ROOT / "docs" / "catalogue.md"
+
+
+def _load(models: Path, **policy) -> Recommender:
+    return Recommender.load(models, policy=ScreenPolicy(**policy))
+
+
+def _machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+
+
+def _append(title: str, body: str) -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    head = "" if OUT.exists() else "# A catalogue that grows: measurements\n\nWritten by `bench/catalogue.py`.\n"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    with open(OUT, "a") as fh:
+        fh.write(f"{head}\n## {title} ({stamp})\n\n`python -m bench.catalogue {' '.join(sys.argv[1:])}`\n\n"
+                 f"Machine: {_machine()}\n\n{body}\n")
+    print(body)
+
+
+def _requests(db: str, engine: Recommender, n: int, seed: int) -> pd.DataFrame:
+    from training.evaluate import sample_requests
+
+    split = engine.manifest.data["split"]
+    conn_engine = make_engine(db)
+    with conn_engine.connect() as conn:
+        requests = sample_requests(conn, int(split["test_start"]), int(split["end"]), n, seed)
+    conn_engine.dispose()
+    return requests
+
+
+def _ci(values: np.ndarray) -> str:
+    lo, hi = bootstrap_ci(np.asarray(values, float))
+    return f"{np.mean(values):.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+# ------------------------------------------------------------------ recall
+def recall(args) -> None:
+    """Recall of full scoring's top 5 by the candidates, and expected hitrate@5 of both screens."""
+    from training.world.model import World
+
+    full, cand = _load(args.models, retrieval="full"), _load(args.models, retrieval="candidates")
+    db = make_engine(args.db)
+    for e in (full, cand):
+        catch_up(db, e.state)
+    db.dispose()
+    world = World.load(args.world)
+    requests = _requests(args.db, full, args.requests, args.seed)
+    rows = []
+    for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
+        u, t = int(u), int(t)
+        p = world.all_posts_probability(u, t)
+        for model in args.models_ranked:
+            top = full.recommend(model, u, t, 5).post_ids
+            user, posts = cand.state.at(cand.state.user_row(u), t)
+            if user is None:
+                continue
+            started = time.perf_counter()
+            got = cand.recommend(model, u, t, 5).post_ids
+            ms = (time.perf_counter() - started) * 1000
+            ids = cand.post_ids[cand.candidates(model, user, t, len(posts.topic))]
+            rows.append({"model": model, "recall": len(set(top.tolist()) & set(ids.tolist())) / max(len(top), 1),
+                         "candidates": len(ids), "exp_full": expected_hit(p[world.post_index(top)]),
+                         "exp_cand": expected_hit(p[world.post_index(got)]), "ms": ms})
+    df = pd.DataFrame(rows)
+    lines = [f"{len(requests)} held-out requests (`training.evaluate.sample_requests`, seed {args.seed}) on "
+             f"{args.db} ({len(full.post_ids):,} posts), models {args.models}.", "",
+             "| model | recall of full top 5 | candidates median / p90 | expected hitrate@5 full | candidates | "
+             "difference (paired) | ms per request, candidates, p50 |", "|---|---|---|---|---|---|---|"]
+    for model, g in df.groupby("model"):
+        lines.append(f"| {model} | {g.recall.mean():.4f} | {g.candidates.median():.0f} / "
+                     f"{g.candidates.quantile(0.9):.0f} | {_ci(g.exp_full)} | {_ci(g.exp_cand)} | "
+                     f"{_ci(g.exp_cand.to_numpy() - g.exp_full.to_numpy())} | {g.ms.median():.2f} |")
+    lines.append(f"\nBoth models: recall {df.recall.mean():.4f}, expected hitrate@5 full {df.exp_full.mean():.4f}, "
+                 f"candidates {df.exp_cand.mean():.4f}.")
+    _append("Retrieval: recall and expected hit rate, candidates vs full scoring", "\n".join(lines))
+
+
+# ------------------------------------------------------------------ new posts
+def newposts(args) -> None:
+    """Seconds from a post_text_df insert to the post being among a user's candidates, through the
+    follower thread (poll, encode, index), `--inserts` times, on a copy of the database."""
+    from sqlalchemy import func, insert, select
+
+    from app.follower import Follower
+    from app.tables import post_text_df
+    from bench.live_state import copy_database, drop_database
+
+    url = copy_database(args.db, "newposts")
+    try:
+        engine = _load(args.models)
+        db = make_engine(url)
+        catch_up(db, engine.state)
+        with db.connect() as conn:
+            top = int(conn.execute(select(func.max(post_text_df.c.post_id))).scalar())
+            texts = pd.DataFrame(conn.execute(select(post_text_df.c.text, post_text_df.c.topic)).mappings().all())
+        follower = Follower(db, engine.state, poll_seconds=args.poll, posts_poll_seconds=args.poll)
+        follower.start()
+        state = engine.state
+        user_id = int(state.snapshot.user_ids[0])
+        rng = np.random.default_rng(0)
+        times = []
+        for i in range(args.inserts):
+            new_id = top + 1 + i
+            src = texts.iloc[int(rng.integers(len(texts)))]
+            started = time.monotonic()
+            with db.begin() as conn:
+                conn.execute(insert(post_text_df), [{c.POST_ID: new_id, c.TEXT: f"{src[c.TEXT]} (update {i})",
+                                                     c.TOPIC: src[c.TOPIC]}])
+            while True:
+                row = int(state.post_rows(np.array([new_id]))[0])
+                if row >= 0:
+                    t = state.latest_event + 1
+                    user, posts = state.at(state.user_row(user_id), t)
+                    if row in set(engine.candidates("test", user, t, len(posts.topic)).tolist()):
+                        break
+                if time.monotonic() - started > 120:
+                    raise SystemExit(f"post {new_id} not a candidate after 120 s")
+                time.sleep(0.01)
+            times.append(time.monotonic() - started)
+            time.sleep(args.gap)
+        follower.stop()
+        db.dispose()
+    finally:
+        drop_database(url)
+    t = np.array(times)
+    body = (f"{args.inserts} posts inserted one at a time into a copy of {args.db} while a follower thread "
+            f"(poll {args.poll} s, encoder {state.text_transforms.encoder_name}) serves; time from the insert's "
+            f"commit to the post being among the candidates of user {user_id}: p50 {np.median(t):.2f} s, "
+            f"p99 {np.quantile(t, 0.99):.2f} s, max {t.max():.2f} s.")
+    _append("New posts: insert to candidate", body)
+
+
+# ------------------------------------------------------------------ cost
+def cost(args) -> None:
+    """Per-request time with candidates vs full scoring, on catalogues grown to each size in memory
+    (the artifact's posts repeated with new ids: the vectors and columns of real posts)."""
+    from app.features import PostView
+
+    results = []
+    for size in args.posts:
+        for mode in ("candidates", "full"):
+            if mode == "full" and size > args.full_max:
+                continue
+            engine = _load(args.models, retrieval=mode)
+            state = engine.state
+            base = state.catalogue.frame
+            if size > base.n:
+                reps = np.resize(np.arange(base.n), size - base.n)
+                p = base.posts
+                view = PostView(p.static[reps], p.counters[:0], p.text[reps], p.vec[reps], p.tfidf_vec[reps],
+                                p.topic[reps])
+                ids = base.ids.max() + 1 + np.arange(size - base.n)
+                frame = pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""})
+                state.add_posts(frame, view, born=state.base_as_of)  # as if there from the base cut on
+            rng = np.random.default_rng(1)
+            users = rng.choice(state.snapshot.user_ids, size=args.requests)
+            t = state.latest_event + 60
+            for u in users[:10]:  # warm up (the hourly sources)
+                engine.recommend("test", int(u), t, 5)
+            ms = []
+            for u in users:
+                started = time.perf_counter()
+                engine.recommend("test", int(u), t, 5)
+                ms.append((time.perf_counter() - started) * 1000)
+            rss = _rss_mb()
+            results.append((size, mode, np.median(ms), np.quantile(ms, 0.99), rss))
+            print(results[-1], flush=True)
+            del engine, state
+    lines = [f"One thread, in process, model `test`, {args.requests} requests per row at the moment after the "
+             "latest event; catalogues grown in memory from the artifact's posts (new ids, same columns).", "",
+             "| posts | retrieval | p50 ms | p99 ms | process RSS MB |", "|---|---|---|---|---|"]
+    lines += [f"| {s:,} | {m} | {p50:.2f} | {p99:.2f} | {rss:.0f} |" for s, m, p50, p99, rss in results]
+    _append("Cost per request by catalogue size", "\n".join(lines))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ------------------------------------------------------------------ fresh share
+def fresh(args) -> None:
+    """Expected hitrate@5 and the share of screens holding a fresh post, by FRESH_SHARE."""
+    from training.world.model import World
+
+    world = World.load(args.world)
+    engines = {s: _load(args.models, fresh_share=s, fresh_hours=args.fresh_hours, fresh_views=args.fresh_views)
+               for s in args.shares}
+    db = make_engine(args.db)
+    for e in engines.values():
+        catch_up(db, e.state)
+    db.dispose()
+    any_engine = next(iter(engines.values()))
+    requests = _requests(args.db, any_engine, args.requests, args.seed)
+    out = {s: {"exp": [], "fresh": []} for s in args.shares}
+    for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
+        p = world.all_posts_probability(int(u), int(t))
+        for s, e in engines.items():
+            got = e.recommend("test", int(u), int(t), 5).post_ids
+            out[s]["exp"].append(expected_hit(p[world.post_index(got)]))
+            rows = e.state.post_rows(got)
+            _, posts = e.state.at(-1, int(t))
+            out[s]["fresh"].append(float(e._fresh(rows, posts, int(t)).any()))
+    base = np.array(out[args.shares[0]]["exp"])
+    lines = [f"{len(requests)} held-out requests, model `test`, fresh = fewer than {args.fresh_views} views or "
+             f"younger than {args.fresh_hours} h.", "",
+             "| FRESH_SHARE | expected hitrate@5 | difference to the first row (paired) | screens with a fresh post |",
+             "|---|---|---|---|"]
+    for s in args.shares:
+        exp = np.array(out[s]["exp"])
+        lines.append(f"| {s} | {_ci(exp)} | {_ci(exp - base)} | {np.mean(out[s]['fresh']):.3f} |")
+    _append("Fresh-post exposure sweep", "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.catalogue")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("recall", "cost", "newposts", "fresh"):
+        p = sub.add_parser(name)
+        p.add_argument("--db", default=f"sqlite:///{PROJECT_ROOT / 'data' / 'feed.db'}")
+        p.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
+        p.add_argument("--seed", type=int, default=0)
+        if name in ("recall", "fresh"):
+            p.add_argument("--world", type=Path, default=PROJECT_ROOT / "data" / "world.npz")
+            p.add_argument("--requests", type=int, default=1000)
+        if name == "recall":
+            p.add_argument("--models-ranked", nargs="+", default=["control", "test"])
+        if name == "cost":
+            p.add_argument("--posts", type=int, nargs="+", default=[7023, 70_000, 1_000_000])
+            p.add_argument("--requests", type=int, default=300)
+            p.add_argument("--full-max", type=int, default=100_000, help="largest catalogue scored in full")
+        if name == "newposts":
+            p.add_argument("--inserts", type=int, default=50)
+            p.add_argument("--poll", type=float, default=0.5)
+            p.add_argument("--gap", type=float, default=0.2)
+        if name == "fresh":
+            p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
+            p.add_argument("--fresh-hours", type=float, default=24.0)
+            p.add_argument("--fresh-views", type=int, default=20)
+    args = parser.parse_args(argv)
+    {"recall": recall, "cost": cost, "newposts": newposts, "fresh": fresh}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
