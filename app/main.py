@@ -1,5 +1,6 @@
 """The FastAPI application: artifacts and database opened once in `lifespan`, thin routers on top."""
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
+from prometheus_client import multiprocess
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
@@ -20,7 +22,7 @@ from app.engine import Recommender, ScreenPolicy
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
 from app.lifecycle import ModelWatcher, Serving
-from app.metrics import Metrics
+from app.metrics import Metrics, multiprocess_dir
 
 
 def _load(settings: Settings, version_dir: Path | None = None) -> Recommender:
@@ -79,6 +81,8 @@ def create_app(settings: Settings | None = None,
                     app.state.writer.written, app.state.writer.dropped, app.state.writer.spooled,
                     app.state.writer.depth)
         app.state.db.dispose()
+        if multiprocess_dir() is not None:  # this worker's live gauges leave the scrape with it
+            multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(title="Post recommendations", version="1.0", lifespan=lifespan)
     app.state.settings = settings

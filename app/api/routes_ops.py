@@ -139,4 +139,4 @@ def refresh_gauges(app_state) -> None:
 @router.get("/metrics")
 async def metrics(request: Request, metrics: MetricsDep) -> Response:
     refresh_gauges(request.app.state)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)
