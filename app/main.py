@@ -22,7 +22,7 @@ from app.engine import Recommender, ScreenPolicy
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
 from app.lifecycle import ModelWatcher, Serving
-from app.metrics import Metrics, multiprocess_dir
+from app.metrics import Metrics, forget_dead_workers, multiprocess_dir
 
 
 def _load(settings: Settings, version_dir: Path | None = None) -> Recommender:
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
+        forget_dead_workers()
         recommender = load_recommender(settings)
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them
