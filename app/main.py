@@ -1,5 +1,6 @@
 """The FastAPI application: artifacts and database opened once in `lifespan`, thin routers on top."""
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
 from app.api.deps import DatabaseTimeout
+from app.api.routes_ops import refresh_gauges
 from app.config import Settings, get_settings
 from app.db import make_engine
 from app.engine import Recommender, ScreenPolicy
@@ -73,7 +75,13 @@ def create_app(settings: Settings | None = None,
                     "started in {:.1f}s", recommender.version, state.n_users, state.n_posts,
                     len(state.snapshot.events.ts), "following the database" if follower else "frozen",
                     time.perf_counter() - started)
+        refresher = None
+        if multiprocess_dir() is not None:
+            # another worker answers most scrapes: keep this one's gauges current in the shared files
+            refresher = asyncio.get_running_loop().create_task(_refresh_gauges_forever(app.state))
         yield
+        if refresher is not None:
+            refresher.cancel()
         app.state.watcher.stop()
         if app.state.serving.follower is not None:
             app.state.serving.follower.stop()
@@ -99,6 +107,12 @@ def create_app(settings: Settings | None = None,
         app.include_router(routes_admin.router)
     _install_handlers(app)
     return app
+
+
+async def _refresh_gauges_forever(app_state, seconds: float = 1.0) -> None:
+    while True:
+        refresh_gauges(app_state)
+        await asyncio.sleep(seconds)
 
 
 def _install_handlers(app: FastAPI) -> None:
