@@ -210,33 +210,37 @@ class Wrk:
         return json.loads(line.removeprefix("RESULT "))
 
 
-class Prober(threading.Thread):
-    """/health every 50 ms and a data endpoint every 100 ms, each sample tagged with the current phase."""
+class Prober:
+    """/health every 50 ms and a data endpoint every 100 ms, each in its own thread (a data call that waits
+    for its timeout must not thin out the liveness samples), each sample tagged with the current phase."""
 
     def __init__(self, base: str, data_path: str) -> None:
-        super().__init__(daemon=True)
         self.base, self.data_path = base, data_path
         self.phase = "before"
         self.samples: list[tuple[str, str, int | None, float]] = []  # (phase, what, status, ms)
         self._halt = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(what, path, pause), daemon=True)
+                         for what, path, pause in (("health", "/health", 0.05), ("data", data_path, 0.1))]
 
-    def run(self) -> None:
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, what: str, path: str, pause: float) -> None:
         with httpx.Client(base_url=self.base, timeout=10) as client:
-            i = 0
             while not self._halt.is_set():
-                for what, path in (("health", "/health"), ("data", self.data_path))[: 1 + i % 2]:
-                    phase, started = self.phase, time.perf_counter()
-                    try:
-                        status = client.get(path).status_code
-                    except httpx.HTTPError:
-                        status = None
-                    self.samples.append((phase, what, status, (time.perf_counter() - started) * 1000))
-                i += 1
-                self._halt.wait(0.05)
+                phase, started = self.phase, time.perf_counter()
+                try:
+                    status = client.get(path).status_code
+                except httpx.HTTPError:
+                    status = None
+                self.samples.append((phase, what, status, (time.perf_counter() - started) * 1000))
+                self._halt.wait(pause)
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(15)
+        for t in self._threads:
+            t.join(15)
 
     def summary(self, phase: str, what: str) -> dict:
         ms = [m for p, w, _, m in self.samples if p == phase and w == what]
@@ -346,19 +350,22 @@ def run_fuzz(base: str, examples: int) -> list[dict]:
 
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     out = []
+    from schemathesis.generation import GenerationMode
+
     for result in schema.get_all_operations():
         op = result.ok()
-        out.append(_fuzz_operation(base, op, examples))
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            out.append({**_fuzz_operation(base, op, examples, mode), "mode": mode.value})
     return out
 
 
-def _fuzz_operation(base: str, op, examples: int) -> dict:
+def _fuzz_operation(base: str, op, examples: int, mode) -> dict:
     from hypothesis import HealthCheck, given, settings
 
     counts: Counter = Counter()
     failures: list[str] = []
 
-    @given(case=op.as_strategy())
+    @given(case=op.as_strategy(generation_mode=mode))
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case) -> None:
         response = case.call(base_url=base, timeout=30)
@@ -428,7 +435,8 @@ def run_audit(audit_bin: str | None) -> dict:
     vulns = [{"name": d["name"], "version": d["version"], "ids": [v["id"] for v in d["vulns"]],
               "fix": sorted({f for v in d["vulns"] for f in v.get("fix_versions", [])})}
              for d in deps if d.get("vulns")]
-    return {"ran": True, "command": " ".join(cmd[:1] + ["--path", ".venv/lib/python3*/site-packages", "-f", "json"]),
+    shown = Path(audit_bin).relative_to(PROJECT_ROOT) if Path(audit_bin).is_relative_to(PROJECT_ROOT) else audit_bin
+    return {"ran": True, "command": f"{shown} --path .venv/lib/python3*/site-packages -f json",
             "packages": len(deps), "vulnerable": vulns}
 
 
@@ -526,78 +534,111 @@ def fault_suite(svc: Service, pg: PgCluster | None, proxy: TcpProxy, script: Pat
     return results
 
 
-def write_report(path: Path, args, faults: list[FaultResult], hostile: list[dict], fuzz: list[dict],
-                 soak: dict | None, audit: dict, started: float) -> None:
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    lines = [
-        "# Reliability: faults, hostile input, soak",
-        "",
-        f"Written by `{' '.join(['python -m bench.chaos', *sys.argv[1:]])}` (`make chaos`) on "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}), "
-        f"load average {' '.join(load)} at the end; the run took {(time.monotonic() - started) / 60:.1f} min. "
-        f"Demo world at scale {args.scale} in a private PostgreSQL cluster; the service as `python -m app "
-        "--workers 2` (DB_TIMEOUT_SECONDS=1, LOG_SPOOL_DIR set, SCORING_THREADS=1) behind a TCP proxy to the "
-        "database; load from wrk, 8 connections, random known users at moments of the held-out window.",
-        "",
-        "## Faults under load",
-        "",
-        "*served*: recommendation responses the service counted (Prometheus, every worker, killed ones "
-        "included); *logged*: rows that reached `recommendation_log` once the writer drained; *lost* = served − "
-        "logged. *Writer attempts failed*: the exposure writer's failed writes (every worker), which follow its "
-        "back-off (1, 2, 4, 8, 10, 10 … s). Probes: `/health` every 50 ms and a data endpoint (`/user/1`) every "
-        "100 ms during the fault.",
-        "",
-        "| fault | how | wrk requests | failed | served | logged | lost | writer attempts failed | spooled | "
-        "dropped | /health during (p99 / max ms) | data endpoint during (statuses; p99 ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for f in faults:
-        data = f.data
-        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(data.get("statuses", {}).items()))
-        lines.append(f"| {f.name} | {f.how} | {f.wrk['requests']:,} | {f.failed} (non-2xx {f.wrk['non_2xx']}, "
-                     f"socket {f.wrk['socket_errors']}) | {f.served:,} | {f.logged:,} | {f.served - f.logged} | "
-                     f"{f.write_attempts_failed} | {f.spooled} | {f.dropped} | {f.health.get('p99_ms')} / "
-                     f"{f.health.get('max_ms')} | {statuses}; {data.get('p99_ms')} |")
-    lines += ["", "Details (JSON):", "", "```json",
-              json.dumps([{**vars(f), "failed": f.failed} for f in faults], indent=1, default=str)[:6000], "```", ""]
-    bad = [h for h in hostile if h["status"] >= 500]
-    lines += ["## Hostile input", "",
-              f"{len(hostile)} hand-made requests; responses ≥ 500: **{len(bad)}**.", "",
-              "| case | status | body (first 120 characters) |", "|---|---|---|"]
-    lines += [f"| {h['case']} | {h['status']} | `{h['body'].replace('|', '/')}` |" for h in hostile]
-    total_5xx = sum(f["server_errors"] for f in fuzz)
-    lines += ["", f"schemathesis over every operation of `/openapi.json`, up to {args.fuzz_examples} generated "
-              f"cases each (hypothesis stops early on an operation with fewer distinct inputs): "
-              f"server errors **{total_5xx}**.", "",
-              "| operation | examples | responses ≥ 500 | statuses |", "|---|---|---|---|"]
-    lines += [f"| `{f['operation']}` | {f['examples']} | {f['server_errors']} | "
-              f"{', '.join(f'{k}: {v}' for k, v in sorted(f['statuses'].items()))} |" for f in fuzz]
-    lines += ["", "## Soak", ""]
-    if soak is None:
-        lines.append("Not run (`--soak-seconds 0`).")
-    else:
-        lines += [f"{len(soak['minutes'])} consecutive one-minute wrk runs, 8 connections paced at "
-                  f"{args.soak_rate} requests/s in all (wrk's `delay` hook: wrk is closed-loop, so the rate reached "
-                  f"is what the machine gave). Errors: **{soak['errors']}**; RSS growth after the first minute: "
-                  f"**{soak['rss_growth']:+.1%}**; worst p99 over the first minute's: **{soak['p99_ratio']}×**.", "",
-                  "![soak](reliability-soak.png)", "",
-                  "| minute | requests/s | p50 ms | p99 ms | max ms | errors | RSS MB (service, all processes) "
-                  "| load average |", "|---|---|---|---|---|---|---|---|"]
+SECTIONS = ("faults", "hostile", "fuzz", "soak", "audit")
+TITLES = {"faults": "Faults under load", "hostile": "Hostile input", "fuzz": "Generated input (schemathesis)",
+          "soak": "Soak", "audit": "Dependency scan"}
+
+
+def _run_line(args) -> str:
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return (f"_Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{' '.join(['python -m bench.chaos', *sys.argv[1:]])}`"
+            f"; {os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average {load} at the "
+            f"end; demo world at scale {args.scale}._")
+
+
+def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[str]]:
+    """Markdown of each section that ran (a section that did not run keeps the previous run's text)."""
+    out: dict[str, list[str]] = {}
+    run = _run_line(args)
+    if faults is not None:
+        lines = [run, "",
+                 "*served*: recommendation responses the service counted (Prometheus, every worker, killed ones "
+                 "included); *logged*: rows that reached `recommendation_log` once the writer drained; *lost* = "
+                 "served − logged. *Writer attempts failed*: the exposure writer's failed writes (both workers), "
+                 "which follow its back-off (2, 4, 8, 10, 10 … s after a first failure). Probes: `/health` every "
+                 "50 ms and a data endpoint (`/user/1`) every 100 ms while the fault lasts.", "",
+                 "| fault | how | wrk requests | failed | served | logged | lost | writer attempts failed | spooled "
+                 "| dropped | /health during (p50 / p99 / max ms) "
+                 "| data endpoint during (statuses; p50 / p99 / max ms) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for f in faults:
+            d, h = f.data, f.health
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(d.get("statuses", {}).items()))
+            lines.append(f"| {f.name} | {f.how} | {f.wrk['requests']:,} | {f.failed} (non-2xx {f.wrk['non_2xx']}, "
+                         f"socket {f.wrk['socket_errors']}) | {f.served:,} | {f.logged:,} | {f.served - f.logged} | "
+                         f"{f.write_attempts_failed} | {f.spooled} | {f.dropped} | {h.get('p50_ms')} / "
+                         f"{h.get('p99_ms')} / {h.get('max_ms')} | {statuses}; {d.get('p50_ms')} / "
+                         f"{d.get('p99_ms')} / {d.get('max_ms')} |")
+        lines += ["", "Details (JSON):", "", "```json",
+                  json.dumps([{**vars(f), "failed": f.failed} for f in faults], indent=1, default=str), "```"]
+        out["faults"] = lines
+    if hostile is not None:
+        bad = [h for h in hostile if h["status"] >= 500]
+        lines = [run, "", f"{len(hostile)} hand-made requests; responses ≥ 500: **{len(bad)}**.", "",
+                 "| case | status | body (first 120 characters) |", "|---|---|---|"]
+        lines += [f"| {h['case']} | {h['status']} | `{h['body'].replace('|', '/').replace('`', '')}` |"
+                  for h in hostile]
+        out["hostile"] = lines
+    if fuzz is not None:
+        total = sum(f["server_errors"] for f in fuzz)
+        lines = [run, "", f"Every operation of `/openapi.json`, up to {args.fuzz_examples} generated cases per "
+                 "operation and mode — *positive* (inputs the schema allows) and *negative* (inputs it forbids); "
+                 "hypothesis stops early on an operation with fewer distinct inputs (those without parameters). "
+                 f"Responses ≥ 500: **{total}**.", "",
+                 "| operation | mode | examples | responses ≥ 500 | statuses |", "|---|---|---|---|---|"]
+        lines += [f"| `{f['operation']}` | {f.get('mode', 'positive')} | {f['examples']} | {f['server_errors']} | "
+                  f"{', '.join(f'{k}: {v}' for k, v in sorted(f['statuses'].items()))} |" for f in fuzz]
+        out["fuzz"] = lines
+    if soak is not None:
+        lines = [run, "", f"{len(soak['minutes'])} consecutive one-minute wrk runs, 8 connections paced for "
+                 f"{args.soak_rate:g} requests/s in all (wrk's `delay` hook; wrk is closed-loop, so the rate in the "
+                 f"table is what the machine gave). Errors: **{soak['errors']}**; RSS growth after the first "
+                 f"minute: **{soak['rss_growth']:+.1%}**; worst p99 over the first minute's: "
+                 f"**{soak['p99_ratio']}×**.", "", "![soak](reliability-soak.png)", "",
+                 "| minute | requests/s | p50 ms | p99 ms | max ms | errors | RSS MB (service, all processes) "
+                 "| load average |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {i + 1} | {m['rate']} | {m['p50_ms']} | {m['p99_ms']} | {m['max_ms']} | "
                   f"{m['non_2xx'] + m['socket_errors']} | {m['rss_mb']} | {m['load']} |"
                   for i, m in enumerate(soak["minutes"])]
-    lines += ["", "## Dependency scan", ""]
-    if audit.get("ran"):
-        vuln = audit["vulnerable"]
-        lines.append(f"`{audit['command']}` over the {audit['packages']} packages installed in `.venv` (the pinned "
-                     f"requirements and everything they pull in): "
-                     + ("no known vulnerabilities." if not vuln else f"{len(vuln)} vulnerable:"))
-        lines += [f"- {v['name']} {v['version']}: {', '.join(v['ids'])} (fixed in {', '.join(v['fix']) or '—'})"
-                  for v in vuln]
-    else:
-        lines.append(f"Not run: {audit['reason']}.")
-    path.write_text("\n".join(lines) + "\n")
+        out["soak"] = lines
+    if audit is not None:
+        lines = [run, ""]
+        if audit.get("ran"):
+            vuln = audit["vulnerable"]
+            lines.append(f"`{audit['command']}` over the {audit['packages']} packages installed in `.venv` (the "
+                         "pinned requirements and everything they pull in), advisory data from PyPI: "
+                         + ("no known vulnerabilities." if not vuln else f"{len(vuln)} vulnerable:"))
+            lines += [f"- {v['name']} {v['version']}: {', '.join(v['ids'])} (fixed in {', '.join(v['fix']) or '—'})"
+                      for v in vuln]
+        else:
+            lines.append(f"Not run: {audit['reason']}.")
+        out["audit"] = lines
+    return out
+
+
+def write_report(path: Path, sections: dict[str, list[str]]) -> None:
+    """Replace the sections that ran in `path`, keep the others as the last run left them."""
+    kept: dict[str, str] = {}
+    if path.exists():
+        by_title = {v: k for k, v in TITLES.items()}
+        for chunk in path.read_text().split("\n## ")[1:]:
+            title, _, body = chunk.partition("\n")
+            if title.strip() in by_title:
+                kept[by_title[title.strip()]] = body.strip("\n")
+    head = ["# Reliability: faults, hostile input, soak", "",
+            "Written by `make chaos` (`python -m bench.chaos`; `--sections` reruns some sections and keeps the "
+            "others). A small demo world in a private PostgreSQL cluster (initdb in a temporary folder, so that "
+            "it can really be stopped); the service as `python -m app --workers 2` (DB_TIMEOUT_SECONDS=1, "
+            "LOG_SPOOL_DIR set, SCORING_THREADS=1) reaching it through a TCP proxy (which can stop forwarding); "
+            "load from wrk, 8 connections, random known users at moments of the held-out window. Each section "
+            "says when and with which command it ran, and the machine's load then: timings on this shared 2-core "
+            "machine are the machine's as much as the service's.", ""]
+    body = []
+    for key in SECTIONS:
+        text = "\n".join(sections[key]) if key in sections else kept.get(key)
+        if text is not None:
+            body += [f"## {TITLES[key]}", "", text, ""]
+    path.write_text("\n".join(head + body))
 
 
 def main() -> None:
@@ -610,10 +651,10 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=150)
     parser.add_argument("--audit-bin", default=str(PROJECT_ROOT / ".venv-audit" / "bin" / "pip-audit"))
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "reliability.md")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: wrk not found: apt-get install wrk (make chaos does)")
-    started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still stops its cluster and service
     tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
     pg = PgCluster()
@@ -631,18 +672,19 @@ def main() -> None:
         script = wrk_script(tmp, pairs)
         Wrk(svc.base, script, 5).result()  # warm up; creates the log table
         svc.wait_drained(tmp / "spool")
-        faults = fault_suite(svc, pg, proxy, script, tmp / "spool", args.outage, args.quick)
-        hostile = run_hostile(svc.base)
-        print(f"hostile: {Counter(h['status'] for h in hostile)}", flush=True)
-        fuzz = run_fuzz(svc.base, args.fuzz_examples)
+        want = set(args.sections.split(","))
+        faults = fault_suite(svc, pg, proxy, script, tmp / "spool", args.outage, args.quick) \
+            if "faults" in want else None
+        hostile = run_hostile(svc.base) if "hostile" in want else None
+        fuzz = run_fuzz(svc.base, args.fuzz_examples) if "fuzz" in want else None
         print(f"fuzz: {fuzz}", flush=True)
         soak = None
-        if args.soak_seconds > 0 and not args.quick:
+        if "soak" in want and args.soak_seconds > 0 and not args.quick:
             paced = wrk_script(tmp, pairs, delay_ms=8 * 1000 / args.soak_rate, seed=1)
             soak = run_soak(svc, paced, args.soak_seconds, args.out.parent)
-        audit = run_audit(args.audit_bin)
+        audit = run_audit(args.audit_bin) if "audit" in want else None
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_report(args.out, args, faults, hostile, fuzz, soak, audit, started)
+        write_report(args.out, render_sections(args, faults, hostile, fuzz, soak, audit))
         print(f"written {args.out}")
     finally:
         if svc is not None:
