@@ -24,7 +24,7 @@ import pandas as pd
 
 from app import columns as c
 from app.config import PROJECT_ROOT
-from app.db import make_engine
+from app.db import make_engine, masked
 from app.engine import Recommender, ScreenPolicy
 from app.follower import catch_up
 from training.metrics import bootstrap_ci, expected_hit
@@ -97,7 +97,7 @@ def recall(args) -> None:
                          "exp_cand": expected_hit(p[world.post_index(got)]), "ms": ms})
     df = pd.DataFrame(rows)
     lines = [f"{len(requests)} held-out requests (`training.evaluate.sample_requests`, seed {args.seed}) on "
-             f"{args.db} ({len(full.post_ids):,} posts), models {args.models}.", "",
+             f"{masked(args.db)} ({len(full.post_ids):,} posts), models {args.models}.", "",
              "| model | recall of full top 5 | candidates median / p90 | expected hitrate@5 full | candidates | "
              "difference (paired) | ms per request, candidates, p50 |", "|---|---|---|---|---|---|---|"]
     for model, g in df.groupby("model"):
@@ -157,7 +157,7 @@ def newposts(args) -> None:
     finally:
         drop_database(url)
     t = np.array(times)
-    body = (f"{args.inserts} posts inserted one at a time into a copy of {args.db} while a follower thread "
+    body = (f"{args.inserts} posts inserted one at a time into a copy of {masked(args.db)} while a follower thread "
             f"(poll {args.poll} s, encoder {state.text_transforms.encoder_name}) serves; time from the insert's "
             f"commit to the post being among the candidates of user {user_id}: p50 {np.median(t):.2f} s, "
             f"p99 {np.quantile(t, 0.99):.2f} s, max {t.max():.2f} s.")

@@ -9,6 +9,8 @@ from app.config import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
+AllowLatestOpt = Annotated[bool, typer.Option(help="Accept artifacts built with --serve-latest (their features "
+                                                "include the held-out window: inflated metrics)")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL.")]
 
 
@@ -137,6 +139,7 @@ def evaluate(
                                                      "many hours after the request")] = 24.0,
     world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    allow_serve_latest: AllowLatestOpt = False,
 ) -> None:
     """Evaluate random, popularity, control and test on held-out requests."""
     from app.db import make_engine
@@ -150,14 +153,12 @@ def evaluate(
     config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
                         ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
                         ab_models=(settings.ab_control_model, settings.ab_test_model))
+    _refuse_serve_latest(engine.manifest.data.get("serves"), allow_serve_latest, f"artifacts {engine.version}")
     db_engine = make_engine(_db(db))
     # the state as the service would hold it: the snapshot plus every event the database has after it
     applied = catch_up(db_engine, engine.state)
     if applied:
         typer.echo(f"state: applied {applied} events after the snapshot", err=True)
-    if engine.manifest.data.get("serves") == "latest":
-        typer.echo("warning: these artifacts were built with --serve-latest: held-out requests before "
-                   "their base cut are answered with features that include later events", err=True)
     with db_engine.connect() as conn:
         result, details = run_evaluation(conn, engine, world or settings.world_path, config)
     if json_path:
@@ -189,6 +190,19 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _refuse_serve_latest(serves: str | None, allowed: bool, what: str) -> None:
+    """Artifacts built with --serve-latest hold the held-out window in their features: what evaluate and
+    check measure on them is inflated. Refused (exit 2) unless asked for, then warned about."""
+    if serves != "latest":
+        return
+    message = (f"{what}: built with --serve-latest, so held-out requests are answered with features that "
+               "include the held-out window and the metrics are inflated")
+    if not allowed:
+        typer.echo(f"error: {message}; retrain without --serve-latest, or pass --allow-serve-latest", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"warning: {message}", err=True)
+
+
 @app.command()
 def check(
     url: Annotated[str, typer.Option(help="Base URL of the running service")] = "http://127.0.0.1:8000",
@@ -198,6 +212,7 @@ def check(
     world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH")] = None,
     horizon_days: Annotated[float | None, typer.Option(help="As in evaluate")] = None,
     seed: Annotated[int, typer.Option(help="Same seed as evaluate gives the same requests")] = 0,
+    allow_serve_latest: AllowLatestOpt = False,
 ) -> None:
     """Replay held-out requests against a running service, like the course's checker."""
     import json
@@ -212,6 +227,9 @@ def check(
     engine = make_engine(_db(db))
     try:
         with httpx.Client(base_url=url) as client, engine.connect() as conn:
+            served = client.get("/model").json()
+            _refuse_serve_latest(served.get("serves"), allow_serve_latest,
+                                 f"the served version {served.get('version')}")
             result = run_check(conn, client, world or settings.world_path, config)
     except httpx.HTTPError as exc:
         typer.echo(f"error: service at {url} not reachable: {exc}", err=True)

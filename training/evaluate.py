@@ -100,9 +100,10 @@ def full_catalogue_top(engine: Recommender, name: str, user_id: int, ts: int, rn
     return engine.recommend(ENGINE_MODEL[name], user_id, ts, K_MAX).post_ids
 
 
-def _summary(values: dict[str, np.ndarray], seed: int) -> tuple[dict, dict]:
+def _summary(values: dict[str, np.ndarray], seed: int, users: np.ndarray) -> tuple[dict, dict]:
+    """Means, and 95% intervals that resample users (each with all their requests), not requests."""
     means = {k: round(float(np.mean(v)), 4) if len(v) else None for k, v in values.items()}
-    cis = {k: bootstrap_ci(v, seed=seed) for k, v in values.items()}
+    cis = {k: bootstrap_ci(v, seed=seed, clusters=users) for k, v in values.items()}
     return means, cis
 
 
@@ -182,6 +183,7 @@ def cold_start(world: World | None, engine: Recommender, requests: pd.DataFrame,
     rankers = ("popularity", "control", "test")
     expected = {n: [] for n in rankers}
     shown = {n: [] for n in rankers}
+    expected_users, shown_users = [], []  # the user of each value, for intervals clustered by user
     for i, (u, t) in enumerate(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True)):
         u, t = int(u), int(t)
         row = state.user_row(u)
@@ -201,12 +203,16 @@ def cold_start(world: World | None, engine: Recommender, requests: pd.DataFrame,
             if eligible:
                 order = cand[np.lexsort((cand, -s[state.post_rows(cand)]))]
                 shown[name].append(hit_at(order, liked, k))
+        expected_users += [u] if p is not None else []
+        shown_users += [u] if eligible else []
     out: dict = {"requests": len(requests), "shown_requests": len(shown["popularity"])}
     out["shown_hitrate@5"] = {n: round(float(np.mean(v)), 4) if v else None for n, v in shown.items()}
-    out["ci95"] = {"shown_hitrate@5": {n: bootstrap_ci(np.array(v)) for n, v in shown.items()}}
+    out["ci95"] = {"shown_hitrate@5": {n: bootstrap_ci(np.array(v), clusters=np.array(shown_users))
+                                       for n, v in shown.items()}}
     if world is not None:
         out["expected_hitrate@5"] = {n: round(float(np.mean(v)), 4) for n, v in expected.items()}
-        out["ci95"]["expected_hitrate@5"] = {n: bootstrap_ci(np.array(v)) for n, v in expected.items()}
+        out["ci95"]["expected_hitrate@5"] = {n: bootstrap_ci(np.array(v), clusters=np.array(expected_users))
+                                             for n, v in expected.items()}
     return out
 
 
@@ -278,13 +284,15 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
         "requests_from": "views in the held-out window", "held_out": [lo, end], "horizon_end": horizon_end,
         "shown_window_hours": config.window_hours, "seed": config.seed, "model_version": engine.version}}
     result["requests"] = len(requests)
+    result["protocol"]["ci95"] = "percentile bootstrap over users, each with all their requests"
+    request_users = requests[c.USER_ID].to_numpy()
     ci: dict = {}
     for metric in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5"):
-        means, cis = _summary({n: full[n][metric] for n in RANKERS}, config.seed)
+        means, cis = _summary({n: full[n][metric] for n in RANKERS}, config.seed, request_users)
         result[metric], ci[metric] = means, cis
     shown5 = {n: shown[n][:, 4] for n in RANKERS}
     result["shown_requests"] = int(eligible.sum())
-    result["shown_hitrate@5"], ci["shown_hitrate@5"] = _summary(shown5, config.seed)
+    result["shown_hitrate@5"], ci["shown_hitrate@5"] = _summary(shown5, config.seed, request_users[eligible])
     result["roc_auc"] = heldout_auc(engine, views, config.seed)
     result["coverage@5"] = {n: round(len({int(p) for r in tops[n] for p in r[:5]}) / len(engine.post_ids), 4)
                             for n in RANKERS}
@@ -297,7 +305,7 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
     if world is not None:
         exp = world_expectations(world, engine, requests, tops)
         result["expected_hitrate@5"], ci["expected_hitrate@5"] = _summary(
-            {n: exp[n] for n in ("random", "popularity", "control", "test", "oracle")}, config.seed)
+            {n: exp[n] for n in ("random", "popularity", "control", "test", "oracle")}, config.seed, request_users)
         e = result["expected_hitrate@5"]
         gap = e["oracle"] - e["popularity"]
         result["gap_closed"] = {n: round((e[n] - e["popularity"]) / gap, 4) if gap > 0 else None

@@ -145,7 +145,8 @@ def write_report(result: dict, details: dict, engine: Recommender, out_dir: Path
         f"{result['shown_requests']} of them are eligible for the shown-set protocol (a liked post among more than "
         f"5 shown in the {p['shown_window_hours']:g} hours after the request). Full catalogue: rank every post not "
         "liked before the request, hit = liked later in the window. Shown set: rank only what the feed showed, "
-        "hit = a liked one in the top k. Cells: mean [95% bootstrap interval over requests].", "",
+        "hit = a liked one in the top k. Cells: mean [95% bootstrap interval over users, each with all their "
+        "requests].", "",
         *_metrics_table(result), "",
     ]
     if "gap_closed" in result:
