@@ -123,11 +123,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "reallogs.md")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="where the worlds and models go; default data/reallogs/<exposure>-<scale>")
+    parser.add_argument("--collect", type=Path, nargs="*", default=None,
+                        help="write the section from these seeds' metrics.json (seeds run apart) instead of running")
     args = parser.parse_args()
     command = (f"python -m bench.reallogs --exposure {args.exposure} --scale {args.scale} --seeds "
                f"{' '.join(map(str, args.seeds))} --requests {args.requests}")
-    folder = PROJECT_ROOT / "data" / "reallogs" / f"{args.exposure}-{args.scale}"
-    results = {s: run_seed(args.exposure, args.scale, s, args.requests, folder / f"seed{s}") for s in args.seeds}
+    folder = args.folder or PROJECT_ROOT / "data" / "reallogs" / f"{args.exposure}-{args.scale}"
+    if args.collect:
+        results = dict(zip(args.seeds, (json.loads(p.read_text()) for p in args.collect), strict=True))
+    else:
+        results = {s: run_seed(args.exposure, args.scale, s, args.requests, folder / f"seed{s}") for s in args.seeds}
     text = section(args.exposure, args.scale, results, command)
     write_section(args.out, args.exposure, args.scale, text)
     print(text)
