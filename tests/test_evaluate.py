@@ -80,10 +80,15 @@ def test_run_evaluation_end_to_end(trained):
         assert set(result[key]) >= {"random", "popularity", "control", "test"}
     e = result["expected_hitrate@5"]
     assert e["random"] < e["oracle"] and e["test"] <= e["oracle"] + 1e-9
-    assert set(result["ci95"]["hitrate@5"]) == {"random", "popularity", "control", "test"}
+    assert set(result["ci95"]["hitrate@5"]) == {"random", "popularity", "segment_popularity", "control", "test"}
     lo, hi = result["ci95"]["expected_hitrate@5"]["oracle"]
     assert lo <= e["oracle"] <= hi
-    assert set(result["gap_closed"]) == {"control", "test"}
+    assert set(result["gap_closed"]) == {"segment_popularity", "control", "test"}
+    # the tiny world's feed is random: training detected it, and the report says what fits it
+    assert result["exposure"]["kind"] == "random" and result["fitting_protocol"] == "shown_hitrate@5"
+    assert set(result["slots"]) == {"control", "test"}
+    cold = result["cold_start"]
+    assert set(cold["hitrate@5"]) == {"popularity", "segment_popularity", "control", "test"}
 
 
 def test_report_is_written(trained, tmp_path):

@@ -111,10 +111,18 @@ def train(
                                                     "exclusion window (smaller; held-out replay then sees the "
                                                     "base, which includes the held-out window)")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    exposure: Annotated[str | None, typer.Option(help="random or organic: how users came to view posts, which "
+                                                      "decides the validation protocol; default detected "
+                                                      "from the log")] = None,
 ) -> None:
     """Fit the control and test models and write a new artifact version."""
+    from training.exposure_kind import KINDS
+    from training.objectives import ObjectiveConfig
     from training.train import TrainConfig
     from training.train import train as run
+
+    if exposure is not None and exposure not in KINDS:
+        raise typer.BadParameter(f"--exposure must be one of {', '.join(KINDS)}, got {exposure!r}")
 
     settings = get_settings()
     if class_weights not in ("none", "balanced"):
@@ -122,7 +130,8 @@ def train(
     config = TrainConfig(max_train_rows=max_train_rows, iterations=iterations, class_weights=class_weights,
                          seed=seed, cold_share=cold_share)
     path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
-               _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest)
+               _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest,
+               objectives=ObjectiveConfig(exposure=exposure, seed=seed))
     typer.echo(f"trained: {path}")
 
 
@@ -173,8 +182,16 @@ def evaluate(
 def format_table(result: dict) -> str:
     rows = [k for k in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5", "shown_hitrate@5",
                         "expected_hitrate@5", "roc_auc", "coverage@5", "mean_popularity@5") if k in result]
-    names = ("random", "popularity", "control", "test", "oracle")
-    lines = [f"{'metric':<20}" + "".join(f"{n:>12}" for n in names)]
+    names = ("random", "popularity", "segment_popularity", "control", "test", "oracle")
+    short = {"segment_popularity": "segment_pop"}
+    lines = []
+    if "exposure" in result:
+        lines.append(f"exposure: {result['exposure'].get('kind')} (detected {result['exposure'].get('detected')}); "
+                     f"the protocol that fits it: {result['fitting_protocol']}")
+    for name, choice in result.get("slots", {}).items():
+        lines.append(f"{name} serves {choice.get('serves')} ({choice.get('reason')}); users without history: "
+                     f"{choice.get('cold', {}).get('serves')}")
+    lines.append(f"{'metric':<20}" + "".join(f"{short.get(n, n):>12}" for n in names))
     for key in rows:
         vals = result[key]
         lines.append(f"{key:<20}" + "".join(
@@ -185,7 +202,8 @@ def format_table(result: dict) -> str:
     if "cold_start" in result:
         cold = result["cold_start"]
         lines.append(f"cold start (history hidden): expected hitrate@5 {cold.get('expected_hitrate@5')}, "
-                     f"shown-set hitrate@5 {cold['shown_hitrate@5']} ({cold['shown_requests']} requests)")
+                     f"shown-set hitrate@5 {cold['shown_hitrate@5']} ({cold['shown_requests']} requests), "
+                     f"full-catalogue hitrate@5 {cold.get('hitrate@5')}")
     lines.append(f"as served by A/B group (what `check` measures): {result['served']}")
     return "\n".join(lines)
 

@@ -30,7 +30,16 @@ from sqlalchemy import Connection
 
 from app import columns as c
 from app import feed_events
-from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, STATE_FILE, set_current, write_manifest
+from app.artifacts import (
+    LIKE_GIVEN_SHOWN,
+    LIKED_WITHIN_HORIZON,
+    MODEL_FILES,
+    MODEL_USES_TEXT,
+    POSTS_FILE,
+    STATE_FILE,
+    set_current,
+    write_manifest,
+)
 from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
 from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
@@ -47,6 +56,8 @@ from training.features import (
     rows_matrix,
     sample_views,
 )
+from training.horizon import recent_columns
+from training.objectives import ObjectiveConfig, fit_and_select, slot_columns
 from training.retrieval import fit_proxy, write_retrieval
 
 DAY = 86_400
@@ -143,9 +154,11 @@ def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostC
 
 
 def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, config: TrainConfig,
-          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True) -> Path:
+          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True,
+          objectives: ObjectiveConfig | None = None) -> Path:
     """Fit both models and write `out_dir/<version>/`; returns that folder. `promote` points
-    `out_dir/current` at it (retraining leaves that to the gate)."""
+    `out_dir/current` at it (retraining leaves that to the gate). Each slot then serves what validated
+    best on the protocol that fits the log's exposure (`training.objectives`)."""
     t0 = time.perf_counter()
     engine = make_engine(db_url)
     # one consistent read: the snapshot holds exactly the events up to its sequence number
@@ -182,12 +195,25 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
             "file": MODEL_FILES[name], "features": list(names), "dtype": "float32",
             "best_iteration": int(model.get_best_iteration() or 0), "trees": int(model.tree_count_),
             "validation_auc": round(float(model.get_best_score()["validation"]["AUC"]), 4),
-            "heldout_auc": round(float(held_auc), 4),
+            "heldout_auc": round(float(held_auc), 4), "objective": LIKE_GIVEN_SHOWN,
             "importance": dict(sorted(zip(names, map(float, model.get_feature_importance()), strict=True),
                                       key=lambda kv: -kv[1])[:15]),
         }
         logger.info("{}: validation AUC {}, held-out AUC {}", name, model_meta[name]["validation_auc"],
                     model_meta[name]["heldout_auc"])
+
+    horizon_models, horizon_meta, selection = fit_and_select(prep, models, fit_model, config,
+                                                             objectives or ObjectiveConfig(seed=config.seed))
+    for name, choice in selection["slots"].items():
+        if choice["serves"] == LIKED_WITHIN_HORIZON:
+            models[name] = horizon_models[name]
+            model_meta[name] = {"file": MODEL_FILES[name], "dtype": "float32", **horizon_meta[name],
+                                "importance": _importance(horizon_models[name], horizon_meta[name]["features"])}
+            # the retrieval proxy stands in for the model that serves: refit on its scores
+            recent = recent_columns(history, val["post_row"].to_numpy(np.int64), val["ts"].to_numpy(np.int64))
+            x = slot_columns(np.column_stack([matrices["val"], recent]), MODEL_USES_TEXT[name])
+            proxies[name] = fit_proxy(matrices["val"], models[name].predict(x, prediction_type="RawFormulaVal"),
+                                      MODEL_USES_TEXT[name], val["user_row"].to_numpy(), config.seed, config.threads)
 
     # exact answers from the base cut on: the held-out window and the exclusion window before it
     cut = split.end if serve_latest else split.test_start
@@ -217,6 +243,7 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
                    "cities": len(prep.priors.city_names)},
         "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
+        "exposure": selection["exposure"], "selection": selection,
         "data_range": [split.start, split.end], "embedding_model": embedding_model,
         "train_config": asdict(config), "rows": {"train": len(tr), "validation": len(val), "heldout": len(held),
                  "cold_train": int(tr["cold"].sum())},
@@ -226,6 +253,10 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
         set_current(out_dir, version, how="train")
     logger.info("wrote {} in {:.0f}s", version_dir, time.perf_counter() - t0)
     return version_dir
+
+
+def _importance(model: CatBoostClassifier, names: list[str]) -> dict[str, float]:
+    return dict(sorted(zip(names, map(float, model.get_feature_importance()), strict=True), key=lambda kv: -kv[1])[:15])
 
 
 def _versions() -> dict[str, str]:

@@ -89,7 +89,9 @@ async def model_info(request: Request, recommender: RecommenderDep) -> dict:
             "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
                        for name, meta in m.get("models", {}).items()},
-            "promotion": promotion_of(recommender), "swaps": history}
+            "promotion": promotion_of(recommender), "swaps": history,
+            # the log's exposure kind and what each slot serves, with the validation figures behind it
+            "exposure": m.get("exposure"), "selection": m.get("selection")}
 
 
 def promotion_of(recommender: Recommender) -> dict | None:
