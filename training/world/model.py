@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 HOURS = np.arange(24)
+HELD_BACK = np.iinfo(np.int64).max // 4  # release time of a held-back post
 AGE_BANDS = np.array([21, 31, 46])  # band edges: 14-20, 21-30, 31-45, 46+
 SECONDS_PER_DAY = 86_400
 
@@ -60,6 +61,10 @@ class World:
     post_appeal: np.ndarray
     post_themes: np.ndarray  # (P, n_themes), rows sum to 1 within the post's topic
     post_exposure: np.ndarray  # relative chance of being shown by the random feed
+    # when each post enters the catalogue (seconds); None: every post from the start. Posts held back
+    # (release HELD_BACK) are in no table until `simulate --new-posts-per-day` inserts them.
+    post_release: np.ndarray | None = None
+    held_back_text: np.ndarray | None = None  # texts of the held-back posts, in post_ids order among them
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
@@ -77,6 +82,11 @@ class World:
             kwargs = json.loads(str(data["_scalars"]))
             kwargs.update({k: data[k] for k in data.files if k != "_scalars"})
         return cls(**kwargs)
+
+    def held_back_ids(self) -> np.ndarray:
+        if self.post_release is None:
+            return np.empty(0, np.int64)
+        return self.post_ids[self.post_release >= HELD_BACK]
 
     # ---------------------------------------------------------------- indexing
     def user_index(self, user_ids: np.ndarray) -> np.ndarray:
