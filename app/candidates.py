@@ -53,8 +53,9 @@ class Budget:
 
     # per favourite topic, best first (the first favourite holds most of a screen): how many of the
     # nearest to the per-topic taste vector, to the overall taste vector, and of the proxy's best
-    taste_topic: tuple[int, ...] = (80, 40, 20)
-    taste_all: tuple[int, ...] = (30, 20, 10)
+    taste_topic: tuple[int, ...] = (80, 40, 30, 20, 10, 10, 10)
+    taste_all: tuple[int, ...] = (30, 20, 10, 10)
+    taste_tfidf: tuple[int, ...] = (60, 50, 50, 40, 20, 20, 20)  # nearest in the TF-IDF space per topic
     proxy_topic: tuple[int, ...] = (250, 100, 50)
     proxy_every: int = 15  # proxy's best of every topic
     popular: int = 40
@@ -169,6 +170,10 @@ class _Hourly:
     fresh: np.ndarray
 
 
+def _nth(budget: tuple[int, ...], i: int) -> int:
+    return budget[i] if i < len(budget) else 0
+
+
 def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """The k rows with the highest scores, best first."""
     k = min(k, len(rows))
@@ -191,6 +196,7 @@ class Retriever:
         self.fresh_seconds = int(fresh_hours * 3600)
         self.fresh_views = int(fresh_views)
         self.topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
+        self.tfidf_topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.n = 0  # catalogue rows indexed
         self._frame: CatalogueFrame | None = None
         self._hourly: dict[str, _Hourly] = {}
@@ -209,14 +215,15 @@ class Retriever:
                 sel = rows[topic == t]
                 if len(sel):
                     self.topics[t].add(sel, posts.vec[sel])
+                    self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
             self._frame = frame
             self.n = hi  # the hourly entries carry n in their key: they are recomputed
 
     # ------------------------------------------------------------------ per request
     def favourite_topics(self, user: UserView) -> np.ndarray:
-        """The user's top topics by their smoothed like rate in each."""
+        """Every topic, the user's favourite first (by the smoothed like rate in each)."""
         rates = user.num[0, _RATE0:_RATE0 + N_TOPICS]
-        return np.argsort(-rates, kind="stable")[:len(self.budget.proxy_topic)]
+        return np.argsort(-rates, kind="stable")
 
     def candidates(self, model: str, user: UserView, t: int, timeline: PostTimeline,
                    cat: CatalogueFrame) -> np.ndarray:
@@ -227,9 +234,10 @@ class Retriever:
         hourly = self._hour(name, t, timeline)
         for i, topic in enumerate(self.favourite_topics(user)):
             index = self.topics[int(topic)]
-            parts.append(index.nearest(user.topic_vec[0, topic], b.taste_topic[i]))
-            parts.append(index.nearest(user.vec[0], b.taste_all[i]))
-            parts.append(hourly.by_topic[topic][:b.proxy_topic[i]])
+            parts.append(index.nearest(user.topic_vec[0, topic], _nth(b.taste_topic, i)))
+            parts.append(index.nearest(user.vec[0], _nth(b.taste_all, i)))
+            parts.append(self.tfidf_topics[int(topic)].nearest(user.topic_tfidf[0, topic], _nth(b.taste_tfidf, i)))
+            parts.append(hourly.by_topic[topic][:_nth(b.proxy_topic, i)])
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
