@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
+from threadpoolctl import threadpool_limits
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
 from app.config import Settings, get_settings
@@ -39,6 +40,10 @@ def create_app(settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
+        # one BLAS thread per request: requests already run side by side, and a multi-threaded matrix
+        # product inside each (the retrieval's dot products) made them wait on each other, 100x slower
+        # on a loaded machine (bench/catalogue.py cost)
+        threadpool_limits(limits=1, user_api="blas")
         recommender = load_recommender(settings)
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them

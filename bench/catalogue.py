@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--fresh-hours", type=float, default=24.0)
             p.add_argument("--fresh-views", type=int, default=20)
     args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # as the service does (app/main.py)
     {"recall": recall, "cost": cost, "newposts": newposts, "fresh": fresh}[args.command](args)
 
 
