@@ -6,8 +6,9 @@ Sources, each a handful of array operations (no model call):
   the overall liked mean `vec`) inside the user's favourite topics, by inner product with the post
   vectors the model's `sim_*` features use, and to the per-topic TF-IDF taste vector. Per topic:
   exact dot products below `exact_below` posts (as fast as an index there), above it a faiss IVF index
-  (`IndexIVFFlat`, inner product: it trains in seconds where an HNSW graph over 100k vectors took 42 s
-  to build on this machine), which new posts join with `add` as they arrive.
+  (`IndexIVFScalarQuantizer`, 8-bit codes, inner product: it trains in seconds where an HNSW graph
+  over 100k vectors took 42 s to build on this machine), which new posts join with `add` as they
+  arrive.
 - **favourite topics**: the best posts of the user's top topics by a *proxy* of the model's score on
   the post's own columns (a small CatBoost regressor fitted at training on the model's own scores,
   listed in `retrieval.json`), with the counters as of the start of the request's hour.
@@ -160,7 +161,10 @@ def _ivf(vecs: np.ndarray, nprobe: int):
     d = vecs.shape[1]
     # about 2 sqrt(n) lists, trained on 32 vectors a list for 10 rounds: seconds for a 150k-post topic
     nlist = int(min(1024, max(16, 2 * np.sqrt(len(vecs)))))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    # vectors kept as 8-bit codes: a quarter of the memory of the float vectors, and retrieval only
+    # needs the near ones, which the model then scores with the exact vectors
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10
     sample = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 32 * nlist), replace=False)]
     index.train(sample)
