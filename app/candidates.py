@@ -14,7 +14,8 @@ Sources, each a handful of array operations (no model call):
   listed in `retrieval.json`), with the counters as of the start of the request's hour.
 - **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
 - **recent popularity**: the most liked posts of the last `POPULAR_DAYS` days.
-- **fresh**: posts with fewer than `fresh_views` views or younger than `fresh_hours` (the proxy's best).
+- **fresh**: posts younger than `fresh_hours` (the newest first), then posts with fewer than
+  `fresh_views` views (the proxy's best).
 
 The union is deduplicated; liked, recently viewed and not-yet-born posts are removed by the engine.
 The popularity and fresh sources are computed from the counters as of the start of the request's hour
@@ -278,11 +279,12 @@ class Retriever:
         keep = max(*b.proxy_topic, b.proxy_every)
         by_topic = tuple(_best(np.flatnonzero(topic == k), score, keep) for k in range(N_TOPICS))
         popular = _best(np.arange(n), (now[:, 1] - week[:, 1]).astype(np.float64), b.popular)
-        # young posts first (born within fresh_hours; the engine drops those born after t), then posts
-        # with few views, each by the proxy
+        # young posts first, the newest first (born within fresh_hours; the engine drops those born
+        # after t), then posts with few views by the proxy
         young = np.flatnonzero(frame.born >= hour - self.fresh_seconds)
+        young = young[np.lexsort((-young, -frame.born[young]))][:b.fresh]  # the newest first (rows only grow)
         few = np.flatnonzero(now[:, 0] < self.fresh_views)
-        fresh = np.concatenate([_best(young, score, b.fresh), _best(few, score, b.fresh)])
+        fresh = np.concatenate([young, _best(few, score, b.fresh)])
         _, first = np.unique(fresh, return_index=True)
         entry = _Hourly(key, by_topic, popular, fresh[np.sort(first)][:b.fresh])
         self._hourly[name] = entry  # one assignment: readers see an old or a new entry, whole
