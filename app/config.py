@@ -88,9 +88,19 @@ class Settings(BaseSettings):
         description="Enables POST /admin/reload (Authorization: Bearer <token>); without it the endpoint does not "
                     "exist.",
     )
+    db_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="Bound on connecting to the database, waiting for a pooled connection, and each statement "
+                    "(PostgreSQL statement_timeout); a data endpoint that passes it answers 503.",
+    )
     log_queue_size: int = Field(default=10_000, ge=1, description="Exposure log buffer bound.")
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_seconds: float = Field(default=1.0, gt=0)
+    log_spool_dir: Path | None = Field(
+        default=None,
+        description="Where exposure records that do not fit the buffer (database down for long) wait on disk, "
+                    "to be written once it is back; unset, they are dropped and counted.",
+    )
 
 
 @lru_cache

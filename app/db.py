@@ -1,5 +1,6 @@
 """Engine creation and schema management."""
 
+import math
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -9,13 +10,28 @@ from app import columns as c
 from app.tables import COURSE_TABLES, FEED_INDEXES, feed_data, metadata, recommendation_log
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, timeout: float | None = None) -> Engine:
+    """`timeout` (the service's DB_TIMEOUT_SECONDS) bounds connecting, waiting for a pooled connection and,
+    on PostgreSQL, each statement and lock wait on the server; unset (training, long queries), only
+    SQLite's busy wait is bounded, at 30 s."""
     kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30 if timeout is None else timeout}
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no data/ yet
+    elif timeout is not None and url.startswith("postgresql"):
+        ms = max(1, round(timeout * 1000))
+        kwargs["connect_args"] = {
+            "connect_timeout": max(1, math.ceil(timeout)),  # libpq counts whole seconds (2 at least in effect)
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+            # a peer that vanished without a word (no RST): unacknowledged data or silent keepalives end the
+            # connection instead of leaving a thread blocked on it for the kernel's 15 minutes
+            "keepalives": 1, "keepalives_idle": max(1, math.ceil(timeout)), "keepalives_interval": 1,
+            "keepalives_count": 3, "tcp_user_timeout": ms,
+        }
+    if timeout is not None:
+        kwargs["pool_timeout"] = timeout
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
@@ -32,6 +48,14 @@ def make_engine(url: str) -> Engine:
         def _begin(conn) -> None:
             conn.exec_driver_sql("BEGIN")
     return engine
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden, for logs and pages (`postgresql://user:***@host/db`)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show nothing of it rather than a secret
+        return "<unparseable database URL>"
 
 
 def create_course_tables(engine: Engine, with_indexes: bool = True) -> None:

@@ -1,24 +1,37 @@
 """Exposure log: every response is recorded in `recommendation_log`, off the request path.
 
 Requests put a record on a bounded in-memory queue and return. A background thread drains it in
-batches. While the database is unreachable the records stay buffered (up to the bound) and the
-writer retries with backoff; records that do not fit are dropped and counted, never silently.
+batches. While the database is unreachable the records stay buffered (up to the bound) and the writer
+retries with a back-off that requests cannot cut short (no reconnect storm). Records that do not fit
+go to a spool directory on disk when `LOG_SPOOL_DIR` is set, and are written from there once the
+database is back; without one, or when the disk refuses them too, they are dropped and counted —
+never silently.
+
+One flush runs at a time (the writer thread, `stop()` and tests all go through `flush`), so the head
+of the queue is never inserted twice. A batch the database rejects is retried record by record: a
+record already in the table (a commit whose acknowledgement was lost) counts as written, only a record
+the database refuses on its own is dropped.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 
 from loguru import logger
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, inspect, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from app.db import create_log_table
 from app.tables import recommendation_log
+
+SPOOL_PREFIX = "exposure-"
 
 
 @dataclass(frozen=True)
@@ -39,42 +52,80 @@ class Exposure:
                 "model_version": self.model_version, "post_ids": " ".join(map(str, self.post_ids)),
                 "features_as_of": self.features_as_of}
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=datetime.isoformat)
+
+    @classmethod
+    def from_json(cls, line: str) -> Exposure:
+        d = json.loads(line)
+        for key in ("requested_at", "served_at", "features_as_of"):
+            if d[key] is not None:
+                d[key] = datetime.fromisoformat(d[key])
+        return cls(**{**d, "post_ids": tuple(d["post_ids"])})
+
 
 class ExposureWriter:
-    """Bounded buffer plus one writer thread; `submit` never blocks and never raises."""
+    """Bounded buffer plus one writer thread; `submit` never blocks on the database and never raises."""
 
     def __init__(self, engine: Engine, max_queue: int = 10_000, batch_size: int = 500,
-                 flush_seconds: float = 1.0, max_backoff: float = 10.0) -> None:
+                 flush_seconds: float = 1.0, max_backoff: float = 10.0, spool_dir: Path | None = None) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.max_backoff = max_backoff
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._queue: deque[Exposure] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue, the counters and the spool file being appended
+        self._io = threading.Lock()  # one flush at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._backing_off = False  # after a failed write: only the back-off timer (or stop) wakes the writer
+        self._table_ready = False
         self.written = 0
         self.dropped = 0
-        self.failures = 0
-        self._table_ready = False
+        self.failures = 0  # failed write attempts (each one a connection attempt while the database is down)
+        self.spooled = 0  # records put on disk because the queue was full
+        self.duplicates = 0  # records found already written when retried
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._spool_file = self.spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl" if self.spool_dir else None
 
     # ------------------------------------------------------------ request side
     def submit(self, exposure: Exposure) -> bool:
+        """Queue the record; False if it went to the spool or was dropped (counted either way)."""
         with self._lock:
             if len(self._queue) >= self.max_queue:
-                self.dropped += 1
+                self._overflow(exposure)
                 return False
             self._queue.append(exposure)
-            full = len(self._queue) >= self.batch_size
-        if full:
+            wake = len(self._queue) >= self.batch_size and not self._backing_off
+        if wake:
             self._wake.set()
         return True
+
+    def _overflow(self, exposure: Exposure) -> None:
+        """Called under the lock: the spool file is appended by one thread at a time."""
+        if self._spool_file is not None:
+            try:
+                with self._spool_file.open("a") as f:
+                    f.write(exposure.to_json() + "\n")
+                self.spooled += 1
+                return
+            except OSError as exc:  # disk full or read-only: fall through to counting the loss
+                if self.dropped == 0:
+                    logger.error("exposure log: spool {} refused a record: {}", self._spool_file, exc)
+        self.dropped += 1
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    def spool_files(self) -> list[Path]:
+        if self.spool_dir is None:
+            return []
+        return sorted(self.spool_dir.glob(f"{SPOOL_PREFIX}*.jsonl"))
 
     # ------------------------------------------------------------ writer side
     def start(self) -> None:
@@ -82,55 +133,164 @@ class ExposureWriter:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Flush what is buffered (one last try) and stop the thread."""
+        """Stop the thread, then flush what is buffered (one last try). If the thread is stuck in a write
+        past `timeout`, the last flush is skipped rather than run beside it; what is still buffered then
+        goes to the spool, or is reported as lost."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("exposure log: writer still busy after {}s; not flushing beside it", timeout)
+                self._spool_rest()
+                return
         self.flush()
+        self._spool_rest()
+
+    def _spool_rest(self) -> None:
+        with self._lock:
+            rest, self._queue = list(self._queue), deque()
+            for e in rest:
+                self._overflow(e)
+        if rest:
+            logger.warning("exposure log: {} records not written at stop ({})", len(rest),
+                           f"spooled to {self.spool_dir}" if self.spool_dir else "lost")
 
     def _run(self) -> None:
         backoff = self.flush_seconds
         while not self._stop.is_set():
-            self._wake.wait(backoff)
+            if self._backing_off:
+                self._stop.wait(backoff)  # requests cannot shorten this: one attempt per back-off step
+            else:
+                self._wake.wait(self.flush_seconds)
             self._wake.clear()
             if self._stop.is_set():
                 break
-            ok = self.flush()
-            backoff = self.flush_seconds if ok else min(backoff * 2, self.max_backoff)
+            # flush() sets _backing_off; the wait doubles with every failure in a row, up to max_backoff
+            backoff = self.flush_seconds if self.flush() else min(backoff * 2, self.max_backoff)
 
     def flush(self) -> bool:
-        """Write everything buffered in batches; False (records kept) if the database refused."""
+        """Write everything buffered (and spooled) in batches; False (records kept) if the database refused."""
+        with self._io:
+            ok = self._ensure_table() and self._drain_queue() and self._drain_spool()
+            self._backing_off = not ok
+            return ok
+
+    def _ensure_table(self) -> bool:
+        if self._table_ready:
+            return True
+        try:
+            create_log_table(self.engine)
+            self._table_ready = True
+        except SQLAlchemyError as exc:
+            # two workers creating the table at once: the loser's DDL fails although the table now exists
+            try:
+                self._table_ready = inspect(self.engine).has_table(recommendation_log.name)
+            except SQLAlchemyError:
+                pass
+            if not self._table_ready:
+                self._failed(exc)
+        return self._table_ready
+
+    def _failed(self, exc: Exception) -> None:
+        with self._lock:
+            self.failures += 1
+        logger.warning("exposure log: write failed, {} buffered: {}", self.depth, exc.__class__.__name__)
+
+    def _drain_queue(self) -> bool:
         while True:
             with self._lock:
                 batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
             if not batch:
                 return True
             try:
-                if not self._table_ready:
-                    create_log_table(self.engine)
-                    self._table_ready = True
-                with self.engine.begin() as conn:
-                    conn.execute(insert(recommendation_log), [e.row() for e in batch])
-            except IntegrityError:  # a bad batch would block the queue forever: count it as dropped
-                logger.error("exposure log: {} records rejected by the database", len(batch))
-                with self._lock:
-                    for _ in batch:
-                        self._queue.popleft()
-                self.dropped += len(batch)
-                continue
+                self._write(batch, on_done=self._pop)
             except SQLAlchemyError as exc:
-                self.failures += 1
-                logger.warning("exposure log: write failed, {} buffered: {}", self.depth, exc.__class__.__name__)
+                self._failed(exc)
                 return False
+
+    def _pop(self, n: int) -> None:
+        with self._lock:
+            for _ in range(min(n, len(self._queue))):  # stop() may have spooled the queue meanwhile
+                self._queue.popleft()
+
+    def _drain_spool(self) -> bool:
+        """Write spooled records: this process's file (claimed by renaming it, so that requests start a new
+        one) and files left by processes that no longer run. Re-reading a file after a failure is safe:
+        records already written are recognised as such."""
+        if self.spool_dir is None:
+            return True
+        for path in self.spool_files():
+            if not self._claimable(path):
+                continue
+            claimed = path.with_suffix(".draining")
             with self._lock:
-                for _ in batch:
-                    self._queue.popleft()
-            self.written += len(batch)
+                try:
+                    path.rename(claimed)
+                except OSError:
+                    continue  # another worker claimed it first
+            records = [Exposure.from_json(line) for line in claimed.read_text().splitlines() if line.strip()]
+            try:
+                for i in range(0, len(records), self.batch_size):
+                    self._write(records[i:i + self.batch_size], on_done=lambda _n: None)
+            except SQLAlchemyError as exc:
+                claimed.rename(path.with_name(f"{SPOOL_PREFIX}{os.getpid()}-{time.time_ns()}.jsonl"))
+                self._failed(exc)
+                return False
+            claimed.unlink()
+            logger.info("exposure log: {} spooled records written from {}", len(records), path.name)
+        return True
+
+    @staticmethod
+    def _claimable(path: Path) -> bool:
+        owner = path.stem.removeprefix(SPOOL_PREFIX).split("-")[0]
+        if not owner.isdigit() or int(owner) == os.getpid():
+            return True
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            return True  # its worker is gone
+        except PermissionError:
+            return False
+        return False  # a live worker's: it drains its own
+
+    def _write(self, records: list[Exposure], on_done) -> None:
+        """Insert the records; `on_done(n)` after each n of them are settled (written or rejected).
+        Raises SQLAlchemyError (other than an integrity error) when the database is unavailable."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(recommendation_log), [e.row() for e in records])
+            with self._lock:
+                self.written += len(records)
+            on_done(len(records))
+            return
+        except IntegrityError:
+            pass  # a duplicate or a bad record: find which, one by one
+        for e in records:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(recommendation_log), [e.row()])
+                with self._lock:
+                    self.written += 1
+            except IntegrityError as exc:
+                with self.engine.connect() as conn:
+                    present = conn.execute(select(recommendation_log.c.request_id).where(
+                        recommendation_log.c.request_id == e.request_id)).first() is not None
+                with self._lock:
+                    if present:
+                        self.duplicates += 1
+                    else:
+                        self.dropped += 1
+                if not present:
+                    logger.error("exposure log: record {} rejected by the database: {}", e.request_id,
+                                 exc.orig.__class__.__name__ if exc.orig is not None else exc)
+            on_done(1)
 
     def wait_until_empty(self, timeout: float = 5.0) -> bool:
+        """Wait for the queue and this process's spool to be written (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
-        while self.depth and time.monotonic() < deadline:
-            self._wake.set()
+        while (self.depth or self.spool_files()) and time.monotonic() < deadline:
+            if not self._backing_off:
+                self._wake.set()
             time.sleep(0.02)
-        return self.depth == 0
+        return self.depth == 0 and not self.spool_files()

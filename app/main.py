@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from threadpoolctl import threadpool_limits
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
+from app.api.deps import DatabaseTimeout
 from app.config import Settings, get_settings
 from app.db import make_engine
 from app.engine import Recommender, ScreenPolicy
@@ -48,9 +49,12 @@ def create_app(settings: Settings | None = None,
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them
         app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
-        app.state.db = make_engine(settings.database_url)
+        app.state.db = make_engine(settings.database_url, settings.db_timeout_seconds)
+        # database calls of the requests run in threads of their own, at most as many as the pool can hold
+        # (5 + 10 overflow): a hung server holds these, never the threads the rest of the service uses
+        app.state.db_limiter = anyio.CapacityLimiter(15)
         app.state.writer = ExposureWriter(app.state.db, settings.log_queue_size, settings.log_batch_size,
-                                          settings.log_flush_seconds)
+                                          settings.log_flush_seconds, spool_dir=settings.log_spool_dir)
         app.state.writer.start()
         follow = None
         if settings.state_follow:
@@ -76,8 +80,9 @@ def create_app(settings: Settings | None = None,
         if app.state.serving.follower is not None:
             app.state.serving.follower.stop()
         app.state.writer.stop()
-        logger.info("exposure log flushed: {} written, {} dropped, {} still buffered",
-                    app.state.writer.written, app.state.writer.dropped, app.state.writer.depth)
+        logger.info("exposure log flushed: {} written, {} dropped, {} spooled in all, {} still buffered",
+                    app.state.writer.written, app.state.writer.dropped, app.state.writer.spooled,
+                    app.state.writer.depth)
         app.state.db.dispose()
 
     app = FastAPI(title="Post recommendations", version="1.0", lifespan=lifespan)
@@ -123,6 +128,11 @@ def _install_handlers(app: FastAPI) -> None:
             return error_page(request, 422, "Please correct the form", errors)
         text = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": text, "errors": errors}, status_code=422)
+
+    @app.exception_handler(DatabaseTimeout)
+    async def database_timeout(_: Request, exc: DatabaseTimeout) -> JSONResponse:
+        logger.warning("database timeout: {}", exc)
+        return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
 
     @app.exception_handler(SQLAlchemyError)
     async def database_down(_: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -23,6 +23,11 @@ class Metrics:
                                  registry=self.registry)
         self.log_written = Gauge("exposure_log_written_total", "Exposure records written",
                                  registry=self.registry)
+        self.log_failures = Gauge("exposure_log_write_failures_total", "Failed exposure log writes (each one "
+                                  "attempt; they follow the back-off while the database is down)",
+                                  registry=self.registry)
+        self.log_spooled = Gauge("exposure_log_spooled_total", "Exposure records put on disk (LOG_SPOOL_DIR) "
+                                 "because the buffer was full", registry=self.registry)
         # the live state (app.live_state, app.follower)
         self.state_applied_seq = Gauge("state_applied_seq", "Highest feed_data sequence applied to the state",
                                        registry=self.registry)

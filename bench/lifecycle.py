@@ -2,6 +2,7 @@
 
     python -m bench.lifecycle swap --db URL --models DIR [--duration 60] [--every 15] [--workers 2]
     python -m bench.lifecycle simulate --db URL --models DIR --world PATH [--days 28] [--users-per-day 800]
+    python -m bench.lifecycle daily --db URL --models DIR --world PATH --days 2
 
 `swap` serves two copies of one trained version under a closed-loop load of 8 concurrent clients and
 flips `models/current` between them every `--every` seconds; then points it at broken candidates
@@ -17,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import pickle
 import shutil
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -182,43 +186,65 @@ def cmd_swap(args) -> None:
 
 
 # ------------------------------------------------------------------ weeks of retraining
-def cmd_simulate(args) -> None:
+def _simulate_arm(args, mode: str) -> None:
+    """One arm of the comparison (never or daily retrained), saved to `--work`/<mode>.pkl."""
     from training.retrain import retrain
-    from training.simulate import SimConfig, day_table, simulate
+    from training.simulate import SimConfig, simulate
+    from training.train import TrainConfig
     from training.world.model import World
 
     settings = get_settings()
     world = World.load(args.world)
+    db = copy_database(args.db, f"life-{mode}")
+    models = Path(args.work) / mode
+    shutil.rmtree(models, ignore_errors=True)
+    models.mkdir(parents=True)
+    source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
+    shutil.copytree(source, models / source.name)
+    set_current(models, source.name, how="bench")
+    port = 8032 if mode == "never" else 8033
+    proc, _ = _service(db, models, port, model_watch_seconds=1)
+    timings: list[float] = []
+
+    def retrainer():
+        started = time.perf_counter()
+        config = TrainConfig(max_train_rows=args.max_train_rows, max_val_rows=args.max_train_rows // 2)
+        result = retrain(db, models, settings.cache_dir, settings.embedding_model, keep=4, world=args.world,
+                         requests=args.requests, config=config)
+        timings.append(time.perf_counter() - started)
+        return result
+
+    config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed,
+                       retrain_every=args.retrain_every if mode == "daily" else 0)
+    try:
+        engine = make_engine(db)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            summary = simulate(engine, client, world, config, retrainer if mode == "daily" else None)
+        engine.dispose()
+    finally:
+        stop(proc)
+        drop_database(db)
+    with open(Path(args.work) / f"{mode}.pkl", "wb") as fh:
+        pickle.dump((summary, timings), fh)
+
+
+def cmd_simulate(args) -> None:
+    """Both arms at once, each in its own process (same users, same moments, own database copy)."""
+    from training.simulate import day_table
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.arm:
+        _simulate_arm(args, args.arm)
+        return
+    arms = [subprocess.Popen([sys.executable, "-m", "bench.lifecycle", *sys.argv[1:], "--arm", mode])
+            for mode in ("never", "daily")]
+    if any(p.wait() != 0 for p in arms):
+        raise SystemExit("an arm of the simulation failed")
     results = {}
     for mode in ("never", "daily"):
-        db = copy_database(args.db, f"life-{mode}")
-        models = Path(args.work) / mode
-        shutil.rmtree(models, ignore_errors=True)
-        models.mkdir(parents=True)
-        source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
-        shutil.copytree(source, models / source.name)
-        set_current(models, source.name, how="bench")
-        proc, _ = _service(db, models, 8032, model_watch_seconds=1)
-        timings = []
-
-        def retrainer(db=db, models=models, timings=timings):
-            started = time.perf_counter()
-            result = retrain(db, models, settings.cache_dir, settings.embedding_model, keep=4, world=args.world,
-                             requests=args.requests)
-            timings.append(time.perf_counter() - started)
-            return result
-
-        config = SimConfig(days=args.days, users_per_day=args.users_per_day, seed=args.seed,
-                           retrain_every=1 if mode == "daily" else 0)
-        try:
-            engine = make_engine(db)
-            with httpx.Client(base_url="http://127.0.0.1:8032") as client:
-                results[mode] = (simulate(engine, client, world, config, retrainer if mode == "daily" else None),
-                                 timings)
-            engine.dispose()
-        finally:
-            stop(proc)
-            drop_database(db)
+        with open(work / f"{mode}.pkl", "rb") as fh:
+            results[mode] = pickle.load(fh)
     never, daily = results["never"][0], results["daily"][0]
     timings = results["daily"][1]
 
@@ -230,7 +256,7 @@ def cmd_simulate(args) -> None:
     diff = week(daily, last) - week(never, last)  # the same users at the same moments
     boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
     lo, hi = np.quantile(boot, [0.025, 0.975])
-    rows = ["| week | days | expected hitrate@5, never retrained | daily retraining | oracle |",
+    rows = ["| week | days | expected hitrate@5, never retrained | retrained | oracle |",
             "|---|---|---|---|---|"]
     for w in range(args.days // 7):
         oracle = np.mean([d["oracle_expected"] for d in daily.days[7 * w:7 * w + 7]])
@@ -238,21 +264,65 @@ def cmd_simulate(args) -> None:
                     f"{week(daily, w).mean():.4f} | {oracle:.4f} |")
     decisions = [d["retrain"]["decision"] for d in daily.days if d.get("retrain")]
     body = [f"Demo world behind `{args.db}`, starting from artifacts `{Path(args.models).name}`; {args.days} days, "
-            f"{args.users_per_day} users a day, seed {args.seed}; both services follow their own copy of the database.",
+            f"{args.users_per_day} users a day, seed {args.seed}; both services follow their own copy of the database; "
+            f"the retrained one runs `retrain` every {args.retrain_every} day(s) on {args.max_train_rows:,} "
+            f"training rows ({args.requests} held-out requests for the gate).",
             "", *rows, "",
-            f"Week {last + 1}, daily minus never, paired by request: {diff.mean():+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]. "
-            f"Daily retrainings: {len(decisions)} ({decisions.count('promoted')} promoted, "
+            f"Week {last + 1}, retrained minus never, paired by request: {diff.mean():+.4f} "
+            f"[95% CI {lo:+.4f}, {hi:+.4f}]. "
+            f"Retrainings: {len(decisions)} ({decisions.count('promoted')} promoted, "
             f"{decisions.count('refused')} refused by the gate); seconds each (retrain + evaluation of both "
             f"versions): median {np.median(timings):.0f}, max {np.max(timings):.0f}.", "",
-            "<details><summary>Per day, daily retraining</summary>", "", day_table(daily), "", "</details>", "",
+            "<details><summary>Per day, retrained</summary>", "", day_table(daily), "", "</details>", "",
             "<details><summary>Per day, never retrained</summary>", "", day_table(never), "", "</details>"]
     append("Weeks of daily retraining", body)
+
+
+def cmd_daily(args) -> None:
+    """The daily job as a scheduler runs it, on a copy of the database with the service serving: each
+    day the simulated users use the feed for a day, then `python -m training retrain` runs as the cron line
+    runs it; its output, exit code and the version the service serves afterwards are recorded."""
+    db = copy_database(args.db, "daily-job")
+    models = Path(args.work) / "models"
+    shutil.rmtree(models, ignore_errors=True)
+    models.mkdir(parents=True)
+    source = Path(args.models) / (Path(args.models) / "current").read_text().strip()
+    shutil.copytree(source, models / source.name)
+    set_current(models, source.name, how="bench")
+    env = {**os.environ, "DATABASE_URL": db, "MODEL_DIR": str(models), "WORLD_PATH": str(args.world)}
+    proc, _ = _service(db, models, 8034, model_watch_seconds=1)
+    body = [f"Demo world behind `{args.db}` (a copy), artifacts `{source.name}`; each day "
+            f"`python -m training simulate --days 1 --users-per-day {args.users_per_day}` against the serving "
+            f"service, then the daily job exactly as `deploy/retrain.cron` runs it "
+            f"(`python -m training retrain --keep 5`, here with `--requests {args.requests}`).", ""]
+    try:
+        for day in range(1, args.days + 1):
+            sim = subprocess.run([sys.executable, "-m", "training", "simulate", "--url", "http://127.0.0.1:8034",
+                                  "--days", "1", "--users-per-day", str(args.users_per_day), "--seed",
+                                  str(args.seed + day)], env=env, capture_output=True, text=True)
+            if sim.returncode != 0:
+                raise RuntimeError(f"simulate failed: {sim.stderr[-2000:]}")
+            started = time.perf_counter()
+            job = subprocess.run([sys.executable, "-m", "training", "retrain", "--keep", "5", "--requests",
+                                  str(args.requests)], env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            time.sleep(3)  # the workers look at models/current every second
+            served = httpx.get("http://127.0.0.1:8034/model", timeout=10).json()
+            log = [line for line in job.stderr.splitlines() if "| INFO" in line or "| WARNING" in line
+                   or "error" in line.lower()]
+            body += [f"### Day {day}", "", f"Exit code **{job.returncode}** after {seconds:.0f} s; the service "
+                     f"then serves `{served.get('version')}`.", "", "stdout:", "", "```", job.stdout.strip(), "```",
+                     "", "stderr (the job's log, INFO and above):", "", "```", *log, "```", ""]
+    finally:
+        stop(proc)
+        drop_database(db)
+    append("The daily job, day after day", body)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.lifecycle")
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("swap", "simulate"):
+    for name in ("swap", "simulate", "daily"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--models", type=Path, required=True)
@@ -263,12 +333,15 @@ def main() -> None:
             p.add_argument("--workers", type=int, default=2)
         else:
             p.add_argument("--world", type=Path, required=True)
+            p.add_argument("--arm", choices=("never", "daily"), help=argparse.SUPPRESS)
             p.add_argument("--days", type=int, default=28)
             p.add_argument("--users-per-day", type=int, default=800)
             p.add_argument("--requests", type=int, default=1000)
             p.add_argument("--seed", type=int, default=3)
+            p.add_argument("--retrain-every", type=int, default=1, help="days between retrainings (simulate)")
+            p.add_argument("--max-train-rows", type=int, default=400_000, help="training rows per retraining")
     args = ap.parse_args()
-    {"swap": cmd_swap, "simulate": cmd_simulate}[args.command](args)
+    {"swap": cmd_swap, "simulate": cmd_simulate, "daily": cmd_daily}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,17 @@ import threading
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to an upstream address; `cut()` drops every connection and refuses new
-    ones (a database that went away), `restore()` accepts again on the same port."""
+    ones (a database that went away), `restore()` accepts again on the same port; `hang()` keeps every
+    connection open and accepts new ones but forwards nothing (a database that stopped answering),
+    `resume()` forwards again what was held."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -42,7 +46,15 @@ class TcpProxy:
                 pass
             s.close()
 
-    close = cut
+    def close(self) -> None:
+        self._flowing.set()
+        self.cut()
+
+    def hang(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -64,10 +76,10 @@ class TcpProxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()  # hung: the bytes are read (the peer's writes succeed) but held
                 dst.sendall(data)
         except OSError:
             pass

@@ -163,6 +163,40 @@ def test_recommendation_bad_input(world_client, params):
     assert body["errors"] and all(e["field"] for e in body["errors"])
 
 
+@pytest.mark.parametrize("moment", [
+    "0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-05:00",  # out of the calendar once in UTC
+    "1640000000", "25000000000", "-5", "1.5e9",  # bare numbers are not read as epoch seconds or milliseconds
+])
+def test_bad_moments_are_422_naming_time(world_client, moment):
+    r = world_client.get("/post/recommendations/", params={"id": 1, "time": moment})
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["time"]
+
+
+@pytest.mark.parametrize("moment", [
+    "0001-01-01T00:00:00", "0001-01-01T00:00:00-01:00", "9999-12-31T23:59:59.999999", "9999-12-31T23:30:00+05:00",
+    "2021-12-24T12:00:00.123456789+14:00", "2021-12-24T12:00:00-23:59", "2021-12-24",
+])
+def test_extreme_moments_inside_the_calendar_are_served(world_client, moment):
+    r = world_client.get("/post/recommendations/", params={"id": 1, "time": moment, "limit": 2})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["recommendations"]) == 2
+
+
+# md5(str(user_id) + salt) in hex, computed once: "25startml-ab" -> 6de75c69...a1 (mod 100 = 49),
+# "54startml-ab" -> 720c867e...a2 (mod 100 = 50). A uniform hash, another salt order or `<=` instead of `<`
+# moves at least one of these users.
+@pytest.mark.parametrize(("user", "digest", "bucket"), [
+    (25, "6de75c6982dd68448221b05b92f499a1", 49), (54, "720c867e8ee26aea168ee540715bb2a2", 50),
+    (400, "3dfe71dbfa8328b1bee00b48a32cf7cc", 0), (18, "112abf44a6340642f7e7e669f4e21813", 99),
+])
+def test_ab_formula_is_the_courses(user, digest, bucket):
+    assert int(digest, 16) % 100 == bucket
+    for percent in (0, 1, 49, 50, 51, 99, 100):
+        assert exp_group(user, "startml-ab", percent) == ("control" if bucket < percent else "test")
+    assert exp_group(user, "startml-ab", bucket) == "test" and exp_group(user, "startml-ab", bucket + 1) == "control"
+
+
 def test_ab_split_is_deterministic_and_balanced():
     groups = [exp_group(u, "salt-x", 50) for u in range(20_000)]
     share = Counter(groups)["control"] / len(groups)

@@ -1,13 +1,17 @@
 """The exposure log under a lost database: no crash, bounded buffer, drops counted, nothing lost on recovery."""
 
+import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import IntegrityError
 
-from app.db import make_engine
+from app.db import create_log_table, make_engine
 from app.exposure import Exposure, ExposureWriter
 from app.tables import recommendation_log
 
@@ -85,3 +89,92 @@ def test_service_refuses_corrupt_artifacts(trained, tmp_path):
     out = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True,
                          env={"MODEL_DIR": str(models), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 1 and "corrupt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_backoff_really_waits_while_the_database_is_down():
+    """Requests arriving during the back-off do not wake the writer: attempts follow the back-off, not the
+    request rate (before: one reconnect attempt per request once a batch was buffered)."""
+    writer = ExposureWriter(make_engine(DEAD), max_queue=100_000, batch_size=2, flush_seconds=0.05, max_backoff=0.4)
+    writer.start()
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:
+        writer.submit(_exposure(0))
+        time.sleep(0.001)
+    failures = writer.failures
+    writer.stop(timeout=1)
+    # 0.1 + 0.2 + 0.4 + 0.4 ... within 1.5 s: at most 6 attempts, plus one in flight and slack for a slow machine
+    assert 2 <= failures <= 8, failures
+
+
+def test_stop_never_flushes_beside_a_busy_writer(tmp_path, sqlite_url):
+    """stop() while the writer is stuck in an insert: no second flush of the same head beside it, nothing
+    dropped; what stop() could not write goes to the spool and is written from there once."""
+    engine = make_engine(sqlite_url)
+    slow = threading.Event()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _slow_insert(conn, cursor, statement, *args) -> None:
+        if slow.is_set() and statement.startswith("INSERT INTO recommendation_log"):
+            time.sleep(0.4)
+
+    writer = ExposureWriter(engine, batch_size=5, flush_seconds=0.01, spool_dir=tmp_path / "spool")
+    writer.flush()  # creates the table
+    slow.set()
+    writer.start()
+    for i in range(10):
+        writer.submit(_exposure(i))
+    time.sleep(0.1)  # the writer is inside its first insert now
+    writer.stop(timeout=0.05)
+    writer._thread.join(10)
+    slow.clear()
+    assert writer.flush()  # a later flush (the next start) writes what was spooled
+    assert writer.dropped == 0 and _count(sqlite_url) == 10 and writer.written == 10
+    assert not writer.spool_files()
+
+
+def test_table_creation_race_does_not_drop_records(sqlite_url, monkeypatch):
+    """The loser of two workers creating the log table at once gets an integrity error from the DDL
+    (PostgreSQL's pg_type) although the table now exists: its batch is written, not dropped."""
+    def create_and_lose(engine):
+        create_log_table(engine)
+        raise IntegrityError("CREATE TABLE recommendation_log", {}, Exception("duplicate key (pg_type)"))
+
+    monkeypatch.setattr("app.exposure.create_log_table", create_and_lose)
+    writer = ExposureWriter(make_engine(sqlite_url), batch_size=10)
+    for i in range(7):
+        writer.submit(_exposure(i))
+    assert writer.flush()
+    assert writer.dropped == 0 and _count(sqlite_url) == 7
+
+
+def test_a_record_already_written_is_not_written_twice_nor_its_batch_dropped(sqlite_url):
+    """A commit whose acknowledgement was lost is retried: the record already in the table counts as
+    written; the other records of its batch are written, none dropped."""
+    writer = ExposureWriter(make_engine(sqlite_url), batch_size=10)
+    records = [_exposure(i) for i in range(6)]
+    writer.submit(records[2])
+    assert writer.flush()
+    for e in records:
+        writer.submit(e)
+    assert writer.flush()
+    assert _count(sqlite_url) == 6 and writer.dropped == 0 and writer.duplicates == 1
+
+
+def test_overflow_goes_to_the_spool_and_is_written_after_recovery(tmp_path, pg_url):
+    writer = ExposureWriter(make_engine(DEAD), max_queue=5, batch_size=5, flush_seconds=0.02, max_backoff=0.05,
+                            spool_dir=tmp_path / "spool")
+    writer.start()
+    accepted = [writer.submit(_exposure(i)) for i in range(20)]
+    assert accepted.count(True) == 5 and writer.spooled == 15 and writer.dropped == 0
+    writer.engine = make_engine(pg_url)  # the database is back
+    assert writer.wait_until_empty(timeout=10)
+    writer.stop()
+    assert writer.written == 20 and _count(pg_url) == 20 and writer.dropped == 0
+
+
+def test_a_full_disk_under_the_spool_is_counted_as_dropped(tmp_path):
+    spool = tmp_path / "spool"
+    writer = ExposureWriter(make_engine(DEAD), max_queue=2, spool_dir=spool)
+    (spool / f"exposure-{os.getpid()}.jsonl").symlink_to("/dev/full")  # every write: ENOSPC, root or not
+    accepted = [writer.submit(_exposure(i)) for i in range(5)]
+    assert accepted.count(True) == 2 and writer.dropped == 3 and writer.spooled == 0

@@ -61,13 +61,17 @@ def generate(
                                                                     "data's days rather than at its start")] = 0.0,
     held_back: Annotated[int, typer.Option(min=0, help="Posts kept out of the tables, for "
                                                       "`simulate --new-posts-per-day`")] = 0,
+    exposure: Annotated[str, typer.Option(help="random: the course's feed shows random posts; organic: "
+                                                   "users choose by popularity, recency and taste")] = "random",
 ) -> None:
     """Build the demo world and write its three tables."""
-    from training.world.generate import generate_world
+    from training.world.generate import EXPOSURES, generate_world
 
+    if exposure not in EXPOSURES:
+        raise typer.BadParameter(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     summary = generate_world(
         _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
-        n_posts=posts, release_share=release_share, held_back=held_back,
+        n_posts=posts, release_share=release_share, held_back=held_back, exposure=exposure,
     )
     typer.echo(summary)
 
@@ -300,6 +304,8 @@ def retrain(
     val_days: Annotated[float, typer.Option()] = 7,
     train_days: Annotated[float, typer.Option()] = 14,
     auc_drop: Annotated[float, typer.Option(help="Largest ROC-AUC drop the gate accepts")] = 0.005,
+    min_requests: Annotated[int, typer.Option(min=1, help="A hit rate on fewer held-out requests does not vote "
+                                                          "in the gate")] = 100,
 ) -> None:
     """Train a candidate on the latest data; promote it only if it is not worse than the serving version.
     Exit code 0: promoted; 3: refused by the gate; 1: failed."""
@@ -314,7 +320,7 @@ def retrain(
         result = run(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model, keep=keep,
                      world=path if Path(path).is_file() else None, requests=requests,
                      split_args={"test_days": test_days, "val_days": val_days, "train_days": train_days},
-                     gate=Gate(auc_drop=auc_drop))
+                     gate=Gate(auc_drop=auc_drop, min_requests=min_requests))
     except Exception as exc:  # a scheduler reads the exit code; the reason goes to stderr
         typer.echo(f"error: retrain failed: {exc}", err=True)
         raise typer.Exit(code=FAILED) from None

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, Connection, and_, func, literal, select
+from sqlalchemy import BigInteger, Connection, and_, cast, func, literal, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
@@ -128,8 +128,10 @@ def likes(conn: Connection) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ samples of views
 def _hash_bucket(buckets: int) -> ColumnElement[int]:
-    # a portable deterministic pseudo-random bucket per (user, post): SQL has no shared RNG
-    return (feed_data.c.user_id * 7919 + feed_data.c.post_id * 104_729) % buckets
+    # a portable deterministic pseudo-random bucket per (user, post): SQL has no shared RNG. In 64 bits, as
+    # training's NumPy sample: PostgreSQL computes int4 columns in int4, which overflows above user ~178k
+    user, post = cast(feed_data.c.user_id, BigInteger), cast(feed_data.c.post_id, BigInteger)
+    return (user * 7919 + post * 104_729) % buckets
 
 
 def count_views(conn: Connection, lo: int, hi: int) -> int:

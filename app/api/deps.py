@@ -3,25 +3,47 @@
 The ones that only read `app.state` are `async def`: FastAPI runs a plain `def` dependency in its thread
 pool, a thread hop per request for nothing."""
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
-from sqlalchemy import Connection
 
 from app.config import Settings
 from app.engine import Recommender
 from app.exposure import ExposureWriter
 from app.metrics import Metrics
 
+T = TypeVar("T")
+
 
 async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_connection(request: Request) -> Iterator[Connection]:
-    with request.app.state.db.connect() as conn:
-        yield conn
+class DatabaseTimeout(Exception):
+    """A database call passed DB_TIMEOUT_SECONDS; answered 503 like a lost database."""
+
+
+async def read_db(request: Request, query: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """`query(conn, *args, **kwargs)` on a pooled connection in a thread, given up after DB_TIMEOUT_SECONDS.
+
+    The engine's own timeouts end most faults (refused connections, slow statements), but a server that
+    accepts and never answers holds a thread in a blocking read: the request abandons that thread at the
+    deadline (its connection is returned when the read ends), and at most `db_limiter` threads can be held
+    that way, so liveness and recommendations never wait behind them."""
+    app_state = request.app.state
+
+    def run() -> T:
+        with app_state.db.connect() as conn:
+            return query(conn, *args, **kwargs)
+
+    try:
+        with anyio.fail_after(app_state.settings.db_timeout_seconds):
+            return await anyio.to_thread.run_sync(run, limiter=app_state.db_limiter, abandon_on_cancel=True)
+    except TimeoutError:
+        raise DatabaseTimeout(f"no answer within {app_state.settings.db_timeout_seconds} s") from None
 
 
 async def get_recommender(request: Request) -> Recommender:
@@ -37,7 +59,6 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-ConnDep = Annotated[Connection, Depends(get_connection)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 WriterDep = Annotated[ExposureWriter, Depends(get_writer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.deps import MetricsDep, RecommenderDep
+from app.api.deps import DatabaseTimeout, MetricsDep, RecommenderDep, read_db
 from app.engine import Recommender
 from app.exposure import ExposureWriter
 from app.follower import Follower
@@ -41,8 +41,10 @@ def state_report(recommender: Recommender, follower: Follower | None) -> dict:
     return out
 
 
+# The handlers here are `async def`: they run on the event loop, not in the thread pool that database
+# calls can fill, so liveness, /model and /metrics answer whatever the database does.
 @router.get("/health")
-def health() -> dict:
+async def health() -> dict:
     return {"status": "ok"}
 
 
@@ -57,15 +59,14 @@ def _models_report(request: Request) -> dict:
 
 
 @router.get("/ready")
-def ready(request: Request) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
     """Ready when the database answers and the state has caught up with it once (or is frozen)."""
     serving = request.app.state.serving  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     try:
-        with request.app.state.db.connect() as conn:
-            ping(conn)
+        await read_db(request, ping)
         database = "ok"
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DatabaseTimeout) as exc:
         database = f"unreachable ({exc.__class__.__name__})"
     state = state_report(recommender, follower)
     caught_up = follower is None or follower.status.caught_up.is_set()
@@ -77,7 +78,7 @@ def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/model")
-def model_info(request: Request, recommender: RecommenderDep) -> dict:
+async def model_info(request: Request, recommender: RecommenderDep) -> dict:
     """What is being served: version, cut-offs, offline metrics, the live state's base cut, and the swaps."""
     m = recommender.manifest.data
     watcher = getattr(request.app.state, "watcher", None)
@@ -108,6 +109,8 @@ def refresh_gauges(app_state) -> None:
     metrics.log_queue.set(writer.depth)
     metrics.log_dropped.set(writer.dropped)
     metrics.log_written.set(writer.written)
+    metrics.log_failures.set(writer.failures)
+    metrics.log_spooled.set(writer.spooled)
     serving = app_state.serving  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
@@ -133,6 +136,6 @@ def refresh_gauges(app_state) -> None:
 
 
 @router.get("/metrics")
-def metrics(request: Request, metrics: MetricsDep) -> Response:
+async def metrics(request: Request, metrics: MetricsDep) -> Response:
     refresh_gauges(request.app.state)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,7 @@
 """`GET /post/recommendations/`: A/B group, ranking, exposure record."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import anyio.to_thread
@@ -10,16 +10,11 @@ from fastapi import APIRouter, Query, Request
 from app.ab import CONTROL, exp_group
 from app.api.deps import RecommenderDep, SettingsDep, WriterDep
 from app.exposure import Exposure
+from app.moments import Moment
 from app.schemas import Response
 
 router = APIRouter()
-
-
-def as_utc(moment: datetime) -> datetime:
-    """Naive times are UTC; aware ones are converted. Returned naive, as the feed stores them."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+EPOCH = datetime(1970, 1, 1)
 
 
 @router.get("/post/recommendations/", response_model=Response)
@@ -29,14 +24,16 @@ async def recommended_posts(
     recommender: RecommenderDep,
     writer: WriterDep,
     id: Annotated[int, Query(ge=0, le=2**63 - 1, description="User id")],
-    time: Annotated[datetime | None, Query(description="ISO 8601 moment of the request; default now (UTC)")] = None,
+    time: Annotated[Moment | None, Query(description="ISO 8601 moment of the request (UTC unless it names a zone); "
+                                                     "default now")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="How many posts, 1-100")] = 10,
 ) -> dict:
     served_at = datetime.now(UTC).replace(tzinfo=None)
-    at = as_utc(time) if time is not None else served_at
+    at = time if time is not None else served_at  # naive UTC already (app.moments)
     group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
     model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
-    ts = int(at.replace(tzinfo=UTC).timestamp())
+    # whole seconds by integer arithmetic: a float timestamp rounds 9999-12-31T23:59:59.999999 up out of the calendar
+    ts = (at - EPOCH) // timedelta(seconds=1)
     ranking = await anyio.to_thread.run_sync(recommender.recommend, model, id, ts, limit,
                                              limiter=request.app.state.scoring_limiter)
     post_ids = ranking.post_ids.tolist()

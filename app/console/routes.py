@@ -19,12 +19,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.routes_ops import promotion_of, refresh_gauges, state_report
-from app.api.routes_recommend import as_utc
 from app.artifacts import MODEL_FILES
 from app.console import experiment, service
 from app.console.explain import NotExplainable, explain
 from app.console.feed import build_feed, epoch, served_model
 from app.engine import Recommender
+from app.moments import Moment
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -42,29 +42,17 @@ class _Form(BaseModel):
     def _blank_is_missing(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("time", mode="after", check_fields=False)
-    @classmethod
-    def _naive_utc(cls, v: datetime | None) -> datetime | None:
-        """Moments are naive UTC from here on, as in the feed; a zone that pushes one out of the
-        calendar (0001-01-01T00:00+01:00) is bad input, not a server error."""
-        if v is None:
-            return None
-        try:
-            return as_utc(v)
-        except OverflowError:
-            raise ValueError("outside the years 1-9999 once converted to UTC") from None
-
 
 class FeedQuery(_Form):
     user: int | None = Field(None, ge=0, le=MAX_ID, description="User id")
-    time: datetime | None = Field(None, description="Moment (UTC unless it names a zone)")
+    time: Moment | None = Field(None, description="Moment (UTC unless it names a zone)")
     limit: int | None = Field(None, ge=1, le=100, description="Posts per model, 1-100")
 
 
 class WhyQuery(_Form):
     user: int | None = Field(None, ge=0, le=MAX_ID, description="User id")
     post: int | None = Field(None, ge=0, le=MAX_ID, description="Post id")
-    time: datetime | None = Field(None, description="Moment (UTC unless it names a zone)")
+    time: Moment | None = Field(None, description="Moment (UTC unless it names a zone)")
     model: Literal["control", "test"] | None = None
 
 

@@ -24,9 +24,11 @@ from app.tables import COURSE_TABLES, feed_data, post_text_df, recommendation_lo
 from training.bulk import epoch_to_datetime, write_frame
 from training.world import reference as ref
 from training.world.cities import city_table
+from training.world.exposure import choose_posts, organic_parameters
 from training.world.model import HELD_BACK, World
 from training.world.texts import load_posts
 
+EXPOSURES = ("random", "organic")  # the course's random feed; users who choose what they view
 THEMES_PER_TOPIC = {"movie": 4, "covid": 4}  # other topics: 3
 USERS_PER_CHUNK = 5_000
 CALIBRATION_ROWS = 400_000
@@ -221,17 +223,20 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
     run -= np.repeat(run[session_start] - gap[session_start], np.diff(np.append(session_start, len(run))))
     day_end = (s_time[v_session] - ref.START) // 86_400 * 86_400 + ref.START + 86_399
     ts = np.minimum(s_time[v_session] + run, day_end)
-    exposure = world.post_exposure / world.post_exposure.sum()
-    pj = rng.choice(len(world.post_ids), size=len(v_user), p=exposure)
-    if world.post_release is not None:  # a view only of a post released before it: draw again, then drop
-        for _ in range(8):
-            early = world.post_release[pj] > ts
-            if not early.any():
-                break
-            pj[early] = rng.choice(len(world.post_ids), size=int(early.sum()), p=exposure)
-        ok = world.post_release[pj] <= ts
-        v_user, pj, ts = v_user[ok], pj[ok], ts[ok]
-    # the random feed may draw a post twice for a user; keep the first showing
+    if world.exposure == "organic":
+        pj = choose_posts(world, ui[v_user], ts, rng)
+    else:
+        exposure = world.post_exposure / world.post_exposure.sum()
+        pj = rng.choice(len(world.post_ids), size=len(v_user), p=exposure)
+        if len(world.post_release):  # a view only of a post released before it: draw again, then drop
+            for _ in range(8):
+                early = world.post_release[pj] > ts
+                if not early.any():
+                    break
+                pj[early] = rng.choice(len(world.post_ids), size=int(early.sum()), p=exposure)
+            ok = world.post_release[pj] <= ts
+            v_user, pj, ts = v_user[ok], pj[ok], ts[ok]
+    # either feed may draw a post twice for a user; keep the first showing
     key = ui[v_user].astype(np.int64) * len(world.post_ids) + pj
     _, first = np.unique(key, return_index=True)
     first.sort()
@@ -258,14 +263,18 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
 
 # ------------------------------------------------------------------ entry point
 def generate_world(db_url: str, scale: float, seed: int, world_path: Path, replace: bool = False,
-                   n_posts: int | None = None, release_share: float = 0.0, held_back: int = 0) -> str:
+                   exposure: str = "random", n_posts: int | None = None, release_share: float = 0.0,
+                   held_back: int = 0) -> str:
     """Generate users, posts and feed at `scale`, write them in one transaction, save the world.
-
-    `n_posts` grows (or shrinks) the catalogue (`grown_catalogue`); `release_share` of the posts enter
-    over the data's days rather than at its start; the last `held_back` posts are kept out of
-    post_text_df and the feed, for `simulate --new-posts-per-day` to insert."""
+    `exposure` is how users come to view posts: the course's random feed, or their own choice
+    (`training.world.exposure`). `n_posts` grows (or shrinks) the catalogue (`grown_catalogue`);
+    `release_share` of the posts enter over the data's days rather than at its start (random feed);
+    the last `held_back` posts are kept out of post_text_df and the feed, for
+    `simulate --new-posts-per-day` to insert."""
     if not 0 < scale <= 2:
         raise ValueError(f"scale must be in (0, 2], got {scale}")
+    if exposure not in EXPOSURES:
+        raise ValueError(f"exposure must be one of {EXPOSURES}, got {exposure!r}")
     if not 0 <= release_share <= 1:
         raise ValueError(f"release share must be in [0, 1], got {release_share}")
     t0 = time.perf_counter()
@@ -281,9 +290,14 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     if not 0 <= held_back < len(posts):
         raise ValueError(f"held back posts must be fewer than the {len(posts)} posts, got {held_back}")
     world = build_world(users, posts, themes, views, seed, scale, rng)
+    if exposure == "organic":  # drawn after the random world's parameters: same users, posts and tastes
+        organic_parameters(world, rng)
     if grow:
-        world.post_release = release_times(len(posts), release_share, held_back, world.start, world.end,
-                                           np.random.default_rng([seed, 3]))
+        release = release_times(len(posts), release_share, held_back, world.start, world.end,
+                                np.random.default_rng([seed, 3]))
+        if len(world.post_release):  # the organic feed's own release times, and the held-back posts
+            release = np.where(release >= HELD_BACK, release, world.post_release)
+        world.post_release = release
         world.held_back_text = posts[c.TEXT].to_numpy(str)[len(posts) - held_back:]
         posts = posts.iloc[:len(posts) - held_back]
     logger.info("world calibrated: {} users, {} posts", n_users, len(posts))
@@ -310,7 +324,7 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     create_feed_indexes(engine)
     engine.dispose()
     world.save(world_path)
-    return (f"world seed={seed} scale={scale}: {n_users} users, {len(posts)} posts"
+    return (f"world seed={seed} scale={scale} exposure={exposure}: {n_users} users, {len(posts)} posts"
             f"{f' (+{held_back} held back)' if held_back else ''}, {n_feed} feed rows "
             f"in {time.perf_counter() - t0:.1f}s; world saved to {world_path}")
 

@@ -15,7 +15,7 @@ Times are int64 seconds since the Unix epoch (UTC); ids are the table ids.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +61,18 @@ class World:
     post_appeal: np.ndarray
     post_themes: np.ndarray  # (P, n_themes), rows sum to 1 within the post's topic
     post_exposure: np.ndarray  # relative chance of being shown by the random feed
-    # when each post enters the catalogue (seconds); None: every post from the start. Posts held back
-    # (release HELD_BACK) are in no table until `simulate --new-posts-per-day` inserts them.
-    post_release: np.ndarray | None = None
-    held_back_text: np.ndarray | None = None  # texts of the held-back posts, in post_ids order among them
+    # how users come to view posts: "random" (the course's feed) or "organic" (users choose;
+    # `training.world.exposure`). Worlds saved before this field existed are random.
+    exposure: str = "random"
+    post_buzz: np.ndarray = field(default_factory=lambda: np.zeros(0))  # latent popularity (organic)
+    post_release: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first second viewable
+    choice_buzz: float = 0.0  # weights of the organic choice logit: buzz, log recency, like log-odds
+    choice_recency: float = 0.0
+    choice_taste: float = 0.0
+    recency_days: float = 14.0  # a post's pull decays by e every this many days after release
+    recency_floor: float = 0.1  # the pull an old post keeps
+    # texts of the posts held back from the tables (release HELD_BACK), for `simulate --new-posts-per-day`
+    held_back_text: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
@@ -84,7 +92,7 @@ class World:
         return cls(**kwargs)
 
     def held_back_ids(self) -> np.ndarray:
-        if self.post_release is None:
+        if not len(self.post_release):
             return np.empty(0, np.int64)
         return self.post_ids[self.post_release >= HELD_BACK]
 
@@ -152,3 +160,16 @@ class World:
             p[self.post_index(np.asarray(exclude))] = -1.0
         top = np.argsort(-p, kind="stable")[:k]
         return self.post_ids[top]
+
+    # ---------------------------------------------------------------- exposure
+    def choice_probability(self, user_id: int, ts: int) -> np.ndarray:
+        """P(a view of this user at ts is of each post), in post_ids order: the random feed's exposure
+        shares, or the organic world's choice model (`training.world.exposure`)."""
+        if self.exposure != "organic":
+            return self.post_exposure / self.post_exposure.sum()
+        from training.world.exposure import choice_logits  # the choice model lives beside the generator
+
+        ui = self.user_index(np.array([user_id]))[0]
+        logits = choice_logits(self, np.array([ui]), np.array([ts], np.int64))[0]
+        w = np.exp(logits - logits.max())
+        return w / w.sum()

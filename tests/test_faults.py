@@ -1,0 +1,61 @@
+"""Faults a review found: a database that hangs instead of going away, and what must keep answering."""
+
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.engine import Recommender
+from app.main import create_app
+from tests.tcp_proxy import TcpProxy
+
+
+def _timed(client: TestClient, path: str, params: dict | None = None, limit: float = 30.0):
+    """(status, seconds) of one request, or (None, limit) if it did not come back within `limit`: a request
+    hanging with the database must fail the test, not hang it."""
+    out: dict = {}
+
+    def go() -> None:
+        started = time.perf_counter()
+        out["status"] = client.get(path, params=params).status_code
+        out["seconds"] = time.perf_counter() - started
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(limit)
+    return out.get("status"), out.get("seconds", limit)
+
+
+@pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
+def test_a_hanging_database_times_out_into_503_and_liveness_answers(trained, world_db):
+    recommender = Recommender.load(trained["model_dir"])
+    url = make_url(world_db)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = Settings(database_url=via_proxy, model_dir="unused", db_timeout_seconds=1.0,
+                        log_flush_seconds=0.05, state_poll_seconds=0.05)
+    uid = int(recommender.state.snapshot.user_ids[0])
+    try:
+        with TestClient(create_app(settings, load_recommender=lambda _: recommender)) as client:
+            assert _timed(client, f"/user/{uid}")[0] == 200
+            proxy.hang()  # connections stay open, nothing comes back
+            data = [_timed(client, path) for path in (f"/user/{uid}", f"/post/{uid}/feed", "/ready")]
+            assert all(status == 503 for status, _ in data), data
+            assert all(seconds < 1.0 + 1.0 for _, seconds in data), data  # the timeout plus slack
+            for _ in range(10):
+                status, seconds = _timed(client, "/health")
+                assert status == 200 and seconds < 0.05 + 0.2, seconds  # 50 ms goal; in-process slack
+            for path in ("/model", "/metrics"):
+                assert _timed(client, path)[0] == 200
+            status, _ = _timed(client, "/post/recommendations/", {"id": uid, "time": "2021-12-24T12:00:00"})
+            assert status == 200
+            proxy.resume()
+            deadline = time.monotonic() + 20
+            while _timed(client, f"/user/{uid}")[0] != 200:
+                assert time.monotonic() < deadline, "the data endpoints did not come back"
+                time.sleep(0.1)
+    finally:
+        proxy.close()
