@@ -62,6 +62,15 @@ def _requests(db: str, engine: Recommender, n: int, seed: int) -> pd.DataFrame:
     return requests
 
 
+def _truth(world, user_id: int, t: int) -> np.ndarray:
+    """The world's like probabilities at t; a post it releases later cannot be liked yet (the tables
+    hold no release time, so the service may show it)."""
+    p = world.all_posts_probability(user_id, t)
+    if len(world.post_release):
+        p = np.where(world.post_release > t, 0.0, p)
+    return p
+
+
 def _ci(values: np.ndarray) -> str:
     lo, hi = bootstrap_ci(np.asarray(values, float))
     return f"{np.mean(values):.4f} [{lo:.4f}, {hi:.4f}]"
@@ -82,7 +91,7 @@ def recall(args) -> None:
     rows = []
     for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
         u, t = int(u), int(t)
-        p = world.all_posts_probability(u, t)
+        p = _truth(world, u, t)
         for model in args.models_ranked:
             top = full.recommend(model, u, t, 5).post_ids
             user, posts = cand.state.at(cand.state.user_row(u), t)
@@ -254,7 +263,7 @@ def fresh(args) -> None:
     requests = _requests(args.db, any_engine, args.requests, args.seed)
     out = {s: {"exp": [], "fresh": []} for s in args.shares}
     for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
-        p = world.all_posts_probability(int(u), int(t))
+        p = _truth(world, int(u), int(t))
         for s, e in engines.items():
             got = e.recommend("test", int(u), int(t), 5).post_ids
             out[s]["exp"].append(expected_hit(p[world.post_index(got)]))
