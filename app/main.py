@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from prometheus_client import multiprocess
 from sqlalchemy.exc import SQLAlchemyError
+from threadpoolctl import threadpool_limits
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
 from app.api.deps import DatabaseTimeout
@@ -45,6 +46,10 @@ def create_app(settings: Settings | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         forget_dead_workers()
+        # one BLAS thread per request: requests already run side by side, and a multi-threaded matrix
+        # product inside each (the retrieval's dot products) made them wait on each other, 100x slower
+        # on a loaded machine (bench/catalogue.py cost)
+        threadpool_limits(limits=1, user_api="blas")
         recommender = load_recommender(settings)
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them

@@ -57,6 +57,12 @@ def generate(
     db: DbOpt = None,
     world: Annotated[Path | None, typer.Option(help="Where to save the world; default WORLD_PATH")] = None,
     replace: Annotated[bool, typer.Option(help="Drop existing course tables first")] = False,
+    posts: Annotated[int | None, typer.Option(min=10, help="Catalogue size (default: the 7,023 real posts); "
+                                                           "more repeats real texts under new ids")] = None,
+    release_share: Annotated[float, typer.Option(min=0, max=1, help="Share of posts released over the "
+                                                                    "data's days rather than at its start")] = 0.0,
+    held_back: Annotated[int, typer.Option(min=0, help="Posts kept out of the tables, for "
+                                                      "`simulate --new-posts-per-day`")] = 0,
     exposure: Annotated[str, typer.Option(help="random: the course's feed shows random posts; organic: "
                                                    "users choose by popularity, recency and taste")] = "random",
 ) -> None:
@@ -67,7 +73,7 @@ def generate(
         raise typer.BadParameter(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     summary = generate_world(
         _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
-        exposure=exposure,
+        n_posts=posts, release_share=release_share, held_back=held_back, exposure=exposure,
     )
     typer.echo(summary)
 
@@ -274,6 +280,8 @@ def simulate(
                                                            "and wait for the service to swap (0: never)")] = 0,
     models: Annotated[Path | None, typer.Option(help="The service's artifact folder (for --retrain-every); "
                                                      "default MODEL_DIR")] = None,
+    new_posts_per_day: Annotated[int, typer.Option(min=0, help="Held-back posts of the world inserted into "
+                                                               "post_text_df each simulated day")] = 0,
 ) -> None:
     """Simulated users call the live service and react as the world says; reactions go to feed_data.
 
@@ -295,7 +303,7 @@ def simulate(
         raise typer.Exit(code=1)
     engine = make_engine(_db(db))
     config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps,
-                       retrain_every=retrain_every)
+                       retrain_every=retrain_every, new_posts_per_day=new_posts_per_day)
     settings = get_settings()
 
     def retrainer():
