@@ -43,13 +43,16 @@ lint: $(STAMP) ## ruff
 browser: ## Install Debian's headless Chromium for the console's browser test (when missing)
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 
+wrk: ## Install wrk, the load generator of the chaos suite and the benchmarks (when missing)
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+
 java: ## Install Debian's Java 17 for the Spark engine and its test (when missing)
 	command -v java >/dev/null || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
 
 nginx: ## Install Debian's nginx for the replicas' load balancer and its test (when missing)
 	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx-light)
 
-test: $(STAMP) lint browser java nginx ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
+test: $(STAMP) lint browser wrk java nginx ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
 	$(BIN)/python -m pytest -q
 
 screenshots: $(STAMP) browser ## Browser test of the console, saving its screenshots into docs/ (README shows them)
@@ -59,7 +62,11 @@ bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench
 
+chaos: $(STAMP) wrk ## Faults under load, hostile input, 10-min soak, dependency scan (~16 min); writes docs/reliability.md
+	test -x .venv-audit/bin/pip-audit || ($(PY) -m venv .venv-audit && .venv-audit/bin/pip install -q -r requirements-audit.txt)
+	$(BIN)/python -m bench.chaos
+
 quality: $(STAMP) ## Offline quality over three demo worlds at scale 0.1 (docs/quality.md)
 	$(BIN)/python -m bench.quality --scale 0.1 --seeds 1 2 3
 
-.PHONY: help install world train evaluate serve demo lint browser java nginx test screenshots bench quality check simulate ab-report
+.PHONY: help install world train evaluate serve demo lint browser java nginx test screenshots bench quality chaos wrk check simulate ab-report

@@ -1,8 +1,11 @@
 """`python -m app [--host H] [--port P] [--workers N]`: check the artifacts, then serve."""
 
 import argparse
+import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn
 import uvicorn.config
@@ -10,7 +13,7 @@ from pydantic import ValidationError
 
 from app.artifacts import ArtifactsInvalid, current_version_dir, load_manifest
 from app.config import get_settings, settings_error
-from app.db import make_engine
+from app.db import make_engine, masked
 from app.follower import check_feed
 
 _bind_socket = uvicorn.config.Config.bind_socket
@@ -25,6 +28,18 @@ def _bind_tcp_socket(self: uvicorn.config.Config) -> socket.socket:
         sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
         sock.set_inheritable(True)
     return sock
+
+
+def _multiprocess_metrics() -> None:
+    """Workers are separate processes: without a shared directory a scrape sees the one that answered it.
+    The directory is set here, before any worker imports prometheus_client, and emptied of earlier runs."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for stale in Path(path).glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
 
 
 def main() -> None:
@@ -53,7 +68,10 @@ def main() -> None:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"API:     http://{shown}:{args.port}/post/recommendations/?id=<user>  (docs: http://{shown}:{args.port}/docs)")
     print(f"console: http://{shown}:{args.port}/console/" if settings.console_enabled
-          else "console: off (CONSOLE_ENABLED=false)", flush=True)
+          else "console: off (CONSOLE_ENABLED=false)")
+    print(f"database: {masked(settings.database_url)}", flush=True)  # never the password
+    if args.workers > 1:
+        _multiprocess_metrics()
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)
 

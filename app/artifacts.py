@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.features import feature_names
+from app.recent_popularity import RECENT_FEATURES
 
 SCHEMA_VERSION = 2  # 2: the state snapshot (state.npz) replaced the feature tables
 MANIFEST = "manifest.json"
@@ -21,6 +22,17 @@ STATE_FILE = "state.npz"  # app.snapshot.Snapshot
 POSTS_FILE = "posts.json"  # id, text, topic of every post: the service answers without the database
 MODEL_FILES = {"control": "control.cbm", "test": "test.cbm"}
 MODEL_USES_TEXT = {"control": False, "test": True}
+# What a slot's model was trained to predict (the manifest's models.<slot>.objective; absent: the first).
+LIKE_GIVEN_SHOWN = "like_given_shown"  # P(like | shown), on the feed's impressions
+LIKED_WITHIN_HORIZON = "liked_within_horizon"  # liked within the next horizon, over the catalogue
+OBJECTIVES = (LIKE_GIVEN_SHOWN, LIKED_WITHIN_HORIZON)
+
+
+def model_features(uses_text: bool, objective: str) -> tuple[str, ...]:
+    """The columns a slot's model reads: `assemble`'s, then the recent popularity ones for the horizon
+    objective (`app.recent_popularity`)."""
+    names = feature_names(uses_text)
+    return (*names, *RECENT_FEATURES) if objective == LIKED_WITHIN_HORIZON else names
 
 
 class ArtifactsInvalid(RuntimeError):
@@ -75,8 +87,12 @@ def load_manifest(version_dir: Path) -> Manifest:
         if sha256(path) != digest:
             raise ArtifactsInvalid(f"{path} is corrupt (checksum mismatch)")
     for model, uses_text in MODEL_USES_TEXT.items():
-        expected = list(feature_names(uses_text))
-        got = data.get("models", {}).get(model, {}).get("features")
+        meta = data.get("models", {}).get(model, {})
+        objective = meta.get("objective", LIKE_GIVEN_SHOWN)
+        if objective not in OBJECTIVES:
+            raise ArtifactsInvalid(f"{version_dir}: model {model!r} has an unknown objective {objective!r}: retrain")
+        expected = list(model_features(uses_text, objective))
+        got = meta.get("features")
         if got != expected:
             raise ArtifactsInvalid(f"{version_dir}: model {model!r} was trained on other features than this "
                                    "code assembles: retrain")

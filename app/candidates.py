@@ -4,15 +4,18 @@ Sources, each a handful of array operations (no model call):
 
 - **taste**: the posts nearest to the user's taste vectors (the per-topic liked mean `topic_vec`, and
   the overall liked mean `vec`) inside the user's favourite topics, by inner product with the post
-  vectors the model's `sim_*` features use. Per topic: exact dot products below `exact_below` posts
-  (as fast as an index there), above it a faiss IVF index (`IndexIVFFlat`, inner product), which new
-  posts join with `add` as they arrive.
+  vectors the model's `sim_*` features use, and to the per-topic TF-IDF taste vector. Per topic:
+  exact dot products below `exact_below` posts (as fast as an index there), above it a faiss IVF index
+  (`IndexIVFScalarQuantizer`, 8-bit codes, inner product: it trains in seconds where an HNSW graph
+  over 100k vectors took 42 s to build on this machine), which new posts join with `add` as they
+  arrive.
 - **favourite topics**: the best posts of the user's top topics by a *proxy* of the model's score on
   the post's own columns (a small CatBoost regressor fitted at training on the model's own scores,
   listed in `retrieval.json`), with the counters as of the start of the request's hour.
 - **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
 - **recent popularity**: the most liked posts of the last `POPULAR_DAYS` days.
-- **fresh**: posts with fewer than `fresh_views` views or younger than `fresh_hours` (the proxy's best).
+- **fresh**: posts younger than `fresh_hours` (the newest first), then posts with fewer than
+  `fresh_views` views (the proxy's best).
 
 The union is deduplicated; liked, recently viewed and not-yet-born posts are removed by the engine.
 The popularity and fresh sources are computed from the counters as of the start of the request's hour
@@ -53,8 +56,9 @@ class Budget:
 
     # per favourite topic, best first (the first favourite holds most of a screen): how many of the
     # nearest to the per-topic taste vector, to the overall taste vector, and of the proxy's best
-    taste_topic: tuple[int, ...] = (80, 40, 20)
-    taste_all: tuple[int, ...] = (30, 20, 10)
+    taste_topic: tuple[int, ...] = (80, 40, 30, 20, 10, 10, 10)
+    taste_all: tuple[int, ...] = (30, 20, 10, 10)
+    taste_tfidf: tuple[int, ...] = (60, 50, 50, 40, 20, 20, 20)  # nearest in the TF-IDF space per topic
     proxy_topic: tuple[int, ...] = (250, 100, 50)
     proxy_every: int = 15  # proxy's best of every topic
     popular: int = 40
@@ -127,22 +131,28 @@ class _TopicIndex:
             self.index.add(vecs)
             self.rows = np.concatenate([self.rows, rows])
 
-    def nearest(self, query: np.ndarray, k: int) -> np.ndarray:
-        if k <= 0 or not np.any(query):
+    def nearest(self, queries: np.ndarray, ks: list[int]) -> np.ndarray:
+        """The ks[i] posts nearest to each queries[i] (one matrix product or one index search for all)."""
+        keep = [i for i, k in enumerate(ks) if k > 0 and np.any(queries[i])]
+        if not keep:
             return np.empty(0, np.int64)
+        q = np.ascontiguousarray(queries[keep], np.float32)
+        ks = [ks[i] for i in keep]
         if self.index is None:
             rows, vecs = self.rows, self.vecs
             n = min(len(rows), len(vecs))
             if n == 0:
                 return rows[:0]
-            sims = vecs[:n] @ query.astype(np.float32)
-            k = min(k, n)
-            return rows[np.argpartition(-sims, k - 1)[:k]]
+            sims = vecs[:n] @ q.T  # (n, queries)
+            out = []
+            for j, k in enumerate(ks):
+                k = min(k, n)
+                out.append(rows[np.argpartition(-sims[:, j], k - 1)[:k]])
+            return np.concatenate(out)
         with self._lock:
-            _, found = self.index.search(query.astype(np.float32)[None, :], k)
+            _, found = self.index.search(q, max(ks))
             rows = self.rows
-        found = found[0]
-        return rows[found[found >= 0]]
+        return np.concatenate([rows[f[:k][f[:k] >= 0]] for f, k in zip(found, ks, strict=True)])
 
 
 def _ivf(vecs: np.ndarray, nprobe: int):
@@ -150,9 +160,14 @@ def _ivf(vecs: np.ndarray, nprobe: int):
 
     faiss.omp_set_num_threads(1)  # one request, one core: the workers already use them all
     d = vecs.shape[1]
-    nlist = int(min(4096, max(16, 4 * np.sqrt(len(vecs)))))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 64 * nlist), replace=False)]
+    # about 2 sqrt(n) lists, trained on 32 vectors a list for 10 rounds: seconds for a 150k-post topic
+    nlist = int(min(1024, max(16, 2 * np.sqrt(len(vecs)))))
+    # vectors kept as 8-bit codes: a quarter of the memory of the float vectors, and retrieval only
+    # needs the near ones, which the model then scores with the exact vectors
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    sample = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 32 * nlist), replace=False)]
     index.train(sample)
     index.add(vecs)
     index.nprobe = nprobe
@@ -169,6 +184,10 @@ class _Hourly:
     fresh: np.ndarray
 
 
+def _nth(budget: tuple[int, ...], i: int) -> int:
+    return budget[i] if i < len(budget) else 0
+
+
 def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """The k rows with the highest scores, best first."""
     k = min(k, len(rows))
@@ -182,7 +201,7 @@ class Retriever:
     """Candidate rows for (model, user, t), over a catalogue that grows (`update`)."""
 
     def __init__(self, proxies: dict[str, Proxy], priors: Priors, budget: Budget | None = None,
-                 exact_below: int = 30_000, nprobe: int = 24, fresh_hours: float = 24.0,
+                 exact_below: int = 8_000, nprobe: int = 24, fresh_hours: float = 24.0,
                  fresh_views: int = 20) -> None:
         self.proxies = proxies
         self.priors = priors
@@ -191,6 +210,7 @@ class Retriever:
         self.fresh_seconds = int(fresh_hours * 3600)
         self.fresh_views = int(fresh_views)
         self.topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
+        self.tfidf_topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.n = 0  # catalogue rows indexed
         self._frame: CatalogueFrame | None = None
         self._hourly: dict[str, _Hourly] = {}
@@ -209,14 +229,15 @@ class Retriever:
                 sel = rows[topic == t]
                 if len(sel):
                     self.topics[t].add(sel, posts.vec[sel])
+                    self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
             self._frame = frame
             self.n = hi  # the hourly entries carry n in their key: they are recomputed
 
     # ------------------------------------------------------------------ per request
     def favourite_topics(self, user: UserView) -> np.ndarray:
-        """The user's top topics by their smoothed like rate in each."""
+        """Every topic, the user's favourite first (by the smoothed like rate in each)."""
         rates = user.num[0, _RATE0:_RATE0 + N_TOPICS]
-        return np.argsort(-rates, kind="stable")[:len(self.budget.proxy_topic)]
+        return np.argsort(-rates, kind="stable")
 
     def candidates(self, model: str, user: UserView, t: int, timeline: PostTimeline,
                    cat: CatalogueFrame) -> np.ndarray:
@@ -226,10 +247,12 @@ class Retriever:
         name = model if model in self.proxies else next(iter(self.proxies))
         hourly = self._hour(name, t, timeline)
         for i, topic in enumerate(self.favourite_topics(user)):
-            index = self.topics[int(topic)]
-            parts.append(index.nearest(user.topic_vec[0, topic], b.taste_topic[i]))
-            parts.append(index.nearest(user.vec[0], b.taste_all[i]))
-            parts.append(hourly.by_topic[topic][:b.proxy_topic[i]])
+            topic = int(topic)
+            parts.append(self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]),
+                                                    [_nth(b.taste_topic, i), _nth(b.taste_all, i)]))
+            parts.append(self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :],
+                                                          [_nth(b.taste_tfidf, i)]))
+            parts.append(hourly.by_topic[topic][:_nth(b.proxy_topic, i)])
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
@@ -256,11 +279,12 @@ class Retriever:
         keep = max(*b.proxy_topic, b.proxy_every)
         by_topic = tuple(_best(np.flatnonzero(topic == k), score, keep) for k in range(N_TOPICS))
         popular = _best(np.arange(n), (now[:, 1] - week[:, 1]).astype(np.float64), b.popular)
-        # young posts first (born within fresh_hours; the engine drops those born after t), then posts
-        # with few views, each by the proxy
+        # young posts first, the newest first (born within fresh_hours; the engine drops those born
+        # after t), then posts with few views by the proxy
         young = np.flatnonzero(frame.born >= hour - self.fresh_seconds)
+        young = young[np.lexsort((-young, -frame.born[young]))][:b.fresh]  # the newest first (rows only grow)
         few = np.flatnonzero(now[:, 0] < self.fresh_views)
-        fresh = np.concatenate([_best(young, score, b.fresh), _best(few, score, b.fresh)])
+        fresh = np.concatenate([young, _best(few, score, b.fresh)])
         _, first = np.unique(fresh, return_index=True)
         entry = _Hourly(key, by_topic, popular, fresh[np.sort(first)][:b.fresh])
         self._hourly[name] = entry  # one assignment: readers see an old or a new entry, whole

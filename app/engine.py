@@ -19,6 +19,8 @@ import numpy as np
 from catboost import CatBoostClassifier
 
 from app.artifacts import (
+    LIKE_GIVEN_SHOWN,
+    LIKED_WITHIN_HORIZON,
     MODEL_FILES,
     MODEL_USES_TEXT,
     POSTS_FILE,
@@ -29,13 +31,17 @@ from app.artifacts import (
     load_manifest,
 )
 from app.candidates import RETRIEVAL_FILE, Budget, Retriever, load_proxies
-from app.features import PostView, assemble
+from app.features import USER_NUM, PostView, assemble
 from app.live_state import LiveState, UserAt
+from app.recent_popularity import RECENT_SECONDS, recent_features
+from app.segment_popularity import segment_of, segment_scores, segment_shares
 from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE, TextTransforms
 
 POPULAR = "popular"
-MODEL_NAMES = (*MODEL_FILES, POPULAR)
+SEGMENT_POPULAR = "segment_popular"  # popularity within the user's age band x gender
+MODEL_NAMES = (*MODEL_FILES, POPULAR, SEGMENT_POPULAR)
+_U_VIEWS = USER_NUM.index("u_views")
 RETRIEVAL_MODES = ("candidates", "full")
 
 
@@ -98,6 +104,14 @@ class Recommender:
         self.version = manifest.version
         self.state = state
         self.models = models
+        meta = manifest.data.get("models", {})
+        self.objective = {name: meta.get(name, {}).get("objective", LIKE_GIVEN_SHOWN) for name in models}
+        # what training chose per slot on validation (training.selection): a model, or the popularity
+        # floor; and for users with no history, the model, segment popularity or popularity
+        slots = manifest.data.get("selection", {}).get("slots", {})
+        self.floor = {name for name, choice in slots.items() if choice.get("serves") == POPULAR}
+        self.cold_ranker = {name: choice.get("cold", {}).get("serves", "model") for name, choice in slots.items()}
+        self._shares: np.ndarray | None = None
         self.policy = policy or ScreenPolicy()
         if self.policy.retrieval not in RETRIEVAL_MODES:
             raise ValueError(f"RETRIEVAL={self.policy.retrieval!r}: choose one of {RETRIEVAL_MODES}")
@@ -158,21 +172,59 @@ class Recommender:
         """Stage 1 of the course: liked views of each post before t (ties by post id in top_k)."""
         return self.state.counts_at(t)[:, 1].astype(np.float64)
 
+    def segment_scores(self, user: UserAt, t: int, n: int) -> np.ndarray:
+        """Popularity within the user's segment (`app.segment_popularity`) of the first n posts: live
+        popularity times the segment's lift, measured on the snapshot's likes before its base cut (posts
+        added since have no lift: 1)."""
+        if self._shares is None:  # once per version; a race computes it twice, harmlessly
+            s = self.state.snapshot
+            owner = np.repeat(np.arange(len(s.user_ids)), np.diff(s.likes_indptr))
+            self._shares = segment_shares(segment_of(s.profile[owner]), s.likes, len(s.post_ids))
+        shares = self._shares
+        if shares.shape[1] < n:
+            shares = np.pad(shares, ((0, 0), (0, n - shares.shape[1])), constant_values=1.0)
+        return segment_scores(self.popular_scores(t)[:n], shares[:, :n], int(segment_of(user.view.num[:, :2])[0]))
+
     def model_scores(self, model: str, user: UserAt, posts: PostView, ts: int,
                      rows: np.ndarray | None = None) -> np.ndarray:
         """Score of every post (in post_ids order), or of the post `rows`, for one user as of second ts."""
         if model not in self.models:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
         x = assemble(user.view, np.int64(0), posts, rows, np.int64(ts), text=MODEL_USES_TEXT[model])
+        if self.objective[model] == LIKED_WITHIN_HORIZON:  # then the recent popularity columns
+            n = len(posts.topic)
+            now, before = self.state.counts_at(ts)[:n], self.state.counts_at(ts - RECENT_SECONDS)[:n]
+            if rows is not None:
+                now, before = now[rows], before[rows]
+            x = np.asfortranarray(np.column_stack([x, recent_features(now, before)]))
         return self.models[model].predict(x, prediction_type="RawFormulaVal", thread_count=1)
 
+    def ranker_for(self, model: str, user: UserAt | None) -> str:
+        """What ranks for this slot and user: popular for unknown users and for a slot whose models did
+        not beat popularity on validation (the floor); for a user with no history as of the moment, what
+        validated best for such users (the model itself, segment popularity or popularity)."""
+        if user is None or model == POPULAR or model in self.floor:
+            return POPULAR
+        if model == SEGMENT_POPULAR:
+            return SEGMENT_POPULAR
+        if user.view.num[0, _U_VIEWS] == 0 and self.cold_ranker.get(model, "model") != "model":
+            return self.cold_ranker[model]
+        return model
+
+    def scores_of(self, ranker: str, user: UserAt | None, posts: PostView, ts: int) -> np.ndarray:
+        """Every post's score under one ranker (a model, popular or segment_popular)."""
+        n = len(posts.topic)
+        if ranker == POPULAR or user is None:
+            return self.popular_scores(ts)[:n]
+        if ranker == SEGMENT_POPULAR:
+            return self.segment_scores(user, ts, n)
+        return self.model_scores(ranker, user, posts, ts)
+
     def scores(self, model: str, user_id: int, ts: int) -> tuple[np.ndarray, UserAt | None]:
-        """Every post's score under `model` (popular for unknown users) and the user as of ts."""
+        """Every post's score under what ranks for `model` (`ranker_for`) and the user as of ts."""
         row = self.state.user_row(user_id)
         user, posts = self.state.at(row, ts)
-        if model == POPULAR or user is None:
-            return self.popular_scores(ts)[:len(posts.topic)], user
-        return self.model_scores(model, user, posts, ts), user
+        return self.scores_of(self.ranker_for(model, user), user, posts, ts), user
 
     def candidates(self, model: str, user: UserAt, ts: int, n: int) -> np.ndarray:
         """The catalogue rows (below n) the model ranks for this user at ts."""
@@ -185,12 +237,13 @@ class Recommender:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
         user, posts = self.state.at(self.state.user_row(user_id), ts)
         n = len(posts.topic)
-        if model == POPULAR or user is None:
-            return np.arange(n), self.popular_scores(ts)[:n], user, posts
+        ranker = self.ranker_for(model, user)
+        if ranker in (POPULAR, SEGMENT_POPULAR):
+            return np.arange(n), self.scores_of(ranker, user, posts, ts), user, posts
         if self.retrieval == "candidates":
-            rows = self.candidates(model, user, ts, n)
-            return rows, self.model_scores(model, user, posts, ts, rows), user, posts
-        return np.arange(n), self.model_scores(model, user, posts, ts), user, posts
+            rows = self.candidates(ranker, user, ts, n)
+            return rows, self.model_scores(ranker, user, posts, ts, rows), user, posts
+        return np.arange(n), self.model_scores(ranker, user, posts, ts), user, posts
 
     def _eligible(self, rows: np.ndarray, user: UserAt | None, ts: int, n: int) -> np.ndarray:
         """Mask over `rows`: not liked before ts, not recently viewed, not added after ts."""
@@ -240,9 +293,9 @@ class Recommender:
     def _rank(self, model: str, user_id: int, ts: int, k: int):
         rows, scores, user, posts = self._scored(model, user_id, ts)
         n = len(posts.topic)
-        served = model if user is not None else POPULAR  # users the state does not know
+        served = self.ranker_for(model, user)  # popular for users the state does not know
         scores = np.where(self._eligible(rows, user, ts, n), scores, -np.inf)
-        share = self.policy.fresh_share if served != POPULAR else 0.0
+        share = self.policy.fresh_share if served not in (POPULAR, SEGMENT_POPULAR) else 0.0
         keep = self._select(rows, scores, posts, ts, k, share)
         ranking = Ranking(self.state.catalogue.frame.ids[rows[keep]], served, self.state.features_as_of(ts))
         return ranking, rows, scores, n

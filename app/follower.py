@@ -80,6 +80,7 @@ class Follower:
         self._gaps: list[list[int]] = [[int(lo), int(hi), snap.seq_xmax] for lo, hi in snap.seq_gaps]
         self._users = (len(snap.user_ids), int(snap.user_ids.max()) if len(snap.user_ids) else -1)
         self._posts = (len(snap.post_ids), int(snap.post_ids.max()) if len(snap.post_ids) else -1)
+        self._posts_before = self._posts
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,6 +101,11 @@ class Follower:
 
     def _run(self) -> None:
         backoff = self.poll_seconds
+        if self.state.text_transforms is not None:  # load the encoder now, not when the first new post waits
+            try:
+                self._encoder = make_encoder(self.state.text_transforms.encoder_name)
+            except Exception:  # noqa: BLE001 - no encoder only stops new posts; the feed is still followed
+                logger.exception("state follower: cannot load the text encoder; new posts will wait")
         while not self._stop.is_set():
             try:
                 more = self.poll()
@@ -131,7 +137,11 @@ class Follower:
             found_in_gaps = self._poll_gaps(conn, horizon_min)
             database_seq = feed_events.max_seq(conn) if len(batch) < self.batch_rows else None
         if new_posts is not None:
-            self._add_posts(new_posts)  # before the events, which may already be about them
+            try:
+                self._add_posts(new_posts)  # before the events, which may already be about them
+            except Exception:  # noqa: BLE001 - a post that cannot be featurized must not stop the feed
+                logger.exception("state follower: new posts not added; retried at the next poll")
+                self._posts = self._posts_before
         if len(batch):
             if conn.dialect.name == "postgresql":
                 for lo, hi in missing_ranges(batch.seq, self._high, int(batch.seq[-1])):
@@ -202,7 +212,7 @@ class Follower:
         count, top = int(count or 0), int(top if top is not None else -1)
         if (count, top) == self._posts:
             return None
-        known_count, known_top = self._posts
+        known_count, known_top = self._posts_before = self._posts
 
         def read(q) -> pd.DataFrame:
             return pd.DataFrame(conn.execute(q).mappings().all(), columns=list(c.POST_COLUMNS))

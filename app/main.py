@@ -1,5 +1,7 @@
 """The FastAPI application: artifacts and database opened once in `lifespan`, thin routers on top."""
 
+import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,17 +12,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
+from prometheus_client import multiprocess
 from sqlalchemy.exc import SQLAlchemyError
+from threadpoolctl import threadpool_limits
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
 from app.api.deps import DatabaseTimeout
+from app.api.routes_ops import refresh_gauges
 from app.config import Settings, get_settings
 from app.db import make_engine
 from app.engine import Recommender, ScreenPolicy
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
 from app.lifecycle import ModelWatcher, Serving
-from app.metrics import Metrics
+from app.metrics import Metrics, forget_dead_workers, multiprocess_dir
 
 
 def _load(settings: Settings, version_dir: Path | None = None) -> Recommender:
@@ -40,6 +45,11 @@ def create_app(settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
+        forget_dead_workers()
+        # one BLAS thread per request: requests already run side by side, and a multi-threaded matrix
+        # product inside each (the retrieval's dot products) made them wait on each other, 100x slower
+        # on a loaded machine (bench/catalogue.py cost)
+        threadpool_limits(limits=1, user_api="blas")
         recommender = load_recommender(settings)
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them
@@ -70,7 +80,13 @@ def create_app(settings: Settings | None = None,
                     "started in {:.1f}s", recommender.version, state.n_users, state.n_posts,
                     len(state.snapshot.events.ts), "following the database" if follower else "frozen",
                     time.perf_counter() - started)
+        refresher = None
+        if multiprocess_dir() is not None:
+            # another worker answers most scrapes: keep this one's gauges current in the shared files
+            refresher = asyncio.get_running_loop().create_task(_refresh_gauges_forever(app.state))
         yield
+        if refresher is not None:
+            refresher.cancel()
         app.state.watcher.stop()
         if app.state.serving.follower is not None:
             app.state.serving.follower.stop()
@@ -79,6 +95,8 @@ def create_app(settings: Settings | None = None,
                     app.state.writer.written, app.state.writer.dropped, app.state.writer.spooled,
                     app.state.writer.depth)
         app.state.db.dispose()
+        if multiprocess_dir() is not None:  # this worker's live gauges leave the scrape with it
+            multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(title="Post recommendations", version="1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -94,6 +112,12 @@ def create_app(settings: Settings | None = None,
         app.include_router(routes_admin.router)
     _install_handlers(app)
     return app
+
+
+async def _refresh_gauges_forever(app_state, seconds: float = 1.0) -> None:
+    while True:
+        refresh_gauges(app_state)
+        await asyncio.sleep(seconds)
 
 
 class ObserveMiddleware:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from app import columns as c
 from app.config import PROJECT_ROOT
-from app.db import make_engine
+from app.db import make_engine, masked
 from app.engine import Recommender, ScreenPolicy
 from app.follower import catch_up
 from training.metrics import bootstrap_ci, expected_hit
@@ -62,6 +62,15 @@ def _requests(db: str, engine: Recommender, n: int, seed: int) -> pd.DataFrame:
     return requests
 
 
+def _truth(world, user_id: int, t: int) -> np.ndarray:
+    """The world's like probabilities at t; a post it releases later cannot be liked yet (the tables
+    hold no release time, so the service may show it)."""
+    p = world.all_posts_probability(user_id, t)
+    if len(world.post_release):
+        p = np.where(world.post_release > t, 0.0, p)
+    return p
+
+
 def _ci(values: np.ndarray) -> str:
     lo, hi = bootstrap_ci(np.asarray(values, float))
     return f"{np.mean(values):.4f} [{lo:.4f}, {hi:.4f}]"
@@ -82,7 +91,7 @@ def recall(args) -> None:
     rows = []
     for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
         u, t = int(u), int(t)
-        p = world.all_posts_probability(u, t)
+        p = _truth(world, u, t)
         for model in args.models_ranked:
             top = full.recommend(model, u, t, 5).post_ids
             user, posts = cand.state.at(cand.state.user_row(u), t)
@@ -97,7 +106,7 @@ def recall(args) -> None:
                          "exp_cand": expected_hit(p[world.post_index(got)]), "ms": ms})
     df = pd.DataFrame(rows)
     lines = [f"{len(requests)} held-out requests (`training.evaluate.sample_requests`, seed {args.seed}) on "
-             f"{args.db} ({len(full.post_ids):,} posts), models {args.models}.", "",
+             f"{masked(args.db)} ({len(full.post_ids):,} posts), models {args.models}.", "",
              "| model | recall of full top 5 | candidates median / p90 | expected hitrate@5 full | candidates | "
              "difference (paired) | ms per request, candidates, p50 |", "|---|---|---|---|---|---|---|"]
     for model, g in df.groupby("model"):
@@ -157,7 +166,7 @@ def newposts(args) -> None:
     finally:
         drop_database(url)
     t = np.array(times)
-    body = (f"{args.inserts} posts inserted one at a time into a copy of {args.db} while a follower thread "
+    body = (f"{args.inserts} posts inserted one at a time into a copy of {masked(args.db)} while a follower thread "
             f"(poll {args.poll} s, encoder {state.text_transforms.encoder_name}) serves; time from the insert's "
             f"commit to the post being among the candidates of user {user_id}: p50 {np.median(t):.2f} s, "
             f"p99 {np.quantile(t, 0.99):.2f} s, max {t.max():.2f} s.")
@@ -167,44 +176,67 @@ def newposts(args) -> None:
 # ------------------------------------------------------------------ cost
 def cost(args) -> None:
     """Per-request time with candidates vs full scoring, on catalogues grown to each size in memory
-    (the artifact's posts repeated with new ids: the vectors and columns of real posts)."""
-    from app.features import PostView
+    (the artifact's posts repeated with new ids: the vectors and columns of real posts), each size and
+    mode in a process of its own so that its RSS is its own."""
+    import json
+    import subprocess
 
     results = []
     for size in args.posts:
         for mode in ("candidates", "full"):
             if mode == "full" and size > args.full_max:
                 continue
-            engine = _load(args.models, retrieval=mode)
-            state = engine.state
-            base = state.catalogue.frame
-            if size > base.n:
-                reps = np.resize(np.arange(base.n), size - base.n)
-                p = base.posts
-                view = PostView(p.static[reps], p.counters[:0], p.text[reps], p.vec[reps], p.tfidf_vec[reps],
-                                p.topic[reps])
-                ids = base.ids.max() + 1 + np.arange(size - base.n)
-                frame = pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""})
-                state.add_posts(frame, view, born=state.base_as_of)  # as if there from the base cut on
-            rng = np.random.default_rng(1)
-            users = rng.choice(state.snapshot.user_ids, size=args.requests)
-            t = state.latest_event + 60
-            for u in users[:10]:  # warm up (the hourly sources)
-                engine.recommend("test", int(u), t, 5)
-            ms = []
-            for u in users:
-                started = time.perf_counter()
-                engine.recommend("test", int(u), t, 5)
-                ms.append((time.perf_counter() - started) * 1000)
-            rss = _rss_mb()
-            results.append((size, mode, np.median(ms), np.quantile(ms, 0.99), rss))
+            out = subprocess.run([sys.executable, "-m", "bench.catalogue", "cost-one", "--models", str(args.models),
+                                  "--size", str(size), "--mode", mode, "--requests", str(args.requests)],
+                                 check=True, capture_output=True, text=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
             print(results[-1], flush=True)
-            del engine, state
     lines = [f"One thread, in process, model `test`, {args.requests} requests per row at the moment after the "
-             "latest event; catalogues grown in memory from the artifact's posts (new ids, same columns).", "",
-             "| posts | retrieval | p50 ms | p99 ms | process RSS MB |", "|---|---|---|---|---|"]
-    lines += [f"| {s:,} | {m} | {p50:.2f} | {p99:.2f} | {rss:.0f} |" for s, m, p50, p99, rss in results]
+             "latest event, after 10 warm-up requests; catalogues grown in memory from the artifact's posts "
+             "(new ids, same columns and vectors); each row a process of its own (RSS after the requests).", "",
+             "| posts | retrieval | p50 ms | p99 ms | candidates median | process RSS MB | grow + index s |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['size']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['candidates']} | "
+              f"{r['rss_mb']:.0f} | {r['grow_s']:.1f} |" for r in results]
     _append("Cost per request by catalogue size", "\n".join(lines))
+
+
+def cost_one(args) -> None:
+    import gc
+    import json
+
+    from app.features import PostView
+
+    engine = _load(args.models, retrieval=args.mode)
+    state = engine.state
+    base = state.catalogue.frame
+    started = time.perf_counter()
+    if args.size > base.n:
+        reps = np.resize(np.arange(base.n), args.size - base.n)
+        p = base.posts
+        view = PostView(p.static[reps], p.counters[:0], p.text[reps], p.vec[reps], p.tfidf_vec[reps], p.topic[reps])
+        ids = base.ids.max() + 1 + np.arange(args.size - base.n)
+        frame = pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""})
+        state.add_posts(frame, view, born=state.base_as_of)  # as if there from the base cut on
+        del view, frame, reps, p
+        gc.collect()
+    grow = time.perf_counter() - started
+    users = np.random.default_rng(1).choice(state.snapshot.user_ids, size=args.requests)
+    t = state.latest_event + 60
+    for u in users[:10]:  # warm up (the hourly sources)
+        engine.recommend("test", int(u), t, 5)
+    ms, sizes = [], []
+    for u in users:
+        started = time.perf_counter()
+        engine.recommend("test", int(u), t, 5)
+        ms.append((time.perf_counter() - started) * 1000)
+        if args.mode == "candidates":
+            user, posts = state.at(state.user_row(int(u)), t)
+            sizes.append(len(engine.candidates("test", user, t, len(posts.topic))))
+    print(json.dumps({"size": args.size, "mode": args.mode, "p50": float(np.median(ms)),
+                      "p99": float(np.quantile(ms, 0.99)),
+                      "candidates": int(np.median(sizes)) if sizes else state.n_posts,
+                      "rss_mb": _rss_mb(), "grow_s": grow}))
 
 
 def _rss_mb() -> float:
@@ -231,7 +263,7 @@ def fresh(args) -> None:
     requests = _requests(args.db, any_engine, args.requests, args.seed)
     out = {s: {"exp": [], "fresh": []} for s in args.shares}
     for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
-        p = world.all_posts_probability(int(u), int(t))
+        p = _truth(world, int(u), int(t))
         for s, e in engines.items():
             got = e.recommend("test", int(u), int(t), 5).post_ids
             out[s]["exp"].append(expected_hit(p[world.post_index(got)]))
@@ -252,7 +284,7 @@ def fresh(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.catalogue")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("recall", "cost", "newposts", "fresh"):
+    for name in ("recall", "cost", "cost-one", "newposts", "fresh"):
         p = sub.add_parser(name)
         p.add_argument("--db", default=f"sqlite:///{PROJECT_ROOT / 'data' / 'feed.db'}")
         p.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
@@ -266,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--posts", type=int, nargs="+", default=[7023, 70_000, 1_000_000])
             p.add_argument("--requests", type=int, default=300)
             p.add_argument("--full-max", type=int, default=100_000, help="largest catalogue scored in full")
+        if name == "cost-one":
+            p.add_argument("--size", type=int, required=True)
+            p.add_argument("--mode", choices=("candidates", "full"), required=True)
+            p.add_argument("--requests", type=int, default=300)
         if name == "newposts":
             p.add_argument("--inserts", type=int, default=50)
             p.add_argument("--poll", type=float, default=0.5)
@@ -275,7 +311,10 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--fresh-hours", type=float, default=24.0)
             p.add_argument("--fresh-views", type=int, default=20)
     args = parser.parse_args(argv)
-    {"recall": recall, "cost": cost, "newposts": newposts, "fresh": fresh}[args.command](args)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # as the service does (app/main.py)
+    {"recall": recall, "cost": cost, "cost-one": cost_one, "newposts": newposts, "fresh": fresh}[args.command](args)
 
 
 if __name__ == "__main__":

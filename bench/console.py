@@ -26,6 +26,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from app.config import PROJECT_ROOT, Settings
+from app.db import masked
 from app.engine import Recommender
 from app.main import create_app
 from bench.serving import held_out_requests
@@ -86,7 +87,8 @@ def main() -> None:
     cmd = "python -m bench.console " + " ".join(sys.argv[1:])
     lines = [f"\n## Console pages, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
              f"Command: `{cmd}`  ",
-             f"World: {args.label or args.db} — {state.n_users:,} users, {state.n_posts:,} posts, model version "
+             f"World: {args.label or masked(args.db)} — {state.n_users:,} users, {state.n_posts:,} posts, "
+             f"model version "
              f"{recommender.version}; machine: {os.cpu_count()} cores ({cpu}), Python "
              f"{platform.python_version()}; in process (TestClient), one request at a time, after "
              f"{args.warmup} warm-up pairs; load average {load_before:.1f} before, {load_after:.1f} after "

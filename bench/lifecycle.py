@@ -32,7 +32,7 @@ import numpy as np
 
 from app.artifacts import MANIFEST, set_current
 from app.config import get_settings
-from app.db import make_engine
+from app.db import make_engine, masked
 from app.engine import Recommender
 from bench.live_state import _machine, _service, copy_database, drop_database
 from bench.serving import stop, tree_rss_mb
@@ -263,7 +263,8 @@ def cmd_simulate(args) -> None:
         rows.append(f"| {w + 1} | {7 * w + 1}-{7 * w + 7} | {week(never, w).mean():.4f} | "
                     f"{week(daily, w).mean():.4f} | {oracle:.4f} |")
     decisions = [d["retrain"]["decision"] for d in daily.days if d.get("retrain")]
-    body = [f"Demo world behind `{args.db}`, starting from artifacts `{Path(args.models).name}`; {args.days} days, "
+    body = [f"Demo world behind `{masked(args.db)}`, starting from artifacts `{Path(args.models).name}`; "
+            f"{args.days} days, "
             f"{args.users_per_day} users a day, seed {args.seed}; both services follow their own copy of the database; "
             f"the retrained one runs `retrain` every {args.retrain_every} day(s) on {args.max_train_rows:,} "
             f"training rows ({args.requests} held-out requests for the gate).",
@@ -291,7 +292,7 @@ def cmd_daily(args) -> None:
     set_current(models, source.name, how="bench")
     env = {**os.environ, "DATABASE_URL": db, "MODEL_DIR": str(models), "WORLD_PATH": str(args.world)}
     proc, _ = _service(db, models, 8034, model_watch_seconds=1)
-    body = [f"Demo world behind `{args.db}` (a copy), artifacts `{source.name}`; each day "
+    body = [f"Demo world behind `{masked(args.db)}` (a copy), artifacts `{source.name}`; each day "
             f"`python -m training simulate --days 1 --users-per-day {args.users_per_day}` against the serving "
             f"service, then the daily job exactly as `deploy/retrain.cron` runs it "
             f"(`python -m training retrain --keep 5`, here with `--requests {args.requests}`).", ""]

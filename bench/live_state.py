@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 
 from app import columns as c
 from app.config import PROJECT_ROOT
-from app.db import make_engine
+from app.db import make_engine, masked
 from app.engine import Recommender
 from app.feed_events import EventBatch
 from app.follower import catch_up
@@ -173,7 +173,8 @@ def cmd_simulate(args) -> None:
     rng = np.random.default_rng(0)
     boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
     lo, hi = np.quantile(boot, [0.025, 0.975])
-    body = [f"Demo world behind `{args.db}` (`{args.world}`), artifacts `{args.models.name}`; {args.days} simulated "
+    body = [f"Demo world behind `{masked(args.db)}` (`{args.world}`), artifacts `{args.models.name}`; "
+            f"{args.days} simulated "
             f"days, {args.users_per_day} users a day, seed {args.seed}. Each service on its own copy of the database; "
             "the same users open the feed at the same moments in both runs.", "",
             "**Frozen** (`STATE_FOLLOW=false EXCLUDE_VIEWED_HOURS=0 EXCLUDE_LAST_VIEWS=0`: the snapshot only, as "

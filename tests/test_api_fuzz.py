@@ -4,6 +4,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from schemathesis.generation import GenerationMode
 
 from app.config import Settings
 from app.engine import Recommender
@@ -20,13 +21,14 @@ def operations(trained):
         yield {op.ok().label: op.ok() for op in schema.get_all_operations()}
 
 
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])  # allowed, then forbidden
 @pytest.mark.parametrize("label", [
     "GET /post/recommendations/", "GET /user/{id}", "GET /post/{id}", "GET /user/{id}/feed", "GET /post/{id}/feed",
 ])
-def test_no_server_errors(operations, label):
+def test_no_server_errors(operations, label, mode):
     operation = operations[label]
 
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
         response = case.call()

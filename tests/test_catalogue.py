@@ -181,3 +181,32 @@ def test_catch_up_adds_posts(trained, world_db):
                               c.TOPIC: "sport"}])
     catch_up(make_engine(world_db), recommender.state)
     assert recommender.state.post_rows(np.array([new_id]))[0] == len(existing)
+
+
+def test_world_grows_releases_and_holds_back(tmp_path):
+    """`generate --posts --release-share --held-back`: more posts than the real texts, views only of
+    released posts, held-back posts in no table but known to the world."""
+    from sqlalchemy import text as sql
+
+    from training.world.generate import generate_world
+    from training.world.model import World
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    generate_world(url, scale=0.002, seed=3, world_path=tmp_path / "w.npz", n_posts=8000, release_share=0.5,
+                   held_back=40)
+    world = World.load(tmp_path / "w.npz")
+    posts = _posts(url)
+    assert len(world.post_ids) == 8000 and len(posts) == 7960
+    held = world.held_back_ids()
+    assert len(held) == 40 and not set(held.tolist()) & set(posts[c.POST_ID].tolist())
+    assert len(world.held_back_text) == 40
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        feed = pd.DataFrame(conn.execute(sql("SELECT post_id, timestamp FROM feed_data")).mappings().all())
+    engine.dispose()
+    ts = (pd.to_datetime(feed["timestamp"]) - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+    release = world.post_release[world.post_index(feed[c.POST_ID].to_numpy())]
+    assert (release <= ts.to_numpy()).all()
+    late = world.post_release[:7960] > world.start
+    assert 0.4 < late.mean() < 0.6
+    assert np.isin(world.post_ids[7023:7960], feed[c.POST_ID]).mean() > 0.5  # posts beyond the real texts are shown

@@ -1,6 +1,7 @@
 """The evaluation protocols on hand-made cases whose hits are known, and an end-to-end run."""
 
 import doctest
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,10 +80,15 @@ def test_run_evaluation_end_to_end(trained):
         assert set(result[key]) >= {"random", "popularity", "control", "test"}
     e = result["expected_hitrate@5"]
     assert e["random"] < e["oracle"] and e["test"] <= e["oracle"] + 1e-9
-    assert set(result["ci95"]["hitrate@5"]) == {"random", "popularity", "control", "test"}
+    assert set(result["ci95"]["hitrate@5"]) == {"random", "popularity", "segment_popularity", "control", "test"}
     lo, hi = result["ci95"]["expected_hitrate@5"]["oracle"]
     assert lo <= e["oracle"] <= hi
-    assert set(result["gap_closed"]) == {"control", "test"}
+    assert set(result["gap_closed"]) == {"segment_popularity", "control", "test"}
+    # the tiny world's feed is random: training detected it, and the report says what fits it
+    assert result["exposure"]["kind"] == "random" and result["fitting_protocol"] == "shown_hitrate@5"
+    assert set(result["slots"]) == {"control", "test"}
+    cold = result["cold_start"]
+    assert set(cold["hitrate@5"]) == {"popularity", "segment_popularity", "control", "test"}
 
 
 def test_report_is_written(trained, tmp_path):
@@ -99,3 +105,51 @@ def test_report_is_written(trained, tmp_path):
     for png in ("hitrate_at_k.png", "calibration.png", "segments.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 5000
     assert f"| hitrate@5 | {result['hitrate@5']['random']}" in text
+
+
+def _serving_latest(trained, tmp_path) -> Path:
+    """A copy of the trained artifacts marked as built with --serve-latest (the manifest is not checksummed)."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(trained["model_dir"], models, symlinks=True)
+    manifest = models / trained["version_dir"].name / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "serves": "latest"}))
+    return models
+
+
+def test_evaluate_refuses_serve_latest_artifacts_without_the_flag(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    models = _serving_latest(trained, tmp_path)
+    args = ["evaluate", "--db", trained["db_url"], "--models", str(models), "--world", str(trained["world"]),
+            "--requests", "5"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--serve-latest" in refused.output and "inflated" in refused.output
+    allowed = CliRunner().invoke(app, [*args, "--allow-serve-latest"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning:" in allowed.output and "inflated" in allowed.output
+
+
+def test_check_sees_serve_latest_in_model_and_refuses(trained, tmp_path):
+    import typer
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+    from training.cli import _refuse_serve_latest
+
+    recommender = Recommender.load(_serving_latest(trained, tmp_path))
+    app = create_app(Settings(database_url=trained["db_url"], model_dir="unused"),
+                     load_recommender=lambda _: recommender, watch_models=False)
+    with TestClient(app) as client:
+        served = client.get("/model").json()
+    assert served["serves"] == "latest"
+    with pytest.raises(typer.Exit) as refused:
+        _refuse_serve_latest(served["serves"], False, "the served version")
+    assert refused.value.exit_code == 2
+    _refuse_serve_latest(served["serves"], True, "the served version")  # allowed: a warning only
+    _refuse_serve_latest("test_start", False, "the served version")

@@ -87,6 +87,9 @@ BAD_CASES = [
      "row 4, column 'target': 2 contradicts action: a view needs target 0 or 1"),
     ("feed", FEED.assign(**{c.TARGET: [None, None, 0, 0, 0, 0, 1]}), "row 1, column 'target'"),
     ("posts", POSTS.assign(**{c.TOPIC: ["tech", ""]}), "row 2, column 'topic': empty value"),
+    ("posts", POSTS.assign(**{c.TOPIC: ["tech", "cooking"]}),
+     "row 2, column 'topic': 'cooking' is not one of business, covid, entertainment, movie, politics, sport, tech"),
+    ("posts", POSTS.assign(**{c.TOPIC: ["Tech", "movie"]}), "row 1, column 'topic': 'Tech' is not one of"),
 ]
 
 

@@ -78,3 +78,81 @@ def test_serving_prints_the_api_and_console_addresses(trained, tmp_path, console
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def _serve(trained, tmp_path, env_extra: dict, workers: int = 1):
+    import shutil
+
+    from tests.test_console_browser import _free_port
+
+    shutil.copy(trained["db_url"].removeprefix("sqlite:///"), tmp_path / "w.db")
+    port = _free_port()
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root, "MODEL_DIR": str(trained["model_dir"]), "STATE_FOLLOW": "false",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "CONSOLE_ENABLED": "false", "SCORING_THREADS": "1",
+           **env_extra}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--workers", str(workers)], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc, base: str, timeout: float = 120) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "the service did not start"
+        time.sleep(0.3)
+
+
+def _sample_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_a_scrape_counts_every_worker(trained, tmp_path):
+    """Two workers: every scrape, whichever worker answers it, counts the responses of both."""
+    import httpx
+
+    proc, base = _serve(trained, tmp_path, {}, workers=2)
+    try:
+        _wait_healthy(proc, base)
+        for i in range(40):  # a new connection each: the kernel spreads them over the two workers
+            r = httpx.get(f"{base}/post/recommendations/", params={"id": 1 + i, "time": "2021-12-24T12:00:00"})
+            assert r.status_code == 200
+        pids = set()
+        for _ in range(6):
+            text = httpx.get(f"{base}/metrics").text
+            assert _sample_sum(text, "recommendations_total") == 40
+            pids |= {line.split('pid="')[1].split('"')[0] for line in text.splitlines()
+                     if line.startswith("state_users{")}
+        assert len(pids) == 2  # both workers' state gauges, each with its pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_database_password_is_never_shown(trained, tmp_path):
+    import time
+
+    import httpx
+
+    secret = "s3cret-Pa55"
+    proc, base = _serve(trained, tmp_path, {"DATABASE_URL": f"postgresql+psycopg2://feed:{secret}@127.0.0.1:1/feed",
+                                            "DB_TIMEOUT_SECONDS": "1"})
+    try:
+        _wait_healthy(proc, base)
+        bodies = [httpx.get(f"{base}{path}").text for path in ("/ready", "/model", "/metrics", "/user/1")]
+        time.sleep(1)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "database: postgresql+psycopg2://feed:***@127.0.0.1:1/feed" in out
+    assert secret not in out and not any(secret in b for b in bodies)

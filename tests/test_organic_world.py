@@ -80,3 +80,18 @@ def test_cli_refuses_an_unknown_exposure(tmp_path):
     result = CliRunner().invoke(cli, ["generate", "--scale", "0.0005", "--exposure", "chosen",
                                       "--db", f"sqlite:///{tmp_path / 'x.db'}", "--world", str(tmp_path / "w.npz")])
     assert result.exit_code != 0 and "--exposure" in result.output
+
+
+def test_training_detects_the_organic_log(organic):
+    from app.feed_events import EventBatch
+    from app.user_state import VIEW
+    from training.exposure_kind import detect
+    from training.features import history_from
+
+    world, views = organic
+    batch = EventBatch(ts=views["ts"].to_numpy(np.int64), user_id=views[c.USER_ID].to_numpy(np.int64),
+                       post_id=views[c.POST_ID].to_numpy(np.int64), kind=np.full(len(views), VIEW, np.int8),
+                       target=views[c.TARGET].to_numpy(np.int8))
+    history = history_from(batch, np.sort(world.user_ids), np.sort(world.post_ids))
+    found = detect(history, world.post_topic[np.argsort(world.post_ids)], before=world.end)
+    assert found.detected == "organic" and max(found.user_topic, found.post_week) > 2.0

@@ -29,6 +29,17 @@ def test_gate_by_hand(candidate, passes):
     assert len(checks) == 4 and all(c["passed"] for c in checks) is passes
 
 
+def test_a_hit_rate_on_few_requests_does_not_vote():
+    # the serving version's own week: 12 shown-set requests, all hits, an interval of width zero
+    serving = {**_metrics(1.0, 0.750, half=0.0), "shown_requests": 12}
+    candidate = {**_metrics(0.9167, 0.751), "shown_requests": 12}
+    checks = gate_checks(candidate, serving, Gate())
+    shown = [c for c in checks if c["metric"] == "shown_hitrate@5"]
+    assert [c["passed"] for c in shown] == [None, None] and all("no vote" in c["note"] for c in shown)
+    assert [c["passed"] for c in gate_checks(candidate, serving, Gate(min_requests=10))
+            if c["metric"] == "shown_hitrate@5"] == [False, False]
+
+
 @pytest.fixture
 def world(trained, tmp_path):
     db = tmp_path / "w.db"

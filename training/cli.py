@@ -9,6 +9,8 @@ from app.config import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
+AllowLatestOpt = Annotated[bool, typer.Option(help="Accept artifacts built with --serve-latest (their features "
+                                                "include the held-out window: inflated metrics)")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL.")]
 
 
@@ -55,6 +57,12 @@ def generate(
     db: DbOpt = None,
     world: Annotated[Path | None, typer.Option(help="Where to save the world; default WORLD_PATH")] = None,
     replace: Annotated[bool, typer.Option(help="Drop existing course tables first")] = False,
+    posts: Annotated[int | None, typer.Option(min=10, help="Catalogue size (default: the 7,023 real posts); "
+                                                           "more repeats real texts under new ids")] = None,
+    release_share: Annotated[float, typer.Option(min=0, max=1, help="Share of posts released over the "
+                                                                    "data's days rather than at its start")] = 0.0,
+    held_back: Annotated[int, typer.Option(min=0, help="Posts kept out of the tables, for "
+                                                      "`simulate --new-posts-per-day`")] = 0,
     exposure: Annotated[str, typer.Option(help="random: the course's feed shows random posts; organic: "
                                                    "users choose by popularity, recency and taste")] = "random",
 ) -> None:
@@ -65,7 +73,7 @@ def generate(
         raise typer.BadParameter(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
     summary = generate_world(
         _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
-        exposure=exposure,
+        n_posts=posts, release_share=release_share, held_back=held_back, exposure=exposure,
     )
     typer.echo(summary)
 
@@ -109,6 +117,9 @@ def train(
                                                     "exclusion window (smaller; held-out replay then sees the "
                                                     "base, which includes the held-out window)")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    exposure: Annotated[str | None, typer.Option(help="random or organic: how users came to view posts, which "
+                                                      "decides the validation protocol; default detected "
+                                                      "from the log")] = None,
     engine: Annotated[str, typer.Option(help="single (the database, one process) or spark (a Parquet export)")]
         = "single",
     parquet: Annotated[Path | None, typer.Option(help="--engine spark: the folder `export` wrote")] = None,
@@ -116,8 +127,13 @@ def train(
                                              "k8s://https://host:443)")] = "local[2]",
 ) -> None:
     """Fit the control and test models and write a new artifact version."""
+    from training.exposure_kind import KINDS
+    from training.objectives import ObjectiveConfig
     from training.train import TrainConfig
     from training.train import train as run
+
+    if exposure is not None and exposure not in KINDS:
+        raise typer.BadParameter(f"--exposure must be one of {', '.join(KINDS)}, got {exposure!r}")
 
     settings = get_settings()
     if class_weights not in ("none", "balanced"):
@@ -132,11 +148,11 @@ def train(
         typer.echo(f"trained: {path}")
         return
     path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
-               _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest)
+               _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest,
+               objectives=ObjectiveConfig(exposure=exposure, seed=seed))
     typer.echo(f"trained: {path}")
 
 
-@app.command()
 def _train_spark(parquet: Path | None, master: str, out: Path, config, split_args: dict, serve_latest: bool) -> Path:
     import time
 
@@ -189,6 +205,7 @@ def evaluate(
                                                      "many hours after the request")] = 24.0,
     world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    allow_serve_latest: AllowLatestOpt = False,
 ) -> None:
     """Evaluate random, popularity, control and test on held-out requests."""
     from app.db import make_engine
@@ -202,14 +219,12 @@ def evaluate(
     config = EvalConfig(requests=requests, horizon_days=horizon_days, window_hours=window_hours, seed=seed,
                         ab_salt=settings.ab_salt, ab_control_percent=settings.ab_control_percent,
                         ab_models=(settings.ab_control_model, settings.ab_test_model))
+    _refuse_serve_latest(engine.manifest.data.get("serves"), allow_serve_latest, f"artifacts {engine.version}")
     db_engine = make_engine(_db(db))
     # the state as the service would hold it: the snapshot plus every event the database has after it
     applied = catch_up(db_engine, engine.state)
     if applied:
         typer.echo(f"state: applied {applied} events after the snapshot", err=True)
-    if engine.manifest.data.get("serves") == "latest":
-        typer.echo("warning: these artifacts were built with --serve-latest: held-out requests before "
-                   "their base cut are answered with features that include later events", err=True)
     with db_engine.connect() as conn:
         result, details = run_evaluation(conn, engine, world or settings.world_path, config)
     if json_path:
@@ -224,8 +239,16 @@ def evaluate(
 def format_table(result: dict) -> str:
     rows = [k for k in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5", "shown_hitrate@5",
                         "expected_hitrate@5", "roc_auc", "coverage@5", "mean_popularity@5") if k in result]
-    names = ("random", "popularity", "control", "test", "oracle")
-    lines = [f"{'metric':<20}" + "".join(f"{n:>12}" for n in names)]
+    names = ("random", "popularity", "segment_popularity", "control", "test", "oracle")
+    short = {"segment_popularity": "segment_pop"}
+    lines = []
+    if "exposure" in result:
+        lines.append(f"exposure: {result['exposure'].get('kind')} (detected {result['exposure'].get('detected')}); "
+                     f"the protocol that fits it: {result['fitting_protocol']}")
+    for name, choice in result.get("slots", {}).items():
+        lines.append(f"{name} serves {choice.get('serves')} ({choice.get('reason')}); users without history: "
+                     f"{choice.get('cold', {}).get('serves')}")
+    lines.append(f"{'metric':<20}" + "".join(f"{short.get(n, n):>12}" for n in names))
     for key in rows:
         vals = result[key]
         lines.append(f"{key:<20}" + "".join(
@@ -236,9 +259,23 @@ def format_table(result: dict) -> str:
     if "cold_start" in result:
         cold = result["cold_start"]
         lines.append(f"cold start (history hidden): expected hitrate@5 {cold.get('expected_hitrate@5')}, "
-                     f"shown-set hitrate@5 {cold['shown_hitrate@5']} ({cold['shown_requests']} requests)")
+                     f"shown-set hitrate@5 {cold['shown_hitrate@5']} ({cold['shown_requests']} requests), "
+                     f"full-catalogue hitrate@5 {cold.get('hitrate@5')}")
     lines.append(f"as served by A/B group (what `check` measures): {result['served']}")
     return "\n".join(lines)
+
+
+def _refuse_serve_latest(serves: str | None, allowed: bool, what: str) -> None:
+    """Artifacts built with --serve-latest hold the held-out window in their features: what evaluate and
+    check measure on them is inflated. Refused (exit 2) unless asked for, then warned about."""
+    if serves != "latest":
+        return
+    message = (f"{what}: built with --serve-latest, so held-out requests are answered with features that "
+               "include the held-out window and the metrics are inflated")
+    if not allowed:
+        typer.echo(f"error: {message}; retrain without --serve-latest, or pass --allow-serve-latest", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"warning: {message}", err=True)
 
 
 @app.command()
@@ -250,6 +287,7 @@ def check(
     world: Annotated[Path | None, typer.Option(help="Demo world for expected hit rates; default WORLD_PATH")] = None,
     horizon_days: Annotated[float | None, typer.Option(help="As in evaluate")] = None,
     seed: Annotated[int, typer.Option(help="Same seed as evaluate gives the same requests")] = 0,
+    allow_serve_latest: AllowLatestOpt = False,
 ) -> None:
     """Replay held-out requests against a running service, like the course's checker."""
     import json
@@ -264,6 +302,9 @@ def check(
     engine = make_engine(_db(db))
     try:
         with httpx.Client(base_url=url) as client, engine.connect() as conn:
+            served = client.get("/model").json()
+            _refuse_serve_latest(served.get("serves"), allow_serve_latest,
+                                 f"the served version {served.get('version')}")
             result = run_check(conn, client, world or settings.world_path, config)
     except httpx.HTTPError as exc:
         typer.echo(f"error: service at {url} not reachable: {exc}", err=True)
@@ -290,6 +331,8 @@ def simulate(
                                                            "and wait for the service to swap (0: never)")] = 0,
     models: Annotated[Path | None, typer.Option(help="The service's artifact folder (for --retrain-every); "
                                                      "default MODEL_DIR")] = None,
+    new_posts_per_day: Annotated[int, typer.Option(min=0, help="Held-back posts of the world inserted into "
+                                                               "post_text_df each simulated day")] = 0,
 ) -> None:
     """Simulated users call the live service and react as the world says; reactions go to feed_data.
 
@@ -311,7 +354,7 @@ def simulate(
         raise typer.Exit(code=1)
     engine = make_engine(_db(db))
     config = SimConfig(days=days, users_per_day=users_per_day, limit=limit, seed=seed, max_rps=max_rps,
-                       retrain_every=retrain_every)
+                       retrain_every=retrain_every, new_posts_per_day=new_posts_per_day)
     settings = get_settings()
 
     def retrainer():
@@ -348,6 +391,8 @@ def retrain(
     val_days: Annotated[float, typer.Option()] = 7,
     train_days: Annotated[float, typer.Option()] = 14,
     auc_drop: Annotated[float, typer.Option(help="Largest ROC-AUC drop the gate accepts")] = 0.005,
+    min_requests: Annotated[int, typer.Option(min=1, help="A hit rate on fewer held-out requests does not vote "
+                                                          "in the gate")] = 100,
 ) -> None:
     """Train a candidate on the latest data; promote it only if it is not worse than the serving version.
     Exit code 0: promoted; 3: refused by the gate; 1: failed."""
@@ -362,7 +407,7 @@ def retrain(
         result = run(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model, keep=keep,
                      world=path if Path(path).is_file() else None, requests=requests,
                      split_args={"test_days": test_days, "val_days": val_days, "train_days": train_days},
-                     gate=Gate(auc_drop=auc_drop))
+                     gate=Gate(auc_drop=auc_drop, min_requests=min_requests))
     except Exception as exc:  # a scheduler reads the exit code; the reason goes to stderr
         typer.echo(f"error: retrain failed: {exc}", err=True)
         raise typer.Exit(code=FAILED) from None

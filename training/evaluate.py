@@ -30,15 +30,18 @@ from tqdm import tqdm
 
 from app import columns as c
 from app.ab import exp_group
-from app.engine import POPULAR, Recommender, top_k
+from app.artifacts import LIKED_WITHIN_HORIZON
+from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, top_k
 from app.features import CONTROL_FEATURES
 from training import data
 from training.metrics import ap_at, bootstrap_ci, expected_hit, hit_at, ndcg_at
 from training.world.model import World
 
-RANKERS = ("random", "popularity", "control", "test")
+RANKERS = ("random", "popularity", "segment_popularity", "control", "test")
 K_MAX = 10
-ENGINE_MODEL = {"popularity": POPULAR, "control": "control", "test": "test"}
+ENGINE_MODEL = {"popularity": POPULAR, "segment_popularity": SEGMENT_POPULAR, "control": "control", "test": "test"}
+# the protocol whose figures decide, by exposure kind (as training.selection chooses on validation)
+FITTING_PROTOCOL = {"random": "shown_hitrate@5", "organic": "hitrate@5"}
 
 
 @dataclass
@@ -100,9 +103,10 @@ def full_catalogue_top(engine: Recommender, name: str, user_id: int, ts: int, rn
     return engine.recommend(ENGINE_MODEL[name], user_id, ts, K_MAX).post_ids
 
 
-def _summary(values: dict[str, np.ndarray], seed: int) -> tuple[dict, dict]:
+def _summary(values: dict[str, np.ndarray], seed: int, users: np.ndarray) -> tuple[dict, dict]:
+    """Means, and 95% intervals that resample users (each with all their requests), not requests."""
     means = {k: round(float(np.mean(v)), 4) if len(v) else None for k, v in values.items()}
-    cis = {k: bootstrap_ci(v, seed=seed) for k, v in values.items()}
+    cis = {k: bootstrap_ci(v, seed=seed, clusters=users) for k, v in values.items()}
     return means, cis
 
 
@@ -150,6 +154,8 @@ def heldout_auc(engine: Recommender, views: pd.DataFrame, seed: int) -> dict[str
            "popularity": roc_auc_score(y, popular)}
     x = state.features_for(users, posts, ts, text=True)
     for name in ("control", "test"):
+        if engine.objective.get(name) == LIKED_WITHIN_HORIZON:  # another target: AUC on views says nothing
+            continue
         cols = slice(None) if name == "test" else slice(0, len(CONTROL_FEATURES))
         out[name] = roc_auc_score(y, engine.models[name].predict(x[:, cols], prediction_type="RawFormulaVal"))
     return {k: round(float(v), 4) for k, v in out.items()}
@@ -176,37 +182,51 @@ def world_expectations(world: World, engine: Recommender, requests: pd.DataFrame
 def cold_start(world: World | None, engine: Recommender, requests: pd.DataFrame, truth: Truth,
                k: int = 5) -> dict:
     """The same requests with each user's history hidden, as for a user who has just signed up: every
-    model sees the profile alone; popularity is unchanged. Expected hit@k under the world's truth (when
-    known) and the shown-set hit rate."""
+    model sees the profile alone; popularity is unchanged. Each slot ranks as it would serve such a user
+    (`Recommender.ranker_for`). Expected hit@k under the world's truth (when known), the shown-set hit
+    rate, and the full-catalogue hit rate (the screen excluding what the real history excludes)."""
     state = engine.state
-    rankers = ("popularity", "control", "test")
+    rankers = ("popularity", "segment_popularity", "control", "test")
     expected = {n: [] for n in rankers}
     shown = {n: [] for n in rankers}
+    expected_users, shown_users, full_users = [], [], []  # the user of each value, for intervals clustered by user
+    full = {n: [] for n in rankers}  # the full-catalogue protocol: the one that fits an organic log
     for i, (u, t) in enumerate(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True)):
         u, t = int(u), int(t)
         row = state.user_row(u)
         if row < 0:
             continue
         cold, posts = state.at(row, t, cold=True)
-        scores = {"popularity": engine.popular_scores(t)}
-        for name in ("control", "test"):
-            scores[name] = engine.model_scores(name, cold, posts, t)
+        user, _ = state.at(row, t)
+        # what each slot serves a user with no history (`Recommender.ranker_for`)
+        scores = {n: engine.scores_of(engine.ranker_for(ENGINE_MODEL[n], cold), cold, posts, t)
+                  for n in rankers}
         cand, liked = truth.shown[i], truth.shown_liked[i]
         eligible = len(cand) > k and len(liked) > 0
         p = world.all_posts_probability(u, t) if world is not None else None
         for name, s in scores.items():
             top = engine.post_ids[top_k(s, engine.post_ids, k)]
+            screen = s.copy()  # the screen's exclusions, from the real history
+            screen[user.liked], screen[user.viewed] = -np.inf, -np.inf
+            full[name].append(hit_at(engine.post_ids[top_k(screen, engine.post_ids, k)], truth.future_likes[i], k))
             if p is not None:
                 expected[name].append(expected_hit(p[world.post_index(top)]))
             if eligible:
                 order = cand[np.lexsort((cand, -s[state.post_rows(cand)]))]
                 shown[name].append(hit_at(order, liked, k))
+        expected_users += [u] if p is not None else []
+        shown_users += [u] if eligible else []
+        full_users.append(u)
     out: dict = {"requests": len(requests), "shown_requests": len(shown["popularity"])}
     out["shown_hitrate@5"] = {n: round(float(np.mean(v)), 4) if v else None for n, v in shown.items()}
-    out["ci95"] = {"shown_hitrate@5": {n: bootstrap_ci(np.array(v)) for n, v in shown.items()}}
+    out["hitrate@5"] = {n: round(float(np.mean(v)), 4) if v else None for n, v in full.items()}
+    out["ci95"] = {"shown_hitrate@5": {n: bootstrap_ci(np.array(v), clusters=np.array(shown_users))
+                                       for n, v in shown.items()},
+                   "hitrate@5": {n: bootstrap_ci(np.array(v), clusters=np.array(full_users)) for n, v in full.items()}}
     if world is not None:
         out["expected_hitrate@5"] = {n: round(float(np.mean(v)), 4) for n, v in expected.items()}
-        out["ci95"]["expected_hitrate@5"] = {n: bootstrap_ci(np.array(v)) for n, v in expected.items()}
+        out["ci95"]["expected_hitrate@5"] = {n: bootstrap_ci(np.array(v), clusters=np.array(expected_users))
+                                             for n, v in expected.items()}
     return out
 
 
@@ -234,7 +254,8 @@ class EvalConfig:
     ab_models: tuple[str, str] = ("control", "test")
 
 
-RANKER_OF_MODEL = {"control": "control", "test": "test", POPULAR: "popularity"}
+RANKER_OF_MODEL = {"control": "control", "test": "test", POPULAR: "popularity",
+                   SEGMENT_POPULAR: "segment_popularity"}
 
 
 def groups_of(requests: pd.DataFrame, config: EvalConfig) -> np.ndarray:
@@ -278,13 +299,15 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
         "requests_from": "views in the held-out window", "held_out": [lo, end], "horizon_end": horizon_end,
         "shown_window_hours": config.window_hours, "seed": config.seed, "model_version": engine.version}}
     result["requests"] = len(requests)
+    result["protocol"]["ci95"] = "percentile bootstrap over users, each with all their requests"
+    request_users = requests[c.USER_ID].to_numpy()
     ci: dict = {}
     for metric in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5"):
-        means, cis = _summary({n: full[n][metric] for n in RANKERS}, config.seed)
+        means, cis = _summary({n: full[n][metric] for n in RANKERS}, config.seed, request_users)
         result[metric], ci[metric] = means, cis
     shown5 = {n: shown[n][:, 4] for n in RANKERS}
     result["shown_requests"] = int(eligible.sum())
-    result["shown_hitrate@5"], ci["shown_hitrate@5"] = _summary(shown5, config.seed)
+    result["shown_hitrate@5"], ci["shown_hitrate@5"] = _summary(shown5, config.seed, request_users[eligible])
     result["roc_auc"] = heldout_auc(engine, views, config.seed)
     result["coverage@5"] = {n: round(len({int(p) for r in tops[n] for p in r[:5]}) / len(engine.post_ids), 4)
                             for n in RANKERS}
@@ -297,13 +320,19 @@ def run_evaluation(conn: Connection, engine: Recommender, world_path: Path | Non
     if world is not None:
         exp = world_expectations(world, engine, requests, tops)
         result["expected_hitrate@5"], ci["expected_hitrate@5"] = _summary(
-            {n: exp[n] for n in ("random", "popularity", "control", "test", "oracle")}, config.seed)
+            {n: exp[n] for n in (*RANKERS, "oracle")}, config.seed, request_users)
         e = result["expected_hitrate@5"]
         gap = e["oracle"] - e["popularity"]
         result["gap_closed"] = {n: round((e[n] - e["popularity"]) / gap, 4) if gap > 0 else None
-                                for n in ("control", "test")}
+                                for n in ("segment_popularity", "control", "test")}
         details["expected"] = exp
     result["cold_start"] = cold_start(world, engine, requests, truth)
+    # which exposure the log has (training detected it, or was told) and what each slot serves
+    exposure = engine.manifest.data.get("exposure", {"kind": "random", "detected": None})
+    result["exposure"] = exposure
+    result["fitting_protocol"] = FITTING_PROTOCOL.get(exposure.get("kind"), "shown_hitrate@5")
+    result["slots"] = {name: {k: v for k, v in choice.items()}
+                       for name, choice in engine.manifest.data.get("selection", {}).get("slots", {}).items()}
     groups = groups_of(requests, config)
     result["served"] = {"hitrate@5": served_metrics({n: full[n]["hitrate@5"] for n in RANKERS}, groups, config),
                         "requests": {g: int((groups == g).sum()) for g in ("control", "test")}}

@@ -114,6 +114,13 @@ def _typed(path: Path, frame: pd.DataFrame, spec: Spec, first_row: int) -> pd.Da
     typed = pd.DataFrame(out)
     if spec is SPECS["feed"]:
         _check_feed_values(path, typed, first_row)
+    if spec is SPECS["posts"]:
+        # the topic is a column of the models' vocabulary: an unknown one would silently index the wrong
+        # feature columns (code -1)
+        unknown = ~typed[c.TOPIC].isin(c.TOPICS).to_numpy()
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            raise _fail(path, first_row + i, c.TOPIC, f"{typed[c.TOPIC].iloc[i]!r} is not one of {', '.join(c.TOPICS)}")
     return typed
 
 

@@ -47,15 +47,33 @@ def ap_at(ranked: np.ndarray, relevant: set[int], k: int) -> float:
     return total / min(len(relevant), k)
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of the mean over requests resampled with replacement."""
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile interval of the mean over requests resampled with replacement; with `clusters` (the
+    user of each request), users are resampled with all their requests, since one user's requests are
+    correlated and resampling them one by one gives intervals that are too narrow.
+
+    >>> ones_user = np.r_[np.ones(50), np.zeros(50)]  # user 0 always hits, user 1 never
+    >>> bootstrap_ci(ones_user, clusters=np.r_[np.zeros(50), np.ones(50)])  # two users: anything goes
+    (0.0, 1.0)
+    >>> lo, hi = bootstrap_ci(ones_user)  # 100 independent requests: far narrower
+    >>> 0.35 < lo < 0.5 < hi < 0.65
+    True
+    """
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
-    for b in range(n_boot):  # a loop keeps memory flat for large request sets
-        means[b] = values[rng.integers(0, len(values), len(values))].mean()
+    if clusters is not None:
+        _, which = np.unique(np.asarray(clusters), return_inverse=True)
+        sums, counts = np.bincount(which, weights=values), np.bincount(which).astype(float)
+        for b in range(n_boot):  # the mean over every request of the drawn users
+            pick = rng.integers(0, len(sums), len(sums))
+            means[b] = sums[pick].sum() / counts[pick].sum()
+    else:
+        for b in range(n_boot):  # a loop keeps memory flat for large request sets
+            means[b] = values[rng.integers(0, len(values), len(values))].mean()
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return (round(float(lo), 4), round(float(hi), 4))
 

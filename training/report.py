@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from app import columns as c  # noqa: E402
+from app.artifacts import LIKED_WITHIN_HORIZON  # noqa: E402
 from app.engine import Recommender  # noqa: E402
 from app.features import CONTROL_FEATURES, USER_NUM  # noqa: E402
 from training.evaluate import K_MAX, RANKERS  # noqa: E402
@@ -57,6 +58,8 @@ def plot_calibration(engine: Recommender, views: pd.DataFrame, out: Path) -> str
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     top = 0.0
     for name in ("control", "test"):
+        if engine.objective.get(name) == LIKED_WITHIN_HORIZON:  # not a P(like | shown): nothing to calibrate
+            continue
         cols = slice(None) if name == "test" else slice(0, len(CONTROL_FEATURES))
         p = engine.models[name].predict_proba(x[:, cols])[:, 1]
         bins = pd.qcut(p, 10, labels=False, duplicates="drop")
@@ -118,7 +121,7 @@ def plot_segments(details: dict, engine: Recommender, out: Path) -> str:
 
 
 def _metrics_table(result: dict) -> list[str]:
-    names = [n for n in ("random", "popularity", "control", "test", "oracle")]
+    names = [n for n in ("random", "popularity", "segment_popularity", "control", "test", "oracle")]
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for key in ("hitrate@1", "hitrate@5", "hitrate@10", "ndcg@5", "map@5", "shown_hitrate@5", "expected_hitrate@5",
                 "roc_auc", "coverage@5", "mean_popularity@5"):
@@ -145,11 +148,22 @@ def write_report(result: dict, details: dict, engine: Recommender, out_dir: Path
         f"{result['shown_requests']} of them are eligible for the shown-set protocol (a liked post among more than "
         f"5 shown in the {p['shown_window_hours']:g} hours after the request). Full catalogue: rank every post not "
         "liked before the request, hit = liked later in the window. Shown set: rank only what the feed showed, "
-        "hit = a liked one in the top k. Cells: mean [95% bootstrap interval over requests].", "",
+        "hit = a liked one in the top k. Cells: mean [95% bootstrap interval over users, each with all their "
+        "requests].", "",
         *_metrics_table(result), "",
     ]
     if "gap_closed" in result:
         lines += [f"Gap between popularity and the oracle closed (expected hitrate@5): {result['gap_closed']}.", ""]
+    if "exposure" in result:
+        e = result["exposure"]
+        lines += [f"Exposure: **{e.get('kind')}** (detected from the log: {e.get('detected')}; users x topics "
+                  f"dependence {e.get('user_topic')}, posts x weeks {e.get('post_week')}). The protocol that fits it: "
+                  f"`{result['fitting_protocol']}`.", ""]
+        for name, choice in result.get("slots", {}).items():
+            cold = choice.get("cold", {})
+            lines += [f"- slot `{name}` serves `{choice.get('serves')}`: {choice.get('reason')}; users without "
+                      f"history: `{cold.get('serves')}` (validation {cold.get('validation_hitrate@5')})"]
+        lines += [""]
     lines += [
         "## Hit rate at k", "", f"![hit rate at k]({plots[0]})", "",
         "Each line is a ranker; higher is better. Under a random feed the full-catalogue panel is near zero for "

@@ -45,6 +45,13 @@ MODELS = ("control", "test")
 class Gate:
     auc_drop: float = 0.005
     interval_metrics: tuple[str, ...] = ("shown_hitrate@5", "expected_hitrate@5")
+    # a hit rate on fewer requests than this does not vote: on a log the serving version wrote itself, a
+    # week can hold a dozen shown-set requests, all hits for the version that chose those screens, and an
+    # interval of width zero would refuse every candidate
+    min_requests: int = 100
+
+
+COUNTS = {"shown_hitrate@5": "shown_requests", "expected_hitrate@5": "requests"}
 
 
 def gate_checks(candidate: dict, serving: dict, gate: Gate) -> list[dict]:
@@ -57,6 +64,11 @@ def gate_checks(candidate: dict, serving: dict, gate: Gate) -> list[dict]:
     ...      "ci95": {"shown_hitrate@5": {"test": (0.79, 0.85)}}}
     >>> [(x["metric"], x["floor"], x["passed"]) for x in gate_checks(c, s, Gate()) if x["model"] == "test"]
     [('shown_hitrate@5', 0.79, True), ('roc_auc', 0.745, True)]
+
+    A hit rate measured on too few requests is recorded without a vote (`passed` None):
+
+    >>> [x["passed"] for x in gate_checks({**c, "shown_requests": 12}, s, Gate()) if x["model"] == "test"]
+    [None, True]
     """
     checks = []
     for model in MODELS:
@@ -66,8 +78,12 @@ def gate_checks(candidate: dict, serving: dict, gate: Gate) -> list[dict]:
             lo, hi = serving["ci95"][metric][model]
             floor = round(serving[metric][model] - (hi - lo) / 2, 4)
             value = candidate[metric][model]
-            checks.append({"model": model, "metric": metric, "candidate": value, "serving": serving[metric][model],
-                           "floor": floor, "passed": bool(value >= floor)})
+            check = {"model": model, "metric": metric, "candidate": value, "serving": serving[metric][model],
+                     "floor": floor, "passed": bool(value >= floor)}
+            n = min(r.get(COUNTS.get(metric, ""), gate.min_requests) for r in (candidate, serving))
+            if n < gate.min_requests:  # recorded, but it does not vote
+                check.update(passed=None, note=f"only {n} requests (fewer than {gate.min_requests}): no vote")
+            checks.append(check)
         if model in serving.get("roc_auc", {}) and model in candidate.get("roc_auc", {}):
             floor = round(serving["roc_auc"][model] - gate.auc_drop, 4)
             value = candidate["roc_auc"][model]
@@ -144,7 +160,7 @@ def retrain(db_url: str, models_dir: Path, cache_dir: Path, embedding_model: str
         reason = "no serving version to compare with" if serving is None else f"serving version {serving} unreadable"
     else:
         checks = gate_checks(cand_metrics, serv_metrics, gate)
-        failed = [c for c in checks if not c["passed"]]
+        failed = [c for c in checks if c["passed"] is False]
         passed = not failed
         reason = ("every check passed" if passed else "; ".join(
             f"{c['model']} {c['metric']} {c['candidate']} < {c['floor']} (serving {c['serving']})" for c in failed))

@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from tqdm import tqdm
 
 from app import columns as c
 from app.feed_events import max_seq
-from app.tables import feed_data
+from app.tables import feed_data, post_text_df
 from training import data
 from training.bulk import epoch_to_datetime, write_frame
 from training.metrics import bootstrap_ci, expected_hit
@@ -53,6 +53,8 @@ class SimConfig:
     sync_timeout: float = 10.0  # longest wait for the service to apply a user's earlier events
     retrain_every: int = 0  # days between retrainings (0: never); needs `retrainer`
     swap_timeout: float = 900.0  # longest wait for the service to serve a promoted version
+    new_posts_per_day: int = 0  # the world's held-back posts inserted into post_text_df, at moments of the day
+    young_hours: float = 24.0  # a screen "holds a young post" when one was inserted this many hours before
 
 
 @dataclass
@@ -70,11 +72,15 @@ class DayReport:
     expected_hitrate: float | None = None  # all groups
     expected_ci95: tuple | None = None
     oracle_expected: float | None = None  # the true best screen of posts the user has not liked
+    posts_inserted: int = 0  # held-back posts inserted into post_text_df that day
+    screens_with_young: int = 0  # screens holding a post inserted within young_hours before the request
 
     def shares(self) -> dict[str, float | None]:
         n = self.served
-        return {k: round(getattr(self, k) / n, 4) if n else None
-                for k in ("liked_before", "viewed_recently", "repeated")}
+        out = {k: round(getattr(self, k) / n, 4) if n else None
+               for k in ("liked_before", "viewed_recently", "repeated")}
+        out["screens_with_young"] = round(self.screens_with_young / self.requests, 4) if self.requests else None
+        return out
 
 
 @dataclass
@@ -89,9 +95,53 @@ class SimSummary:
     staleness: dict = field(default_factory=dict)
     waits: int = 0  # requests that waited for the service to apply the user's earlier events
     expected: list[list[float]] = field(default_factory=list, repr=False)  # per day, per request, in plan order
+    young: list[list[int]] = field(default_factory=list, repr=False)  # per day, per request: a young post shown
     first_moment: str = ""
     last_moment: str = ""
     seconds: float = 0.0
+
+
+class _NewPosts:
+    """The world's held-back posts, inserted into post_text_df when the simulated clock passes their moment."""
+
+    def __init__(self, world: World, per_day: int, seed: int) -> None:
+        self.ids = world.held_back_ids()
+        if per_day and not len(self.ids):
+            raise ValueError("the world holds no held-back posts: generate it with --held-back N")
+        self.texts = world.held_back_text
+        self.topics = np.asarray(c.TOPICS)[world.post_topic[world.post_index(self.ids)]] if len(self.ids) else []
+        self.per_day = per_day
+        self.rng = np.random.default_rng([seed, 2])  # apart from the plan: the same users come either way
+        self.queue: list[tuple[int, int]] = []  # (moment, index into ids)
+        self.next = 0
+        self.inserted: dict[int, int] = {}  # post id -> moment inserted
+        self.unreleased = np.zeros(len(world.post_ids), bool)
+        if len(self.ids):
+            self.unreleased[world.post_index(self.ids)] = True
+        self.world = world
+
+    def plan_day(self, day_start: int) -> None:
+        k = min(self.per_day, len(self.ids) - self.next)
+        moments = np.sort(day_start + self.rng.integers(0, DAY, size=k))
+        self.queue.extend(zip(moments.tolist(), range(self.next, self.next + k), strict=True))
+        self.next += k
+
+    def insert_until(self, engine: Engine, t: int) -> int:
+        due = [(m, i) for m, i in self.queue if m <= t]
+        if not due:
+            return 0
+        self.queue = [(m, i) for m, i in self.queue if m > t]
+        rows = [{c.POST_ID: int(self.ids[i]), c.TEXT: str(self.texts[i]), c.TOPIC: str(self.topics[i])}
+                for _, i in due]
+        with engine.begin() as conn:
+            conn.execute(insert(post_text_df), rows)
+        for m, i in due:
+            self.inserted[int(self.ids[i])] = m
+            self.unreleased[self.world.post_index(np.array([self.ids[i]]))[0]] = False
+        return len(due)
+
+    def young(self, posts: np.ndarray, t: int, seconds: float) -> bool:
+        return any(t - seconds < self.inserted.get(int(p), -10**18) <= t for p in posts)
 
 
 def day_requests(world: World, day_start: int, n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -225,6 +275,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         _, end = data.data_range(conn)
     first_day = -(-end // DAY) * DAY  # the next midnight after the data
     feed = _Feed(engine, first_day)
+    new_posts = _NewPosts(world, config.new_posts_per_day, config.seed)
     summary = SimSummary()
     started = time.perf_counter()
     min_gap = 1.0 / config.max_rps
@@ -241,13 +292,17 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             report.retrain = {"candidate": result.candidate, "decision": result.decision, "reason": result.reason,
                               "swapped": swapped, "seconds": round(time.perf_counter() - started_retrain, 1)}
         expected: dict[str, list[float]] = defaultdict(list)
+        young: list[int] = []
         oracle: list[float] = []
+        if config.new_posts_per_day:
+            new_posts.plan_day(day_start)
         hits: dict[str, list[int]] = defaultdict(list)
         plan = day_requests(world, day_start, config.users_per_day, plan_rng)
         for u, ts in tqdm(zip(plan[c.USER_ID].to_numpy(), plan["ts"].to_numpy(), strict=True), total=len(plan),
                           desc=f"day {day + 1}/{config.days}", disable=None):
             u, ts = int(u), int(ts)
             feed.flush(engine, until=ts)
+            report.posts_inserted += new_posts.insert_until(engine, ts)
             need = feed.last_seq.get(u, 0)
             if following and need > applied_seq:
                 summary.waits += 1
@@ -273,6 +328,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             feed.screens[u] = {int(p) for p in posts}
             screen, p_hit = reactions(world, u, posts, ts, rng, liked)
             truth = world.all_posts_probability(u, ts)
+            truth[new_posts.unreleased] = 0.0  # the oracle too can only show what exists
             if liked:
                 truth[world.post_index(np.fromiter(liked, np.int64))] = 0.0
             oracle.append(expected_hit(np.sort(truth)[-config.limit:]))
@@ -282,6 +338,8 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             if body.get("model_version") not in report.versions:
                 report.versions.append(body.get("model_version"))
             expected[g].append(p_hit)
+            young.append(int(new_posts.young(posts, ts, config.young_hours * 3600)))
+            report.screens_with_young += young[-1]
             hits[g].append(int(n_likes > 0))
             group = summary.by_group.setdefault(g, {"requests": 0, "views": 0, "likes": 0})
             group["requests"] += 1
@@ -303,6 +361,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         report.expected_ci95 = bootstrap_ci(everyone, seed=day) if len(everyone) else None
         report.oracle_expected = round(float(np.mean(oracle)), 4) if oracle else None
         summary.expected.append(everyone.tolist())
+        summary.young.append(young)
         summary.days.append({**report.__dict__, "shares": report.shares()})
     feed.flush(engine, until=None)  # the last screens' events
     for group in summary.by_group.values():  # the truth the A/B report should find
@@ -321,8 +380,9 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
 def day_table(summary: SimSummary) -> str:
     """The per-day report as a Markdown table."""
     lines = ["| day | requests | hit rate control / test | expected control / test | expected, all [95% CI] | "
-             "oracle | liked before t | viewed in 72 h | on previous screen | version |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "oracle | liked before t | viewed in 72 h | on previous screen | new posts / screens with a young post "
+             "| version |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in summary.days:
         g = d["groups"]
 
@@ -334,5 +394,6 @@ def day_table(summary: SimSummary) -> str:
         lines.append(f"| {d['day']} | {d['requests']} | {pair('hitrate')} | {pair('expected_hitrate')} | "
                      f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | {d['oracle_expected']} | "
                      f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} | "
+                     f"{d['posts_inserted']} / {sh['screens_with_young']} | "
                      f"{', '.join(v or '-' for v in d['versions'])} |")
     return "\n".join(lines)

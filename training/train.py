@@ -30,7 +30,16 @@ from sqlalchemy import Connection
 
 from app import columns as c
 from app import feed_events
-from app.artifacts import MODEL_FILES, MODEL_USES_TEXT, POSTS_FILE, STATE_FILE, set_current, write_manifest
+from app.artifacts import (
+    LIKE_GIVEN_SHOWN,
+    LIKED_WITHIN_HORIZON,
+    MODEL_FILES,
+    MODEL_USES_TEXT,
+    POSTS_FILE,
+    STATE_FILE,
+    set_current,
+    write_manifest,
+)
 from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
 from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
@@ -48,6 +57,8 @@ from training.features import (
     rows_matrix,
     sample_views,
 )
+from training.horizon import recent_columns
+from training.objectives import ObjectiveConfig, fit_and_select, slot_columns
 from training.retrieval import fit_proxy, write_retrieval
 
 DAY = 86_400
@@ -148,8 +159,9 @@ class TrainingSet:
     """What an engine hands to the fit: the split, the catalogue and its fitted text transforms, the
     priors, the sampled rows with their feature matrices (test-model columns; the control model's are
     the first ones) and the state to serve. The single-machine engine builds it from the database
-    (`build_training_set`), the Spark engine from Parquet (`training.spark_engine`); the fit and the
-    artifact do not know which."""
+    (`build_training_set`), the Spark engine from Parquet (`training.spark_engine`); the artifact's
+    format does not depend on which. `prep` (the whole feed in memory) comes with the single-machine
+    engine only: the objective selection (`training.objectives`) needs it, and is skipped without it."""
 
     split: Split
     posts: pd.DataFrame
@@ -160,6 +172,7 @@ class TrainingSet:
     snapshot: Snapshot
     engine: str
     seconds: dict[str, float]  # stage timings
+    prep: Prepared | None = None
 
 
 def sample_windows(split: Split, config: TrainConfig) -> dict[str, tuple[int, int, int, int]]:
@@ -204,20 +217,23 @@ def build_training_set(db_url: str, cache_dir: Path, embedding_model: str, confi
                               prep.seq_gaps, prep.seq_xmax)
     t2 = time.perf_counter()
     return TrainingSet(split, prep.posts, prep.transforms, prep.priors, rows, matrices, snapshot, "single",
-                       {"read": round(t1 - t0, 1), "features": round(t2 - t1, 1)})
+                       {"read": round(t1 - t0, 1), "features": round(t2 - t1, 1)}, prep)
 
 
 def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, config: TrainConfig,
-          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True) -> Path:
+          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True,
+          objectives: ObjectiveConfig | None = None) -> Path:
     """Fit both models and write `out_dir/<version>/`; returns that folder. `promote` points
-    `out_dir/current` at it (retraining leaves that to the gate)."""
+    `out_dir/current` at it (retraining leaves that to the gate). Each slot then serves what validated
+    best on the protocol that fits the log's exposure (`training.objectives`)."""
     t0 = time.perf_counter()
     tset = build_training_set(db_url, cache_dir, embedding_model, config, split_args, serve_latest)
-    return fit_and_export(tset, out_dir, embedding_model, config, serve_latest, promote, t0)
+    return fit_and_export(tset, out_dir, embedding_model, config, serve_latest, promote, t0, objectives)
 
 
 def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, config: TrainConfig,
-                   serve_latest: bool = False, promote: bool = True, t0: float | None = None) -> Path:
+                   serve_latest: bool = False, promote: bool = True, t0: float | None = None,
+                   objectives: ObjectiveConfig | None = None) -> Path:
     """Fit control and test on a training set from either engine and write the artifact version."""
     t0 = time.perf_counter() if t0 is None else t0
     split, matrices = tset.split, tset.matrices
@@ -238,12 +254,31 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
             "file": MODEL_FILES[name], "features": list(names), "dtype": "float32",
             "best_iteration": int(model.get_best_iteration() or 0), "trees": int(model.tree_count_),
             "validation_auc": round(float(model.get_best_score()["validation"]["AUC"]), 4),
-            "heldout_auc": round(float(held_auc), 4),
+            "heldout_auc": round(float(held_auc), 4), "objective": LIKE_GIVEN_SHOWN,
             "importance": dict(sorted(zip(names, map(float, model.get_feature_importance()), strict=True),
                                       key=lambda kv: -kv[1])[:15]),
         }
         logger.info("{}: validation AUC {}, held-out AUC {}", name, model_meta[name]["validation_auc"],
                     model_meta[name]["heldout_auc"])
+
+    if tset.prep is not None:
+        prep, history = tset.prep, tset.prep.history
+        horizon_models, horizon_meta, selection = fit_and_select(prep, models, fit_model, config,
+                                                                 objectives or ObjectiveConfig(seed=config.seed))
+        for name, choice in selection["slots"].items():
+            if choice["serves"] == LIKED_WITHIN_HORIZON:
+                models[name] = horizon_models[name]
+                model_meta[name] = {"file": MODEL_FILES[name], "dtype": "float32", **horizon_meta[name],
+                                    "importance": _importance(horizon_models[name], horizon_meta[name]["features"])}
+                # the retrieval proxy stands in for the model that serves: refit on its scores
+                recent = recent_columns(history, val["post_row"].to_numpy(np.int64), val["ts"].to_numpy(np.int64))
+                x = slot_columns(np.column_stack([matrices["val"], recent]), MODEL_USES_TEXT[name])
+                proxies[name] = fit_proxy(matrices["val"], models[name].predict(x, prediction_type="RawFormulaVal"),
+                                          MODEL_USES_TEXT[name], val["user_row"].to_numpy(), config.seed,
+                                          config.threads)
+    else:  # each slot serves its like model, as trained above
+        selection = {"exposure": None, "slots": {},
+                     "skipped": f"engine {tset.engine}: the objective selection runs on the single-machine engine"}
 
     snapshot = tset.snapshot
     version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
@@ -270,6 +305,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                    "cities": len(tset.priors.city_names)},
         "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
+        "exposure": selection["exposure"], "selection": selection,
         "data_range": [split.start, split.end], "embedding_model": embedding_model,
         "train_config": asdict(config), "rows": {"train": len(tr), "validation": len(val), "heldout": len(held),
                  "cold_train": int(tr["cold"].sum())},
@@ -280,6 +316,10 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
         set_current(out_dir, version, how="train")
     logger.info("wrote {} in {:.0f}s", version_dir, time.perf_counter() - t0)
     return version_dir
+
+
+def _importance(model: CatBoostClassifier, names: list[str]) -> dict[str, float]:
+    return dict(sorted(zip(names, map(float, model.get_feature_importance()), strict=True), key=lambda kv: -kv[1])[:15])
 
 
 def _versions() -> dict[str, str]:

@@ -84,11 +84,14 @@ async def model_info(request: Request, recommender: RecommenderDep) -> dict:
     watcher = getattr(request.app.state, "watcher", None)
     history = [vars(s) for s in watcher.status.history] if watcher is not None else []
     return {"version": recommender.version, "features_as_of": m.get("features_as_of"), "split": m.get("split"),
+            "serves": m.get("serves", "test_start"),  # "latest": built with --serve-latest
             "state": m.get("state"), "exclude_viewed_hours": recommender.state.exclude_viewed_seconds / 3600,
             "exclude_last_views": recommender.state.exclude_last_views,
             "models": {name: {k: v for k, v in meta.items() if k != "features"}
                        for name, meta in m.get("models", {}).items()},
-            "promotion": promotion_of(recommender), "swaps": history}
+            "promotion": promotion_of(recommender), "swaps": history,
+            # the log's exposure kind and what each slot serves, with the validation figures behind it
+            "exposure": m.get("exposure"), "selection": m.get("selection")}
 
 
 def promotion_of(recommender: Recommender) -> dict | None:
@@ -138,4 +141,4 @@ def refresh_gauges(app_state) -> None:
 @router.get("/metrics")
 async def metrics(request: Request, metrics: MetricsDep) -> Response:
     refresh_gauges(request.app.state)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -24,10 +24,11 @@ from training.world.model import SECONDS_PER_DAY, World, age_band
 
 BLOCK_DAYS = 3  # views of one user within a block of days share one choice distribution (its start)
 PAIRS_PER_BATCH = 256  # (user, block) distributions held at once: 256 x 7,023 float64 = 14 MB
-# defaults of the organic world: taste weighs about as much as popularity (the buzz spreads e^±2)
-CHOICE_BUZZ = 1.0
+# defaults of the organic world: popularity (the buzz spreads e^±3) and recency weigh more than taste,
+# as on real logs where what users open follows popularity more than what they would like
+CHOICE_BUZZ = 1.5
 CHOICE_RECENCY = 1.0
-CHOICE_TASTE = 0.8
+CHOICE_TASTE = 0.4
 RELEASED_BEFORE_START = 0.4  # share of posts already out when the data starts
 
 

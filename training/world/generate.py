@@ -25,7 +25,7 @@ from training.bulk import epoch_to_datetime, write_frame
 from training.world import reference as ref
 from training.world.cities import city_table
 from training.world.exposure import choose_posts, organic_parameters
-from training.world.model import World
+from training.world.model import HELD_BACK, World
 from training.world.texts import load_posts
 
 EXPOSURES = ("random", "organic")  # the course's random feed; users who choose what they view
@@ -60,6 +60,32 @@ def post_themes(posts: pd.DataFrame) -> np.ndarray:
         blocks.append(k)
         offsets += k
     return out
+
+
+def grown_catalogue(posts: pd.DataFrame, themes: np.ndarray, n: int,
+                    rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
+    """A catalogue of n posts: the real ones, then new ids over the real texts (drawn at random) with the
+    source's theme mix; each post gets its own appeal and exposure in `build_world`, so two posts with
+    one text differ in how much they are liked. Fewer than the real posts: a fixed random subset."""
+    if n <= len(posts):
+        pick = np.sort(rng.choice(len(posts), size=n, replace=False))
+        return posts.iloc[pick].reset_index(drop=True), themes[pick]
+    src = rng.integers(0, len(posts), size=n - len(posts))
+    extra = posts.iloc[src].reset_index(drop=True).assign(
+        **{c.POST_ID: int(posts[c.POST_ID].max()) + 1 + np.arange(n - len(posts))})
+    return pd.concat([posts, extra], ignore_index=True), np.vstack([themes, themes[src]])
+
+
+def release_times(n: int, share: float, held_back: int, start: int, end: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """When each post enters: at the start, or for a `share` of them uniformly over the data's days;
+    the last `held_back` posts never within the data (inserted by the simulation)."""
+    release = np.full(n, start, np.int64)
+    later = rng.random(n) < share
+    release[later] = rng.integers(start, end - 86_400, size=int(later.sum()))
+    if held_back:
+        release[n - held_back:] = HELD_BACK
+    return release
 
 
 def post_exposure(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -202,6 +228,14 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
     else:
         exposure = world.post_exposure / world.post_exposure.sum()
         pj = rng.choice(len(world.post_ids), size=len(v_user), p=exposure)
+        if len(world.post_release):  # a view only of a post released before it: draw again, then drop
+            for _ in range(8):
+                early = world.post_release[pj] > ts
+                if not early.any():
+                    break
+                pj[early] = rng.choice(len(world.post_ids), size=int(early.sum()), p=exposure)
+            ok = world.post_release[pj] <= ts
+            v_user, pj, ts = v_user[ok], pj[ok], ts[ok]
     # either feed may draw a post twice for a user; keep the first showing
     key = ui[v_user].astype(np.int64) * len(world.post_ids) + pj
     _, first = np.unique(key, return_index=True)
@@ -229,23 +263,43 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
 
 # ------------------------------------------------------------------ entry point
 def generate_world(db_url: str, scale: float, seed: int, world_path: Path, replace: bool = False,
-                   exposure: str = "random") -> str:
+                   exposure: str = "random", n_posts: int | None = None, release_share: float = 0.0,
+                   held_back: int = 0) -> str:
     """Generate users, posts and feed at `scale`, write them in one transaction, save the world.
     `exposure` is how users come to view posts: the course's random feed, or their own choice
-    (`training.world.exposure`)."""
+    (`training.world.exposure`). `n_posts` grows (or shrinks) the catalogue (`grown_catalogue`);
+    `release_share` of the posts enter over the data's days rather than at its start (random feed);
+    the last `held_back` posts are kept out of post_text_df and the feed, for
+    `simulate --new-posts-per-day` to insert."""
     if not 0 < scale <= 2:
         raise ValueError(f"scale must be in (0, 2], got {scale}")
     if exposure not in EXPOSURES:
         raise ValueError(f"exposure must be one of {EXPOSURES}, got {exposure!r}")
+    if not 0 <= release_share <= 1:
+        raise ValueError(f"release share must be in [0, 1], got {release_share}")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_users = max(50, round(ref.N_USERS * scale))
     users = make_users(n_users, rng)
     posts, themes = catalogue()
     views, start, end = activity(n_users, rng)
+    grow = n_posts is not None or release_share > 0 or held_back > 0
+    if n_posts is not None and n_posts != len(posts):
+        # a generator of its own: the users' draws above and below stay those of the default world
+        posts, themes = grown_catalogue(posts, themes, n_posts, np.random.default_rng([seed, 2]))
+    if not 0 <= held_back < len(posts):
+        raise ValueError(f"held back posts must be fewer than the {len(posts)} posts, got {held_back}")
     world = build_world(users, posts, themes, views, seed, scale, rng)
     if exposure == "organic":  # drawn after the random world's parameters: same users, posts and tastes
         organic_parameters(world, rng)
+    if grow:
+        release = release_times(len(posts), release_share, held_back, world.start, world.end,
+                                np.random.default_rng([seed, 3]))
+        if len(world.post_release):  # the organic feed's own release times, and the held-back posts
+            release = np.where(release >= HELD_BACK, release, world.post_release)
+        world.post_release = release
+        world.held_back_text = posts[c.TEXT].to_numpy(str)[len(posts) - held_back:]
+        posts = posts.iloc[:len(posts) - held_back]
     logger.info("world calibrated: {} users, {} posts", n_users, len(posts))
 
     engine = make_engine(db_url)
@@ -270,6 +324,7 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     create_feed_indexes(engine)
     engine.dispose()
     world.save(world_path)
-    return (f"world seed={seed} scale={scale} exposure={exposure}: {n_users} users, {len(posts)} posts, "
-            f"{n_feed} feed rows in {time.perf_counter() - t0:.1f}s; world saved to {world_path}")
+    return (f"world seed={seed} scale={scale} exposure={exposure}: {n_users} users, {len(posts)} posts"
+            f"{f' (+{held_back} held back)' if held_back else ''}, {n_feed} feed rows "
+            f"in {time.perf_counter() - t0:.1f}s; world saved to {world_path}")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 HOURS = np.arange(24)
+HELD_BACK = np.iinfo(np.int64).max // 4  # release time of a held-back post
 AGE_BANDS = np.array([21, 31, 46])  # band edges: 14-20, 21-30, 31-45, 46+
 SECONDS_PER_DAY = 86_400
 
@@ -70,6 +71,8 @@ class World:
     choice_taste: float = 0.0
     recency_days: float = 14.0  # a post's pull decays by e every this many days after release
     recency_floor: float = 0.1  # the pull an old post keeps
+    # texts of the posts held back from the tables (release HELD_BACK), for `simulate --new-posts-per-day`
+    held_back_text: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
@@ -87,6 +90,11 @@ class World:
             kwargs = json.loads(str(data["_scalars"]))
             kwargs.update({k: data[k] for k in data.files if k != "_scalars"})
         return cls(**kwargs)
+
+    def held_back_ids(self) -> np.ndarray:
+        if not len(self.post_release):
+            return np.empty(0, np.int64)
+        return self.post_ids[self.post_release >= HELD_BACK]
 
     # ---------------------------------------------------------------- indexing
     def user_index(self, user_ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,52 @@
+"""The chaos suite's short version (`make chaos` runs the long one into docs/reliability.md): two real
+workers under wrk load on PostgreSQL behind a proxy; the database goes away, hangs, the log table's disk
+fills, a worker is killed; then hostile requests. No recommendation may fail, no exposure be lost."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from bench import chaos
+from tests.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+def wrk() -> None:
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true requires wrk (make test installs it)")
+        pytest.skip("wrk not installed (make test installs it)")
+
+
+@pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
+def test_faults_under_load(wrk, trained, world_db, tmp_path: Path):
+    url = make_url(world_db)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    svc = chaos.start_service(trained["model_dir"], via_proxy, world_db, tmp_path)
+    try:
+        script = chaos.wrk_script(tmp_path, chaos.request_pairs(world_db, trained["model_dir"], n=100))
+        chaos.Wrk(svc.base, script, 2).result()  # creates the log table
+        assert svc.wait_drained(tmp_path / "spool")
+        faults = {f.name: f for f in chaos.fault_suite(svc, None, proxy, script, tmp_path / "spool", outage=3,
+                                                       quick=True)}
+        hostile = chaos.run_hostile(svc.base)
+    finally:
+        svc.proc.terminate()
+        svc.proc.wait(30)
+        proxy.close()
+    for name in ("PostgreSQL stopped", "PostgreSQL hanging", "Log table's disk full"):
+        f = faults[name]
+        assert f.wrk["requests"] > 0 and f.failed == 0, (name, f.wrk)
+        assert f.drained and f.served == f.logged and f.dropped == 0, (name, f)
+        assert f.data.get("statuses") and set(f.data["statuses"]) <= {"200", "404", "503"}, (name, f.data)
+        assert f.health["n"] > 0 and f.health["statuses"] == {"200": f.health["n"]}, (name, f.health)
+    assert faults["PostgreSQL stopped"].write_attempts_failed <= 2 * 4  # the back-off, not one per request
+    assert faults["PostgreSQL hanging"].data["statuses"].get("503")  # timed out, not hung
+    killed = faults["Worker killed"]
+    assert killed.extra["workers_after"] == 2  # restarted
+    assert killed.failed <= 8  # at most the requests in flight on the killed worker (8 connections)
+    assert [h for h in hostile if h["status"] >= 500] == []

@@ -1,0 +1,158 @@
+"""Learning from real logs: segment popularity, recent popularity, exposure detection, the horizon rows,
+the per-slot choice with its popularity floor, and the cold-start routing the engine applies."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app import columns as c
+from app.artifacts import write_manifest
+from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, ScreenPolicy
+from app.feed_events import EventBatch
+from app.recent_popularity import RECENT_SECONDS, recent_features
+from app.segment_popularity import SHARE_PRIOR_LIKES, segment_of, segment_scores, segment_shares
+from app.user_state import LIKE, VIEW
+from training.exposure_kind import dependence, detect
+from training.features import history_from
+from training.horizon import horizon_rows, recent_columns
+from training.selection import choose
+
+FULL = ScreenPolicy(retrieval="full")
+
+
+def test_segment_of_bands_and_gender():
+    profile = np.array([[0, 14], [0, 20], [0, 21], [1, 30], [1, 31], [1, 45], [1, 46], [0, 90]], np.float32)
+    assert segment_of(profile).tolist() == [0, 0, 1, 5, 6, 6, 7, 3]
+
+
+def test_segment_shares_by_hand():
+    # segment 0 gave 3 of the 4 likes of post 0; segment 1 the only like of post 1; overall shares 3/5, 2/5
+    shares = segment_shares(np.array([0, 0, 0, 1, 1]), np.array([0, 0, 0, 0, 1]), 3)
+    a = SHARE_PRIOR_LIKES
+    assert shares[0, 0] == pytest.approx((3 + a * 0.6) / (4 + a) / 0.6, rel=1e-5)
+    assert shares[1, 1] == pytest.approx((1 + a * 0.4) / (1 + a) / 0.4, rel=1e-5)
+    assert shares[0, 2] == pytest.approx(1.0) and shares[1, 2] == pytest.approx(1.0)  # no likes: no lift
+    assert np.all(shares[2:] == 1.0)  # segments without likes
+    scores = segment_scores(np.array([10.0, 1.0, 0.0]), shares, 1)
+    assert scores[0] == pytest.approx(10 * shares[1, 0]) and scores[2] == 0.0
+
+
+def test_recent_features_by_hand():
+    out = recent_features(np.array([[10, 4], [3, 0], [0, 0]]), np.array([[10, 4], [0, 0], [0, 0]]))
+    assert out[0].tolist() == [0.0, 0.0, 0.0]  # nothing in the window
+    assert out[1].tolist() == pytest.approx([np.log1p(3), 0.0, 1.0])  # all views recent: a new post
+    assert out[2].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_dependence_is_near_one_when_independent_and_large_when_not():
+    rng = np.random.default_rng(0)
+    independent = rng.multinomial(2000, [0.5, 0.3, 0.2], size=300)  # 300 users, same topic mix
+    assert 0.8 < dependence(independent) < 1.2
+    skewed = np.array([rng.multinomial(2000, rng.dirichlet([1, 1, 1])) for _ in range(300)])
+    assert dependence(skewed) > 50
+
+
+def _history(events: list[tuple[int, int, int, str, int]], n_users: int = 2, n_posts: int = 6):
+    """events: (ts, user id, post id, action, target) with ids 1..n."""
+    ts, u, p, a, t = (np.array(x) for x in zip(*events, strict=True))
+    batch = EventBatch(ts=ts.astype(np.int64), user_id=u.astype(np.int64), post_id=p.astype(np.int64),
+                       kind=np.where(a == "like", LIKE, VIEW).astype(np.int8), target=t.astype(np.int8),
+                       seq=np.arange(1, len(ts) + 1))
+    return history_from(batch, np.arange(1, n_users + 1), np.arange(1, n_posts + 1))
+
+
+def test_detect_random_and_forced():
+    rng = np.random.default_rng(1)
+    events = [(int(rng.integers(0, 60 * 86_400)), int(u), int(rng.integers(1, 7)), "view", 0)
+              for u in rng.integers(1, 41, size=8000)]
+    history = _history(events, n_users=40)
+    topic = np.array([0, 0, 1, 1, 2, 2])
+    found = detect(history, topic, before=10**9)
+    assert found.detected == "random" and found.kind == "random" and not found.forced
+    forced = detect(history, topic, before=10**9, forced="organic")
+    assert forced.kind == "organic" and forced.detected == "random" and forced.forced
+    with pytest.raises(ValueError, match="exposure"):
+        detect(history, topic, before=10**9, forced="chosen")
+
+
+def test_horizon_rows_label_the_next_likes_and_stop_at_the_window():
+    day = 86_400
+    events = [(10, 1, 1, "view", 1), (11, 1, 1, "like", 0),  # liked before t: never a row
+              (2 * day, 1, 2, "view", 1), (2 * day + 5, 1, 2, "like", 0),  # within the horizon: positive
+              (4 * day, 1, 3, "view", 1), (4 * day + 5, 1, 3, "like", 0),  # after `until`: not a positive
+              (5, 2, 4, "view", 0)]
+    history = _history(events)
+    requests = pd.DataFrame({"user_row": [0], c.USER_ID: [1], "ts": [day]})
+    rows = horizon_rows(history, requests, until=3 * day, negatives=200, seed=0)
+    positives = rows[rows[c.TARGET] == 1]
+    assert positives[c.POST_ID].tolist() == [2]
+    negatives = rows[rows[c.TARGET] == 0]
+    assert len(negatives) > 0 and not negatives[c.POST_ID].isin([1, 2]).any()
+    assert (rows["ts"] == day).all() and (rows[c.USER_ID] == 1).all()
+
+
+def test_choose_prefers_the_simpler_on_ties():
+    metric = {"popular": 0.3, "a": 0.3, "b": 0.31}
+    assert choose(metric, ["popular", "a"]) == "popular"
+    assert choose(metric, ["popular", "a", "b"]) == "b"
+
+
+def test_recent_columns_in_training_equal_the_services(trained):
+    """One path: the recent popularity a horizon model reads, computed from the log as training does and
+    from the live state as the service does, for every post at a held-out moment."""
+    from app.db import make_engine
+    from training.train import prepare
+
+    engine = Recommender.load(trained["model_dir"], policy=FULL)
+    db = make_engine(trained["db_url"])
+    with db.connect() as conn:
+        prep = prepare(conn, {}, trained["cache"], "hashing")
+    db.dispose()
+    t = int(engine.manifest.data["split"]["test_start"]) + 30 * 3600
+    rows = np.arange(len(engine.post_ids))
+    served = recent_features(engine.state.counts_at(t), engine.state.counts_at(t - RECENT_SECONDS))
+    assert np.array_equal(prep.history.post_ids, engine.post_ids)
+    trained_side = recent_columns(prep.history, rows, np.full(len(rows), t))
+    assert np.array_equal(served, trained_side)
+    assert served[:, 0].max() > 0  # the window holds views
+
+
+def _edited_version(trained, tmp_path: Path, selection: dict) -> Path:
+    """A copy of the trained version whose manifest says what each slot serves."""
+    src = Path(trained["version_dir"])
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    data = json.loads((dst / "manifest.json").read_text())
+    data["selection"] = selection
+    write_manifest(dst, {k: v for k, v in data.items() if k not in ("schema", "files")})
+    return dst
+
+
+def test_floor_and_cold_routing(trained, tmp_path):
+    selection = {"protocol": "shown_set", "slots": {
+        "control": {"serves": POPULAR, "reason": "no model beat popularity on validation (test)",
+                    "cold": {"serves": POPULAR}},
+        "test": {"serves": "like_given_shown", "reason": "best", "cold": {"serves": SEGMENT_POPULAR}}}}
+    engine = Recommender.load_version(_edited_version(trained, tmp_path, selection), policy=FULL)
+    split = engine.manifest.data["split"]
+    t = int(split["test_start"]) + 3600
+    user = int(engine.state.snapshot.user_ids[0])
+    # the floor: the control slot serves popularity, and says so
+    got = engine.recommend("control", user, t, 5)
+    assert got.model == POPULAR
+    assert got.post_ids.tolist() == engine.recommend(POPULAR, user, t, 5).post_ids.tolist()
+    # a user with history gets the test model; the same user before any view gets segment popularity
+    assert engine.recommend("test", user, t, 5).model == "test"
+    user_at, _ = engine.state.at(engine.state.user_row(user), t)
+    hidden, posts = engine.state.at(engine.state.user_row(user), t, cold=True)  # as if just signed up
+    assert engine.ranker_for("test", user_at) == "test"
+    assert engine.ranker_for("test", hidden) == SEGMENT_POPULAR
+    assert engine.ranker_for("control", hidden) == POPULAR
+    scores = engine.scores_of(SEGMENT_POPULAR, hidden, posts, t)
+    assert scores.shape == (len(engine.post_ids),) and np.all(scores >= 0)
+    # /model says what serves and why (the manifest's selection)
+    assert engine.manifest.data["selection"]["slots"]["control"]["reason"].startswith("no model beat popularity")
