@@ -69,7 +69,8 @@ def test_a_worse_candidate_is_refused_and_a_better_one_promoted(world):
     set_current(world["models"], worse.candidate, how="test")  # now a weak version serves
     better = _retrain(world, 60)
     assert better.code == PROMOTED and current_version(world["models"]) == better.candidate
-    assert all(c["passed"] for c in json.loads(better.path.read_text())["checks"])
+    # no check failed; a hit rate on fewer than --min-requests held-out requests has no vote (passed None)
+    assert all(c["passed"] is not False for c in json.loads(better.path.read_text())["checks"])
 
 
 def _copy(world, trained, name: str) -> str:
