@@ -64,12 +64,12 @@ def test_a_worse_candidate_is_refused_and_a_better_one_promoted(world):
     assert worse.code == REFUSED and worse.decision == "refused" and current_version(world["models"]) == good
     promotion = json.loads(worse.path.read_text())
     assert promotion["serving"] == good and promotion["candidate"] == worse.candidate
-    assert any(not c["passed"] for c in promotion["checks"])
+    assert any(c["passed"] is False for c in promotion["checks"])  # None: too few requests to vote
     assert set(promotion["metrics"]["candidate"]) >= {"shown_hitrate@5", "expected_hitrate@5", "roc_auc"}
     set_current(world["models"], worse.candidate, how="test")  # now a weak version serves
     better = _retrain(world, 60)
     assert better.code == PROMOTED and current_version(world["models"]) == better.candidate
-    assert all(c["passed"] for c in json.loads(better.path.read_text())["checks"])
+    assert all(c["passed"] is not False for c in json.loads(better.path.read_text())["checks"])
 
 
 def _copy(world, trained, name: str) -> str:
