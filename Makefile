@@ -14,10 +14,10 @@ PORT ?= 8000
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt requirements-spark.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-spark.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
@@ -46,7 +46,13 @@ browser: ## Install Debian's headless Chromium for the console's browser test (w
 wrk: ## Install wrk, the load generator of the chaos suite and the benchmarks (when missing)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 
-test: $(STAMP) lint browser wrk ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
+java: ## Install Debian's Java 17 for the Spark engine and its test (when missing)
+	command -v java >/dev/null || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
+
+nginx: ## Install Debian's nginx for the replicas' load balancer and its test (when missing)
+	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx-light)
+
+test: $(STAMP) lint browser wrk java nginx ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
 	$(BIN)/python -m pytest -q
 
 screenshots: $(STAMP) browser ## Browser test of the console, saving its screenshots into docs/ (README shows them)
@@ -63,4 +69,4 @@ chaos: $(STAMP) wrk ## Faults under load, hostile input, 10-min soak, dependency
 quality: $(STAMP) ## Offline quality over three demo worlds at scale 0.1 (docs/quality.md)
 	$(BIN)/python -m bench.quality --scale 0.1 --seeds 1 2 3
 
-.PHONY: help install world train evaluate serve demo lint browser test screenshots bench quality chaos wrk check simulate ab-report
+.PHONY: help install world train evaluate serve demo lint browser java nginx test screenshots bench quality chaos wrk check simulate ab-report

@@ -120,21 +120,42 @@ async def _refresh_gauges_forever(app_state, seconds: float = 1.0) -> None:
         await asyncio.sleep(seconds)
 
 
-def _install_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
+class ObserveMiddleware:
+    """Latency, error and response metrics per endpoint. A plain ASGI middleware rather than
+    `@app.middleware("http")`: Starlette's BaseHTTPMiddleware streams the body through a queue, so the
+    status line and the body leave in different event-loop turns; a replica killed between them hands
+    its load balancer half a response, which nginx cannot pass to another replica (bench.replicas)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
+        status = [0]
+
+        async def send_observed(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_observed)
+        request = Request(scope)
+        route = scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         group = getattr(request.state, "exp_group", "none")
-        metrics: Metrics = request.app.state.metrics
+        metrics: Metrics = scope["app"].state.metrics
         metrics.latency.labels(endpoint, group).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, str(response.status_code)).inc()
+        if status[0] >= 400:
+            metrics.errors.labels(endpoint, str(status[0])).inc()
         elif hasattr(request.state, "model"):
             metrics.responses.labels(request.state.model, group).inc()
-        return response
+
+
+def _install_handlers(app: FastAPI) -> None:
+    app.add_middleware(ObserveMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_input(request: Request, exc: RequestValidationError) -> Response:

@@ -64,12 +64,11 @@ def test_a_worse_candidate_is_refused_and_a_better_one_promoted(world):
     assert worse.code == REFUSED and worse.decision == "refused" and current_version(world["models"]) == good
     promotion = json.loads(worse.path.read_text())
     assert promotion["serving"] == good and promotion["candidate"] == worse.candidate
-    assert any(not c["passed"] for c in promotion["checks"])
+    assert any(c["passed"] is False for c in promotion["checks"])  # None: too few requests to vote
     assert set(promotion["metrics"]["candidate"]) >= {"shown_hitrate@5", "expected_hitrate@5", "roc_auc"}
     set_current(world["models"], worse.candidate, how="test")  # now a weak version serves
     better = _retrain(world, 60)
     assert better.code == PROMOTED and current_version(world["models"]) == better.candidate
-    # no check failed; a hit rate on fewer than --min-requests held-out requests has no vote (passed None)
     assert all(c["passed"] is not False for c in json.loads(better.path.read_text())["checks"])
 
 

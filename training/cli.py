@@ -120,6 +120,11 @@ def train(
     exposure: Annotated[str | None, typer.Option(help="random or organic: how users came to view posts, which "
                                                       "decides the validation protocol; default detected "
                                                       "from the log")] = None,
+    engine: Annotated[str, typer.Option(help="single (the database, one process) or spark (a Parquet export)")]
+        = "single",
+    parquet: Annotated[Path | None, typer.Option(help="--engine spark: the folder `export` wrote")] = None,
+    master: Annotated[str, typer.Option(help="--engine spark: Spark master (local[2], spark://host:7077, yarn, "
+                                             "k8s://https://host:443)")] = "local[2]",
 ) -> None:
     """Fit the control and test models and write a new artifact version."""
     from training.exposure_kind import KINDS
@@ -135,10 +140,56 @@ def train(
         raise typer.BadParameter("--class-weights must be none or balanced")
     config = TrainConfig(max_train_rows=max_train_rows, iterations=iterations, class_weights=class_weights,
                          seed=seed, cold_share=cold_share)
+    if engine not in ("single", "spark"):
+        raise typer.BadParameter(f"--engine {engine!r}: single or spark")
+    if engine == "spark":
+        path = _train_spark(parquet, master, out or settings.model_dir, config,
+                            _split_args(test_start, test_days, val_days, train_days), serve_latest)
+        typer.echo(f"trained: {path}")
+        return
     path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
                _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest,
                objectives=ObjectiveConfig(exposure=exposure, seed=seed))
     typer.echo(f"trained: {path}")
+
+
+def _train_spark(parquet: Path | None, master: str, out: Path, config, split_args: dict, serve_latest: bool) -> Path:
+    import time
+
+    from training.export import ExportError, read_meta
+    from training.spark_engine import build_training_set
+    from training.train import fit_and_export
+
+    if parquet is None:
+        raise typer.BadParameter("--engine spark reads a Parquet export: pass --parquet DIR (see `export`)")
+    try:
+        read_meta(parquet)
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    settings = get_settings()
+    t0 = time.perf_counter()
+    tset = build_training_set(parquet, settings.cache_dir, settings.embedding_model, config, split_args,
+                              serve_latest, master=master)
+    return fit_and_export(tset, out, settings.embedding_model, config, serve_latest, t0=t0)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Folder to write (user_data/, post_text_df/, feed_data/day=.../)")],
+    db: DbOpt = None,
+    chunk_rows: Annotated[int, typer.Option(help="Feed rows read and written at once")] = 2_000_000,
+    replace: Annotated[bool, typer.Option(help="Overwrite an export already in --out")] = False,
+) -> None:
+    """Write the three tables to Parquet, the feed partitioned by day (what `train --engine spark` reads)."""
+    from training.export import ExportError, export_parquet
+
+    try:
+        meta = export_parquet(_db(db), out, chunk_rows=chunk_rows, replace=replace)
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(" ".join(f"{name}={n}" for name, n in meta["rows"].items()) + f" seq={meta['seq']}")
 
 
 @app.command()

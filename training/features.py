@@ -143,20 +143,32 @@ def fit_priors(history: History, users: pd.DataFrame, posts: PostView, cutoff: i
     """Global like rate, city rates and the feed's mean sentence vector, from views before `cutoff`."""
     ev = history.events
     before = history.views & (ev.ts < cutoff)
-    views, liked = int(before.sum()), int(ev.target[before].sum())
+    rows_of_event = np.repeat(np.arange(len(history.user_ids), dtype=np.int32), np.diff(ev.indptr))
+    n_users = len(history.user_ids)
+    user_views = np.bincount(rows_of_event[before], minlength=n_users)
+    user_liked = np.bincount(rows_of_event[before], weights=ev.target[before], minlength=n_users)
+    post_views = np.bincount(ev.post[before], minlength=len(posts.topic))
+    return priors_from_counts(user_views, user_liked, post_views, users, posts)
+
+
+def priors_from_counts(user_views: np.ndarray, user_liked: np.ndarray, post_views: np.ndarray,
+                       users: pd.DataFrame, posts: PostView) -> Priors:
+    """The priors from per-user (views, liked views) and per-post views before the cut-off: sums, so any
+    engine that can count per user and per post (SQL, Spark) hands them over. `users` are user_data rows
+    in the order of `user_views` (by id)."""
+    user_views = np.asarray(user_views, np.float64)
+    user_liked = np.asarray(user_liked, np.float64)
+    views, liked = int(user_views.sum()), int(user_liked.sum())
     if views == 0:
         raise ValueError("no views before the first training row to fit the priors on: move the windows later")
     rate = liked / views
     city_codes, city_names = pd.factorize(users[c.CITY].astype(str), sort=True)
-    # users come from user_data ordered by id, as history.user_ids: a row's city code is city_codes[row]
-    rows_of_event = np.repeat(np.arange(len(history.user_ids), dtype=np.int32), np.diff(ev.indptr))
-    user_city = city_codes[rows_of_event[before]]
     n_cities = len(city_names)
-    city_views = np.bincount(user_city, minlength=n_cities)
-    city_liked = np.bincount(user_city, weights=ev.target[before], minlength=n_cities)
+    city_views = np.bincount(city_codes, weights=user_views, minlength=n_cities)
+    city_liked = np.bincount(city_codes, weights=user_liked, minlength=n_cities)
     city_rate = (city_liked + PRIOR_VIEWS_CITY * rate) / (city_views + PRIOR_VIEWS_CITY)
     city_users = np.bincount(city_codes, minlength=n_cities)
-    post_views = np.bincount(ev.post[before], minlength=len(posts.topic)).astype(np.float64)
+    post_views = np.asarray(post_views, np.float64)
     exposure = post_views @ posts.vec.astype(np.float64) / max(post_views.sum(), 1.0)
     return Priors(global_rate=float(rate), exposure_mean=exposure.astype(np.float64),
                   city_names=tuple(str(x) for x in city_names), city_rate=city_rate.astype(np.float64),
@@ -282,10 +294,12 @@ def post_counters_at(history: History, priors: Priors, post_rows: np.ndarray, ti
 
 
 def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: Priors, rows: pd.DataFrame,
-                text: bool, chunk: int = 20_000) -> np.ndarray:
+                text: bool, chunk: int = 20_000, counters: np.ndarray | None = None) -> np.ndarray:
     """Training rows through the same `assemble` the service uses for requests, each row as of its own
     moment (a `cold` column, when present, hides the history of the rows it marks). Rows are processed in
-    chunks of whole users to bound the memory of the taste vectors."""
+    chunks of whole users to bound the memory of the taste vectors. `counters` (n, 3), when given, are
+    the rows' POST_COUNTERS computed elsewhere (a Spark stage partitioned by post, whose `history` then
+    holds only some users)."""
     names = feature_names(text)
     if rows.empty:
         return np.empty((0, len(names)), np.float32)
@@ -294,7 +308,8 @@ def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: 
     post_rows = rows["post_row"].to_numpy(np.int64)
     ts = rows["ts"].to_numpy(np.int64)
     cold = rows["cold"].to_numpy(bool) if "cold" in rows else np.zeros(len(rows), bool)
-    counters = post_counters_at(history, priors, post_rows, ts)
+    if counters is None:
+        counters = post_counters_at(history, priors, post_rows, ts)
     order = np.argsort(user_rows, kind="stable")
     i = 0
     while i < len(order):

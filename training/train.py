@@ -43,6 +43,7 @@ from app.artifacts import (
 from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
 from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
+from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE, TextTransforms
 from training import data
 from training.embeddings import embed_texts
@@ -153,12 +154,48 @@ def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostC
     return model
 
 
-def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, config: TrainConfig,
-          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True,
-          objectives: ObjectiveConfig | None = None) -> Path:
-    """Fit both models and write `out_dir/<version>/`; returns that folder. `promote` points
-    `out_dir/current` at it (retraining leaves that to the gate). Each slot then serves what validated
-    best on the protocol that fits the log's exposure (`training.objectives`)."""
+@dataclass
+class TrainingSet:
+    """What an engine hands to the fit: the split, the catalogue and its fitted text transforms, the
+    priors, the sampled rows with their feature matrices (test-model columns; the control model's are
+    the first ones) and the state to serve. The single-machine engine builds it from the database
+    (`build_training_set`), the Spark engine from Parquet (`training.spark_engine`); the artifact's
+    format does not depend on which. `prep` (the whole feed in memory) comes with the single-machine
+    engine only: the objective selection (`training.objectives`) needs it, and is skipped without it."""
+
+    split: Split
+    posts: pd.DataFrame
+    transforms: TextTransforms
+    priors: Priors
+    rows: dict[str, pd.DataFrame]  # train, val, held: user_row, post_row, user_id, post_id, ts, target, cold
+    matrices: dict[str, np.ndarray]
+    snapshot: Snapshot
+    engine: str
+    seconds: dict[str, float]  # stage timings
+    prep: Prepared | None = None
+
+
+def sample_windows(split: Split, config: TrainConfig) -> dict[str, tuple[int, int, int, int]]:
+    """(lo, hi, max_rows, salt) of the training, validation and held-out samples."""
+    return {"train": (split.train_start, split.val_start, config.max_train_rows, 0),
+            "val": (split.val_start, split.test_start, config.max_val_rows, 1),
+            "held": (split.test_start, split.end, config.max_val_rows, 2)}
+
+
+def sample_rows(sample, split: Split, config: TrainConfig) -> dict[str, pd.DataFrame]:
+    """Training, validation and held-out rows; `sample(lo, hi, max_rows, salt)` draws the views of a
+    window by the shared (user, post) hash, on whatever engine holds the feed."""
+    w = sample_windows(split, config)
+    tr = with_cold_rows(sample(*w["train"]), config.cold_share, config.seed)
+    val = with_cold_rows(sample(*w["val"]), config.cold_share, config.seed + 1)
+    held = sample(*w["held"])
+    logger.info("rows: train {}, validation {}, held-out {}", len(tr), len(val), len(held))
+    return {"train": tr, "val": val, "held": held}
+
+
+def build_training_set(db_url: str, cache_dir: Path, embedding_model: str, config: TrainConfig,
+                       split_args: dict | None = None, serve_latest: bool = False) -> TrainingSet:
+    """The single-machine engine: the whole feed read from the database into memory once."""
     t0 = time.perf_counter()
     engine = make_engine(db_url)
     # one consistent read: the snapshot holds exactly the events up to its sequence number
@@ -168,17 +205,39 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     engine.dispose()
     split, history = prep.split, prep.history
     logger.info("split {}", split.describe())
-    tr = with_cold_rows(sample_views(history, split.train_start, split.val_start, config.max_train_rows),
-                        config.cold_share, config.seed)
-    val = with_cold_rows(sample_views(history, split.val_start, split.test_start, config.max_val_rows, salt=1),
-                         config.cold_share, config.seed + 1)
-    held = sample_views(history, split.test_start, split.end, config.max_val_rows, salt=2)
-    logger.info("rows: train {}, validation {}, held-out {}", len(tr), len(val), len(held))
+    t1 = time.perf_counter()
+    rows = sample_rows(lambda lo, hi, n, salt: sample_views(history, lo, hi, n, salt=salt), split, config)
     # the control features are the first columns of the test model's: build each row once
-    matrices = {name: rows_matrix(history, prep.profile, prep.static, prep.priors, rows, text=True)
-                for name, rows in (("train", tr), ("val", val), ("held", held))}
+    matrices = {name: rows_matrix(history, prep.profile, prep.static, prep.priors, part, text=True)
+                for name, part in rows.items()}
     logger.info("point-in-time rows built after {:.0f}s", time.perf_counter() - t0)
+    # exact answers from the base cut on: the held-out window and the exclusion window before it
+    cut = split.end if serve_latest else split.test_start
+    snapshot = build_snapshot(history, prep.users, prep.static, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
+                              prep.seq_gaps, prep.seq_xmax)
+    t2 = time.perf_counter()
+    return TrainingSet(split, prep.posts, prep.transforms, prep.priors, rows, matrices, snapshot, "single",
+                       {"read": round(t1 - t0, 1), "features": round(t2 - t1, 1)}, prep)
 
+
+def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, config: TrainConfig,
+          split_args: dict | None = None, serve_latest: bool = False, promote: bool = True,
+          objectives: ObjectiveConfig | None = None) -> Path:
+    """Fit both models and write `out_dir/<version>/`; returns that folder. `promote` points
+    `out_dir/current` at it (retraining leaves that to the gate). Each slot then serves what validated
+    best on the protocol that fits the log's exposure (`training.objectives`)."""
+    t0 = time.perf_counter()
+    tset = build_training_set(db_url, cache_dir, embedding_model, config, split_args, serve_latest)
+    return fit_and_export(tset, out_dir, embedding_model, config, serve_latest, promote, t0, objectives)
+
+
+def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, config: TrainConfig,
+                   serve_latest: bool = False, promote: bool = True, t0: float | None = None,
+                   objectives: ObjectiveConfig | None = None) -> Path:
+    """Fit control and test on a training set from either engine and write the artifact version."""
+    t0 = time.perf_counter() if t0 is None else t0
+    split, matrices = tset.split, tset.matrices
+    tr, val, held = tset.rows["train"], tset.rows["val"], tset.rows["held"]
     models, model_meta, proxies = {}, {}, {}
     for name in MODEL_FILES:
         text = MODEL_USES_TEXT[name]
@@ -202,23 +261,26 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
         logger.info("{}: validation AUC {}, held-out AUC {}", name, model_meta[name]["validation_auc"],
                     model_meta[name]["heldout_auc"])
 
-    horizon_models, horizon_meta, selection = fit_and_select(prep, models, fit_model, config,
-                                                             objectives or ObjectiveConfig(seed=config.seed))
-    for name, choice in selection["slots"].items():
-        if choice["serves"] == LIKED_WITHIN_HORIZON:
-            models[name] = horizon_models[name]
-            model_meta[name] = {"file": MODEL_FILES[name], "dtype": "float32", **horizon_meta[name],
-                                "importance": _importance(horizon_models[name], horizon_meta[name]["features"])}
-            # the retrieval proxy stands in for the model that serves: refit on its scores
-            recent = recent_columns(history, val["post_row"].to_numpy(np.int64), val["ts"].to_numpy(np.int64))
-            x = slot_columns(np.column_stack([matrices["val"], recent]), MODEL_USES_TEXT[name])
-            proxies[name] = fit_proxy(matrices["val"], models[name].predict(x, prediction_type="RawFormulaVal"),
-                                      MODEL_USES_TEXT[name], val["user_row"].to_numpy(), config.seed, config.threads)
+    if tset.prep is not None:
+        prep, history = tset.prep, tset.prep.history
+        horizon_models, horizon_meta, selection = fit_and_select(prep, models, fit_model, config,
+                                                                 objectives or ObjectiveConfig(seed=config.seed))
+        for name, choice in selection["slots"].items():
+            if choice["serves"] == LIKED_WITHIN_HORIZON:
+                models[name] = horizon_models[name]
+                model_meta[name] = {"file": MODEL_FILES[name], "dtype": "float32", **horizon_meta[name],
+                                    "importance": _importance(horizon_models[name], horizon_meta[name]["features"])}
+                # the retrieval proxy stands in for the model that serves: refit on its scores
+                recent = recent_columns(history, val["post_row"].to_numpy(np.int64), val["ts"].to_numpy(np.int64))
+                x = slot_columns(np.column_stack([matrices["val"], recent]), MODEL_USES_TEXT[name])
+                proxies[name] = fit_proxy(matrices["val"], models[name].predict(x, prediction_type="RawFormulaVal"),
+                                          MODEL_USES_TEXT[name], val["user_row"].to_numpy(), config.seed,
+                                          config.threads)
+    else:  # each slot serves its like model, as trained above
+        selection = {"exposure": None, "slots": {},
+                     "skipped": f"engine {tset.engine}: the objective selection runs on the single-machine engine"}
 
-    # exact answers from the base cut on: the held-out window and the exclusion window before it
-    cut = split.end if serve_latest else split.test_start
-    snapshot = build_snapshot(history, prep.users, prep.static, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
-                              prep.seq_gaps, prep.seq_xmax)
+    snapshot = tset.snapshot
     version = datetime.now(UTC).strftime("v%Y%m%d-%H%M%S")
     if (out_dir / version).exists():  # two trainings within a second (simulated days): keep both
         version += f"-{int(time.time() * 1000) % 1000:03d}"
@@ -227,9 +289,9 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     for name, model in models.items():
         model.save_model(str(version_dir / MODEL_FILES[name]))
     snapshot.save(version_dir / STATE_FILE)
-    prep.transforms.save(version_dir / TRANSFORMS_FILE)
+    tset.transforms.save(version_dir / TRANSFORMS_FILE)
     write_retrieval(version_dir, proxies, dict(MODEL_USES_TEXT), len(val))
-    posts = prep.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
+    posts = tset.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
     write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
@@ -239,14 +301,15 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
         "state": {"file": STATE_FILE, "base_as_of": snapshot.base_as_of, "events_until": snapshot.events_until,
                   "seq": snapshot.seq, "users": len(snapshot.user_ids), "posts": len(snapshot.post_ids),
                   "events": len(snapshot.events.ts)},
-        "priors": {"fitted_before": split.train_start, "global_rate": round(prep.priors.global_rate, 6),
-                   "cities": len(prep.priors.city_names)},
+        "priors": {"fitted_before": split.train_start, "global_rate": round(tset.priors.global_rate, 6),
+                   "cities": len(tset.priors.city_names)},
         "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
         "exposure": selection["exposure"], "selection": selection,
         "data_range": [split.start, split.end], "embedding_model": embedding_model,
         "train_config": asdict(config), "rows": {"train": len(tr), "validation": len(val), "heldout": len(held),
                  "cold_train": int(tr["cold"].sum())},
+        "engine": tset.engine, "stage_seconds": tset.seconds,
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
     })
     if promote:
