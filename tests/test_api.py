@@ -310,3 +310,12 @@ def test_checker_agrees_with_offline_evaluation(trained, recommender):
         assert checked["by_group"][g]["requests"] == offline["served"]["requests"][g]
         assert checked["by_group"][g]["hitrate@5"] == offline["served"]["hitrate@5"][g]
     assert checked["latency_ms"]["p50"] > 0
+
+
+def test_model_says_which_exposure_and_what_each_slot_serves(world_client):
+    body = world_client.get("/model").json()
+    assert body["exposure"]["kind"] == "random" and body["exposure"]["detected"] == "random"
+    slots = body["selection"]["slots"]
+    assert set(slots) == {"control", "test"}
+    assert all(s["serves"] in ("like_given_shown", "liked_within_horizon", "popular") and s["reason"]
+               for s in slots.values())
