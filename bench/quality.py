@@ -30,12 +30,13 @@ ROWS = [("hitrate@5", "full-catalogue hitrate@5"), ("shown_hitrate@5", "shown-se
 RANKERS = ("random", "popularity", "control", "test", "oracle")
 
 
-def run_seed(scale: float, seed: int, requests: int, out: Path) -> dict:
+def run_seed(scale: float, seed: int, requests: int, out: Path, exposure: str = "random") -> dict:
+    """Generate a demo world (`exposure`: how its users came to view posts), train and evaluate it."""
     out.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{out / 'world.db'}"
     settings = get_settings()
     t0 = time.perf_counter()
-    generate_world(url, scale=scale, seed=seed, world_path=out / "world.npz", replace=True)
+    generate_world(url, scale=scale, seed=seed, world_path=out / "world.npz", replace=True, exposure=exposure)
     t1 = time.perf_counter()
     train(url, out / "models", settings.cache_dir, settings.embedding_model, TrainConfig())
     t2 = time.perf_counter()
@@ -46,6 +47,7 @@ def run_seed(scale: float, seed: int, requests: int, out: Path) -> dict:
     engine.dispose()
     t3 = time.perf_counter()
     result["seconds"] = {"generate": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(t3 - t2, 1)}
+    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 

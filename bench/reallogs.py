@@ -16,49 +16,15 @@ import json
 import os
 import platform
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.config import PROJECT_ROOT, get_settings
-from app.db import make_engine
-from app.engine import Recommender
-from training.evaluate import EvalConfig, run_evaluation
-from training.train import TrainConfig, train
-from training.world.generate import generate_world
+from bench.quality import _cell, run_seed
 
 RANKERS = ("popularity", "segment_popularity", "control", "test", "oracle")
 ROWS = (("hitrate@5", "full-catalogue hitrate@5"), ("shown_hitrate@5", "shown-set hitrate@5"),
         ("expected_hitrate@5", "expected hitrate@5"))
-
-
-def run_seed(exposure: str, scale: float, seed: int, requests: int, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{out / 'world.db'}"
-    settings = get_settings()
-    t0 = time.perf_counter()
-    generate_world(url, scale=scale, seed=seed, world_path=out / "world.npz", replace=True, exposure=exposure)
-    t1 = time.perf_counter()
-    train(url, out / "models", settings.cache_dir, settings.embedding_model, TrainConfig())
-    t2 = time.perf_counter()
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        result, _ = run_evaluation(conn, Recommender.load(out / "models"), out / "world.npz",
-                                   EvalConfig(requests=requests, seed=seed))
-    engine.dispose()
-    result["seconds"] = {"generate": round(t1 - t0, 1), "train": round(t2 - t1, 1),
-                         "evaluate": round(time.perf_counter() - t2, 1)}
-    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
-    return result
-
-
-def _cell(result: dict, key: str, ranker: str) -> str:
-    value = result.get(key, {}).get(ranker)
-    if value is None:
-        return ""
-    lo, hi = result.get("ci95", {}).get(key, {}).get(ranker, (None, None))
-    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{value:.3f}"
 
 
 def seed_lines(seed: int, r: dict) -> list[str]:
@@ -134,7 +100,8 @@ def main() -> None:
     if args.collect:
         results = dict(zip(args.seeds, (json.loads(p.read_text()) for p in args.collect), strict=True))
     else:
-        results = {s: run_seed(args.exposure, args.scale, s, args.requests, folder / f"seed{s}") for s in args.seeds}
+        results = {s: run_seed(args.scale, s, args.requests, folder / f"seed{s}", exposure=args.exposure)
+                   for s in args.seeds}
     text = section(args.exposure, args.scale, results, command)
     write_section(args.out, args.exposure, args.scale, text)
     print(text)
