@@ -34,22 +34,14 @@ from app.artifacts import MANIFEST, set_current
 from app.config import get_settings
 from app.db import make_engine, masked
 from app.engine import Recommender
-from bench.live_state import _machine, _service, copy_database, drop_database
+from bench.live_state import _service, append_section, copy_database, drop_database
 from bench.serving import stop, tree_rss_mb
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
 
 
 def append(title: str, body: list[str]) -> None:
-    command = " ".join(["python -m bench.lifecycle", *sys.argv[1:]])
-    text = "\n".join([f"## {title}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
-                      f"Command: `{command}`  ", f"Machine: {_machine()}.", "", *body, ""])
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT, "a") as fh:
-        if fh.tell() == 0:
-            fh.write("# Model lifecycle: measurements\n\nWritten by `bench/lifecycle.py`; newest last.\n\n")
-        fh.write(text + "\n")
-    print(text)
+    append_section(OUT, "bench.lifecycle", "Model lifecycle", title, body)
 
 
 def _copy_version(models: Path, source: Path, name: str) -> Path:

@@ -113,17 +113,22 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
-def append(title: str, body: list[str]) -> None:
-    command = " ".join(["python -m bench.live_state", *sys.argv[1:]])
-    lines = [f"## {title}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "", f"Command: `{command}`  ",
-             f"Machine: {_machine()}.", "", *body, ""]
-    text_ = "\n".join(lines)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT, "a") as fh:
+def append_section(out: Path, module: str, heading: str, title: str, body: list[str]) -> None:
+    """Append a dated section with the command that produced it and the machine to a measurements doc
+    (created with `heading` when new), and print it."""
+    command = " ".join([f"python -m {module}", *sys.argv[1:]])
+    text = "\n".join([f"## {title}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "", f"Command: `{command}`  ",
+                      f"Machine: {_machine()}.", "", *body, ""])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as fh:
         if fh.tell() == 0:
-            fh.write("# Live state: measurements\n\nWritten by `bench/live_state.py`; newest last.\n\n")
-        fh.write(text_ + "\n")
-    print(text_)
+            fh.write(f"# {heading}: measurements\n\nWritten by `{module.replace('.', '/')}.py`; newest last.\n\n")
+        fh.write(text + "\n")
+    print(text)
+
+
+def append(title: str, body: list[str]) -> None:
+    append_section(OUT, "bench.live_state", "Live state", title, body)
 
 
 def _pct(values: list[float]) -> dict[str, float]:
