@@ -132,6 +132,7 @@ def cmd_swap(args) -> None:
     port = 8031
     proc, _ = _service(args.db, models, port, workers=args.workers, model_watch_seconds=1)
     try:
+        asyncio.run(_load(port, pairs, 10, 8))  # warm: memory that serving itself takes is not the swap's
         rss_before = tree_rss_mb(proc.pid)
         flips: list[tuple[float, str]] = []
         peak = [rss_before]
@@ -206,8 +207,8 @@ def cmd_swap(args) -> None:
             f"{p99_in:.1f} ({int(in_swap.sum())}) | {p99_in / p99_out:.2f} |", "",
             f"Every answer came from va or vb: {set(v for v in versions if v) <= {'va', 'vb'}}. Answers that went "
             f"back to the old version after the same client had seen the new one: {went_back}. Service RSS (all "
-            f"workers): {rss_before:.0f} MB before, peak {peak[0]:.0f} MB during the swaps "
-            f"({peak[0] / rss_before:.2f}x), {rss_after:.0f} MB after.", "",
+            f"workers): {rss_before:.0f} MB before (after 10 s of the same load), peak {peak[0]:.0f} MB during the "
+            f"swaps ({peak[0] / rss_before:.2f}x), {rss_after:.0f} MB after.", "",
             "Broken candidates (6 s of the same load each):", "",
             "| damage | requests | failed | served by | refusal seen in /ready | /metrics |",
             "|---|---|---|---|---|---|"]
