@@ -12,6 +12,7 @@ from app.api.deps import DatabaseTimeout, MetricsDep, RecommenderDep, read_db
 from app.engine import Recommender
 from app.exposure import ExposureWriter
 from app.follower import Follower
+from app.lifecycle import serving_now
 from app.metrics import Metrics
 from app.queries import ping
 
@@ -62,7 +63,7 @@ def _models_report(request: Request) -> dict:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Ready when the database answers and the state has caught up with it once (or is frozen)."""
-    serving = request.app.state.serving  # one read: the recommender and its follower together
+    serving = serving_now(request.app.state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     try:
         await read_db(request, ping)
@@ -115,7 +116,7 @@ def refresh_gauges(app_state) -> None:
     metrics.log_written.set(writer.written)
     metrics.log_failures.set(writer.failures)
     metrics.log_spooled.set(writer.spooled)
-    serving = app_state.serving  # one read: the recommender and its follower together
+    serving = serving_now(app_state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
     metrics.model_info.clear()
