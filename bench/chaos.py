@@ -38,6 +38,7 @@ from sqlalchemy import create_engine, func, select, text
 from app.artifacts import current_version_dir
 from app.config import PROJECT_ROOT
 from app.tables import recommendation_log, user_data
+from bench.replicas import nginx_binary, run_nginx
 from tests.tcp_proxy import TcpProxy
 
 LUA = """
@@ -134,13 +135,18 @@ class Service:
         return total / 1024
 
     def metrics(self) -> dict[str, float]:
-        """Sum of each metric's samples over labels and workers (live ones only for gauges)."""
+        """Sum of each metric's samples over labels and workers (live ones only for gauges); the gauges of
+        each worker also under "name@pid"."""
         out: dict[str, float] = Counter()
         for line in httpx.get(f"{self.base}/metrics", timeout=10).text.splitlines():
             if line.startswith("#") or not line.strip():
                 continue
             name_labels, value = line.rsplit(" ", 1)
-            out[name_labels.split("{", 1)[0]] += float(value)
+            name = name_labels.split("{", 1)[0]
+            out[name] += float(value)
+            if 'pid="' in name_labels:
+                pid = name_labels.split('pid="', 1)[1].split('"', 1)[0]
+                out[f"{name}@{pid}"] += float(value)
         return out
 
     def log_rows(self) -> int:
@@ -156,8 +162,9 @@ class Service:
         once a second, so one reading may be a second old."""
         deadline, empty_since = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            try:
-                empty = self.metrics()["exposure_log_queue_depth"] == 0 and not list(spool.glob("*.jsonl"))
+            try:  # spools and journals (*.jsonl), and files a worker is replaying (*.draining)
+                empty = self.metrics()["exposure_log_queue_depth"] == 0 and not list(spool.glob("*.jsonl")) \
+                    and not list(spool.glob("*.draining"))
             except httpx.HTTPError:
                 empty = False
             if not empty:
@@ -266,6 +273,7 @@ class FaultResult:
     dropped: int
     health: dict
     data: dict
+    recovered: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -273,13 +281,52 @@ class FaultResult:
         return self.wrk["non_2xx"] + self.wrk["socket_errors"]
 
 
+class Nginx:
+    """Debian's nginx in front of the service with deploy/nginx-one-host.conf — the file as shipped, but for
+    the addresses and the folders: a GET the service resets, refuses or times out is passed again to the
+    same listening socket (the address is listed twice), which a surviving worker accepts."""
+
+    def __init__(self, service_port: int, tmp: Path) -> None:
+        self.prefix = tmp / "nginx"
+        self.prefix.mkdir(exist_ok=True)
+        self.port = free_port()
+        conf = (PROJECT_ROOT / "deploy" / "nginx-one-host.conf").read_text()
+        temp = "".join(f"    {kind}_temp_path {self.prefix}/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        for old, new in (("127.0.0.1:8000", f"127.0.0.1:{service_port}"),
+                         ("listen 80;", f"listen 127.0.0.1:{self.port};"), ("http {", "http {\n" + temp)):
+            assert old in conf, old
+            conf = conf.replace(old, new)
+        conf = f"pid {self.prefix}/nginx.pid;\nerror_log {self.prefix}/error.log warn;\n" + conf
+        self.proc = run_nginx(self.prefix, self.port, conf)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def upstream_errors(self) -> int:
+        """Failed attempts nginx logged (each one passed to the next upstream, or answered 502 if none was left)."""
+        log = self.prefix / "error.log"
+        return sum("upstream" in line for line in log.read_text().splitlines()) if log.exists() else 0
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _gauge_delta(before: dict, after: dict, name: str) -> int:
+    """A per-worker gauge's growth over the workers alive at the end (a killed worker's count leaves the scrape
+    with it; its replacement starts from 0)."""
+    pids = [k.split("@", 1)[1] for k in after if k.startswith(f"{name}@")]
+    return int(sum(after[f"{name}@{p}"] - before.get(f"{name}@{p}", 0) for p in pids))
+
+
 def run_fault(svc: Service, script: Path, spool: Path, name: str, how: str, inject: Callable[[], object],
               recover: Callable[[], object], fault_seconds: float, lead: float = 5, tail: float = 10,
-              data_path: str = "/user/1") -> FaultResult:
+              data_path: str = "/user/1", base: str | None = None) -> FaultResult:
+    """`base`: where the clients (wrk, the probes) go, the service itself unless given (nginx)."""
+    base = base or svc.base
     before, rows_before = svc.metrics(), svc.log_rows()
-    probe = Prober(svc.base, data_path)
+    probe = Prober(base, data_path)
     probe.start()
-    load = Wrk(svc.base, script, lead + fault_seconds + tail)
+    load = Wrk(base, script, lead + fault_seconds + tail)
     time.sleep(lead)
     probe.phase = "fault"
     extra = inject() or {}
@@ -291,12 +338,15 @@ def run_fault(svc: Service, script: Path, spool: Path, name: str, how: str, inje
     probe.stop()
     drained = svc.wait_drained(spool)
     after, rows_after = svc.metrics(), svc.log_rows()
-    delta = {k: int(after[k] - before[k]) for k in ("recommendations_total", "exposure_log_write_failures_total",
-                                                     "exposure_log_spooled_total", "exposure_log_dropped_total")}
-    return FaultResult(name, how, fault_seconds, result, delta["recommendations_total"], rows_after - rows_before,
-                       drained, delta["exposure_log_write_failures_total"], delta["exposure_log_spooled_total"],
-                       delta["exposure_log_dropped_total"], probe.summary("fault", "health"),
-                       probe.summary("fault", "data"), extra)
+    delta = {k: _gauge_delta(before, after, k) for k in ("exposure_log_write_failures_total",
+                                                          "exposure_log_spooled_total", "exposure_log_dropped_total",
+                                                          "exposure_log_recovered_total")}
+    return FaultResult(name, how, fault_seconds, result, int(after["recommendations_total"] -
+                                                             before["recommendations_total"]),
+                       rows_after - rows_before, drained, delta["exposure_log_write_failures_total"],
+                       delta["exposure_log_spooled_total"], delta["exposure_log_dropped_total"],
+                       probe.summary("fault", "health"), probe.summary("fault", "data"),
+                       delta["exposure_log_recovered_total"], extra)
 
 
 # ------------------------------------------------------------------ hostile input
@@ -509,10 +559,22 @@ def fault_suite(svc: Service, pg: PgCluster | None, proxy: TcpProxy, script: Pat
         state["workers_after"] = len(svc.workers())
         return {}
 
-    killed = run_fault(svc, script, spool, "Worker killed", "`SIGKILL` to one of the two uvicorn workers; "
-                       "uvicorn's supervisor starts a new one", kill_worker, wait_restart, 2 if quick else 5, lead,
-                       tail)
+    killed = run_fault(svc, script, spool, "Worker killed, clients on uvicorn", "`SIGKILL` to one of the two "
+                       "uvicorn workers; uvicorn's supervisor starts a new one; wrk and the probes connect to uvicorn "
+                       "itself", kill_worker, wait_restart, 2 if quick else 5, lead, tail)
     killed.extra.update(state)
+    results.append(killed)
+    print(results[-1], flush=True)
+    lb = Nginx(int(svc.base.rsplit(":", 1)[1]), spool.parent)
+    try:
+        killed = run_fault(svc, script, spool, "Worker killed, clients through nginx", "the same `SIGKILL`, with wrk "
+                           "and the probes going through nginx, which passes a GET the dying worker reset to the "
+                           "surviving one (`deploy/nginx-one-host.conf`)", kill_worker, wait_restart,
+                           2 if quick else 5, lead, tail, base=lb.base)
+        killed.extra.update(state)
+        killed.extra["nginx_upstream_errors"] = lb.upstream_errors()
+    finally:
+        lb.close()
     results.append(killed)
     print(results[-1], flush=True)
 
@@ -558,19 +620,24 @@ def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[
         lines = [run, "",
                  "*served*: recommendation responses the service counted (Prometheus, every worker, killed ones "
                  "included); *logged*: rows that reached `recommendation_log` once the writer drained; *lost* = "
-                 "served − logged. *Writer attempts failed*: the exposure writer's failed writes (both workers), "
-                 "which follow its back-off (2, 4, 8, 10, 10 … s after a first failure). Probes: `/health` every "
+                 "served − logged (below 0 when a killed worker had journaled the record of a request it was "
+                 "still answering: the record is written, the answer never left — wrk counts it failed, or nginx "
+                 "passed the request on and another answer was served and logged). *Recovered*: records a killed "
+                 "worker had served and journaled (LOG_SPOOL_DIR) but not yet written, written by another worker. "
+                 "*Failed*: wrk's non-2xx responses and socket errors (resets, timeouts). *Writer attempts "
+                 "failed*: the exposure writer's failed writes (the workers alive at the end), which follow its "
+                 "back-off (2, 4, 8, 10, 10 … s after a first failure). Probes: `/health` every "
                  "50 ms and a data endpoint (`/user/1`) every 100 ms while the fault lasts.", "",
-                 "| fault | how | wrk requests | failed | served | logged | lost | writer attempts failed | spooled "
-                 "| dropped | /health during (p50 / p99 / max ms) "
+                 "| fault | how | wrk requests | failed | served | logged | lost | recovered | writer attempts failed "
+                 "| spooled | dropped | /health during (p50 / p99 / max ms) "
                  "| data endpoint during (statuses; p50 / p99 / max ms) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in faults:
             d, h = f.data, f.health
             statuses = ", ".join(f"{k}: {v}" for k, v in sorted(d.get("statuses", {}).items()))
             lines.append(f"| {f.name} | {f.how} | {f.wrk['requests']:,} | {f.failed} (non-2xx {f.wrk['non_2xx']}, "
                          f"socket {f.wrk['socket_errors']}) | {f.served:,} | {f.logged:,} | {f.served - f.logged} | "
-                         f"{f.write_attempts_failed} | {f.spooled} | {f.dropped} | {h.get('p50_ms')} / "
+                         f"{f.recovered} | {f.write_attempts_failed} | {f.spooled} | {f.dropped} | {h.get('p50_ms')} / "
                          f"{h.get('p99_ms')} / {h.get('max_ms')} | {statuses}; {d.get('p50_ms')} / "
                          f"{d.get('p99_ms')} / {d.get('max_ms')} |")
         lines += ["", "Details (JSON):", "", "```json",
@@ -665,6 +732,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: wrk not found: apt-get install wrk (make chaos does)")
+    if nginx_binary() is None:
+        sys.exit("error: nginx not found: apt-get install nginx-light (make chaos does)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still stops its cluster and service
     tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
     pg = PgCluster()
