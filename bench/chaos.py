@@ -471,6 +471,35 @@ def run_soak(svc: Service, script: Path, seconds: float, out_dir: Path) -> dict:
     return summary
 
 
+# ------------------------------------------------------------------ the exposure journal's cost
+def journal_cost(tmp: Path, records: int = 20_000, runs: int = 5) -> dict:
+    """Microseconds per `ExposureWriter.submit` without and with the journal (LOG_SPOOL_DIR set): what the
+    journal adds to each recommendation request (its JSON line and one write())."""
+    import uuid
+
+    from app.db import make_engine
+    from app.exposure import Exposure, ExposureWriter
+
+    now = datetime(2022, 1, 1, 12)
+    batch = [Exposure(str(uuid.uuid4()), i, now, now, "control", "control", "v20261124-133749",
+                      tuple(range(1000, 1010)), now) for i in range(records)]
+    out: dict = {"records": records, "runs": runs}
+    for label in ("without", "with"):
+        per_record = []
+        for run in range(runs):
+            spool = tmp / f"journal-cost-{run}" if label == "with" else None
+            writer = ExposureWriter(make_engine("sqlite://"), max_queue=records + 1, batch_size=records + 1,
+                                    spool_dir=spool)  # never flushed: only the request side is timed
+            started = time.perf_counter_ns()
+            for e in batch:
+                writer.submit(e)
+            per_record.append((time.perf_counter_ns() - started) / records / 1000)
+            if spool is not None:
+                shutil.rmtree(spool)
+        out[label] = {"median_us": round(float(np.median(per_record)), 2), "runs_us": [round(x, 2) for x in per_record]}
+    return out
+
+
 # ------------------------------------------------------------------ dependency scan
 def run_audit(audit_bin: str | None) -> dict:
     if not audit_bin or shutil.which(audit_bin) is None and not Path(audit_bin).exists():
@@ -600,8 +629,9 @@ def fault_suite(svc: Service, pg: PgCluster | None, proxy: TcpProxy, script: Pat
     return results
 
 
-SECTIONS = ("faults", "hostile", "fuzz", "soak", "audit")
-TITLES = {"faults": "Faults under load", "hostile": "Hostile input", "fuzz": "Generated input (schemathesis)",
+SECTIONS = ("faults", "journal", "hostile", "fuzz", "soak", "audit")
+TITLES = {"faults": "Faults under load", "journal": "The exposure journal's cost", "hostile": "Hostile input",
+          "fuzz": "Generated input (schemathesis)",
           "soak": "Soak", "audit": "Dependency scan"}
 
 
@@ -612,7 +642,7 @@ def _run_line(args) -> str:
             f"end; demo world at scale {args.scale}._")
 
 
-def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[str]]:
+def render_sections(args, faults, hostile, fuzz, soak, audit, journal=None) -> dict[str, list[str]]:
     """Markdown of each section that ran (a section that did not run keeps the previous run's text)."""
     out: dict[str, list[str]] = {}
     run = _run_line(args)
@@ -684,6 +714,14 @@ def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[
         else:
             lines.append(f"Not run: {audit['reason']}.")
         out["audit"] = lines
+    if journal is not None:
+        w, j = journal["without"], journal["with"]
+        out["journal"] = [run, "", f"`ExposureWriter.submit` of {journal['records']:,} records, {journal['runs']} runs "
+                          "each (the request side only; the writer thread is not started): without a journal "
+                          f"**{w['median_us']} µs** per record (median; runs {w['runs_us']}), with the journal "
+                          f"(LOG_SPOOL_DIR set) **{j['median_us']} µs** (runs {j['runs_us']}): a JSON line and one "
+                          "`write()` to the page cache, no fsync (a killed process's writes survive it; only a "
+                          "machine crash loses what the kernel had not written back)."]
     return out
 
 
@@ -707,7 +745,9 @@ def write_report(path: Path, sections: dict[str, list[str]]) -> None:
             "others). A small demo world in a private PostgreSQL cluster (initdb in a temporary folder, so that "
             "it can really be stopped); the service as `python -m app --workers 2` (DB_TIMEOUT_SECONDS=1, "
             "LOG_SPOOL_DIR set, SCORING_THREADS=1) reaching it through a TCP proxy (which can stop forwarding); "
-            "load from wrk, 8 connections, random known users at moments of the held-out window. Each section "
+            "load from wrk, 8 connections, random known users at moments of the held-out window — straight on "
+            "uvicorn, and for the second worker kill through Debian's nginx with `deploy/nginx-one-host.conf` "
+            "(the deployment's retry of idempotent GETs). Each section "
             "says when and with which command it ran, and the machine's load then: timings on this shared 2-core "
             "machine are the machine's as much as the service's.", ""]
     body = []
@@ -736,6 +776,13 @@ def main() -> None:
         sys.exit("error: nginx not found: apt-get install nginx-light (make chaos does)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still stops its cluster and service
     tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
+    want = set(args.sections.split(","))
+    journal = journal_cost(tmp) if "journal" in want else None
+    if want <= {"journal"}:  # no service needed
+        write_report(args.out, render_sections(args, None, None, None, None, None, journal))
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"written {args.out}")
+        return
     pg = PgCluster()
     proxy = TcpProxy(("127.0.0.1", pg.port))
     admin = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
@@ -751,7 +798,6 @@ def main() -> None:
         script = wrk_script(tmp, pairs)
         Wrk(svc.base, script, 5).result()  # warm up; creates the log table
         svc.wait_drained(tmp / "spool")
-        want = set(args.sections.split(","))
         faults = fault_suite(svc, pg, proxy, script, tmp / "spool", args.outage, args.quick) \
             if "faults" in want else None
         hostile = run_hostile(svc.base) if "hostile" in want else None
@@ -763,7 +809,7 @@ def main() -> None:
             soak = run_soak(svc, paced, args.soak_seconds, args.out.parent)
         audit = run_audit(args.audit_bin) if "audit" in want else None
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_report(args.out, render_sections(args, faults, hostile, fuzz, soak, audit))
+        write_report(args.out, render_sections(args, faults, hostile, fuzz, soak, audit, journal))
         print(f"written {args.out}")
     finally:
         if svc is not None:
