@@ -151,6 +151,32 @@ class PostTimeline:
         self.applied += len(new)
 
 
+class ViewIndex:
+    """Views sorted once by (post, time): the counts before any number of (post, moment) pairs, each by
+    binary search. Training asks for counters batch after batch (model selection scores ~1,000 requests
+    in batches of 8); sorting the whole log per batch cost minutes per batch at scale 1.0 (76 M events).
+    """
+
+    def __init__(self, view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray) -> None:
+        # one in-place sort of (post, time, target) packed in an int64: no index array, no sorted copies
+        # (posts below 2**22, non-negative times below 2**40)
+        key = np.asarray(view_post, np.int64) << 41
+        key |= np.asarray(view_ts, np.int64) << 1
+        key |= np.asarray(view_target, np.int64) > 0
+        key.sort()
+        self.key = key
+        self.cum_target = np.zeros(len(key) + 1, np.int32)
+        np.cumsum(key & 1, out=self.cum_target[1:])
+
+    def counts(self, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """(views, liked views) of post `post_rows[i]` strictly before `times[i]`."""
+        post_rows = np.asarray(post_rows, np.int64)
+        times = np.clip(np.asarray(times, np.int64), 0, None)
+        lo = np.searchsorted(self.key, post_rows << 41, side="left")
+        pos = np.searchsorted(self.key, (post_rows << 41) | (times << 1), side="left")
+        return np.column_stack([pos - lo, self.cum_target[pos] - self.cum_target[lo]]).astype(np.int64)
+
+
 def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, post_rows: np.ndarray,
                   times: np.ndarray) -> np.ndarray:
     """(views, liked views) of post `post_rows[i]` strictly before `times[i]`, for many pairs at once
@@ -160,16 +186,4 @@ def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.nd
     ...               np.array([0, 0, 1]), np.array([20, 21, 5])).tolist()
     [[1, 1], [2, 1], [0, 0]]
     """
-    # one in-place sort of (post, time, target) packed in an int64: no index array, no sorted copies
-    # (posts below 2**22, non-negative times below 2**40)
-    key = np.asarray(view_post, np.int64) << 41
-    key |= np.asarray(view_ts, np.int64) << 1
-    key |= np.asarray(view_target, np.int64) > 0
-    key.sort()
-    cum_target = np.zeros(len(key) + 1, np.int32)
-    np.cumsum(key & 1, out=cum_target[1:])
-    post_rows = np.asarray(post_rows, np.int64)
-    times = np.clip(np.asarray(times, np.int64), 0, None)
-    lo = np.searchsorted(key, post_rows << 41, side="left")
-    pos = np.searchsorted(key, (post_rows << 41) | (times << 1), side="left")
-    return np.column_stack([pos - lo, cum_target[pos] - cum_target[lo]]).astype(np.int64)
+    return ViewIndex(view_post, view_ts, view_target).counts(post_rows, times)

@@ -102,3 +102,19 @@ def test_prune_keeps_the_newest_the_serving_and_the_rollback_target(world, train
     left = versions(world["models"])
     assert names[0] in left and names[-1] in left and set(removed) | set(left) == set(names)
     assert all((world["models"] / v / MANIFEST).is_file() for v in left)
+
+
+def test_the_iteration_log_stays_off_stdout(capsys):
+    """The daily job's stdout is its JSON verdict, which a scheduler parses: CatBoost's iteration log
+    goes to stderr."""
+    import numpy as np
+
+    from training.train import fit_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = (x[:, 0] + rng.normal(size=400) > 0).astype(int)
+    fit_model(x[:300], y[:300], x[300:], y[300:], ["a", "b", "c"], TrainConfig(iterations=5, threads=1))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "bestTest" in err or "0:" in err

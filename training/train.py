@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -149,7 +150,9 @@ def fit_model(x_tr, y_tr, x_val, y_val, names, config: TrainConfig) -> CatBoostC
         early_stopping_rounds=60, use_best_model=True, verbose=100, allow_writing_files=False,
         auto_class_weights=None if config.class_weights == "none" else "Balanced",
     )
-    model.fit(x_tr, y_tr, eval_set=(x_val, y_val))
+    # the iteration log goes to stderr beside loguru's lines: stdout stays the commands' JSON verdicts,
+    # which a scheduler parses (the daily job's `retrain`)
+    model.fit(x_tr, y_tr, eval_set=(x_val, y_val), log_cout=sys.stderr)
     model.set_feature_names(list(names))
     return model
 
