@@ -24,7 +24,7 @@ from app.db import make_engine
 from app.engine import Recommender, ScreenPolicy
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
-from app.lifecycle import ModelWatcher, Serving
+from app.lifecycle import ModelWatcher, Serving, WorkerBarrier, current_key, current_version
 from app.metrics import Metrics, forget_dead_workers, multiprocess_dir
 
 
@@ -71,8 +71,12 @@ def create_app(settings: Settings | None = None,
         if follower is not None:
             follower.start()  # serves at once; /ready says when the state has caught up
         app.state.serving = Serving(recommender, follower)
+        app.state.pending = None  # (moment, Serving) agreed with the other workers; see app.lifecycle
+        barrier = WorkerBarrier.from_env()
+        if recommender.version == current_version(settings.model_dir):
+            barrier.mark(current_key(settings.model_dir))  # a restarted worker: the others may be waiting for it
         app.state.watcher = ModelWatcher(app.state, settings.model_dir, lambda path: load_recommender(settings, path),
-                                         app.state.db, follow, settings.model_watch_seconds)
+                                         app.state.db, follow, settings.model_watch_seconds, barrier)
         if watch_models:
             app.state.watcher.start()
         state = recommender.state

@@ -16,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.config import Settings
 from app.engine import Recommender
 from app.exposure import ExposureWriter
+from app.lifecycle import serving_now
 from app.metrics import Metrics
 
 T = TypeVar("T")
@@ -70,7 +71,7 @@ async def read_db(request: Request, query: Callable[..., T], *args: object, **kw
 
 
 async def get_recommender(request: Request) -> Recommender:
-    return request.app.state.serving.recommender  # one read: a swap cannot split a request
+    return serving_now(request.app.state).recommender  # one read: a swap cannot split a request
 
 
 async def get_writer(request: Request) -> ExposureWriter:

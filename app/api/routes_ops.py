@@ -12,6 +12,7 @@ from app.api.deps import DatabaseTimeout, MetricsDep, RecommenderDep, read_db
 from app.engine import Recommender
 from app.exposure import ExposureWriter
 from app.follower import Follower
+from app.lifecycle import serving_now
 from app.metrics import Metrics
 from app.queries import ping
 
@@ -61,7 +62,7 @@ def _models_report(request: Request) -> dict:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Ready when the database answers and the state has caught up with it once (or is frozen)."""
-    serving = request.app.state.serving  # one read: the recommender and its follower together
+    serving = serving_now(request.app.state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     try:
         await read_db(request, ping)
@@ -116,7 +117,7 @@ def refresh_gauges(app_state) -> None:
     metrics.log_spooled.set(writer.spooled)
     metrics.log_recovered.set(writer.recovered)
     metrics.log_journal_failures.set(writer.journal_failures)
-    serving = app_state.serving  # one read: the recommender and its follower together
+    serving = serving_now(app_state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
     metrics.model_info.clear()
