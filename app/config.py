@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(default=1.0, gt=0)
     log_spool_dir: Path | None = Field(
         default=None,
-        description="Where exposure records that do not fit the buffer (database down for long) wait on disk, "
-                    "to be written once it is back; unset, they are dropped and counted.",
+        description="Where each worker journals the exposure records it has not written yet (another worker "
+                    "writes them if it dies) and puts those that do not fit the buffer (database down for long), "
+                    "to be written once it is back; unset, no journal, and overflow is dropped and counted.",
     )
 
 

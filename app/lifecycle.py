@@ -96,6 +96,9 @@ def current_key(model_dir: Path) -> str | None:
         return None
 
 
+LOCK = ".lock"
+
+
 class WorkerBarrier:
     """The workers of one server agree on when to switch; a single worker (tests, `--workers 1`, one
     replica) switches at once. `python -m app` sets SWAP_BARRIER_DIR and SWAP_WORKERS for its workers."""
@@ -109,6 +112,7 @@ class WorkerBarrier:
         # a low priority, must have seen the marks before the moment comes
         self.delay = delay
         self.timeout = timeout  # a worker that never gets ready (refused the version, died) holds no one
+        self._marked: str | None = None
 
     @classmethod
     def from_env(cls) -> WorkerBarrier:
@@ -132,28 +136,48 @@ class WorkerBarrier:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def _locked(self, folder: Path) -> Iterator[None]:
+        """Marking, counting and taking a mark back happen under one lock per flip: a worker that counts
+        every mark has decided, and no mark it counted is taken back."""
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / LOCK, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _marks(self, folder: Path) -> list[Path]:
+        return [m for m in folder.iterdir() if m.name != LOCK]
+
     def mark(self, key: str | None) -> None:
         """This worker serves, or is ready to serve, the flip `key`."""
-        if not self.active or key is None:
+        if not self.active or key is None or self._marked == key:
             return
         folder = self.directory / key
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / self.me).touch()
+        with self._locked(folder):
+            (folder / self.me).touch()
+        self._marked = key
 
     def switch_at(self, key: str, still: Callable[[], bool], stop: threading.Event) -> float | None:
         """Mark this worker ready for `key` and wait for the others: the agreed moment (the same in every
-        worker: computed from the same files), or None when `still()` says the flip is no longer current."""
+        worker: computed from the same files), or None when `still()` says the flip is no longer current
+        before every worker was ready (this worker's mark is then taken back)."""
         if not self.active:
             return time.time()
         self.mark(key)
         deadline = time.monotonic() + self.timeout
         folder = self.directory / key
         while True:
-            marks = list(folder.iterdir())
-            if len(marks) >= self.workers:
-                return max(m.stat().st_mtime for m in marks) + self.delay
-            if not still():
-                return None
+            with self._locked(folder):
+                marks = self._marks(folder)
+                if len(marks) >= self.workers:  # decided: every worker that counts them switches then
+                    return max(m.stat().st_mtime for m in marks) + self.delay
+                if not still():
+                    (folder / self.me).unlink(missing_ok=True)
+                    self._marked = None
+                    return None
             if time.monotonic() >= deadline or stop.is_set():
                 logger.warning("{} of {} workers ready for {} after {:.0f}s: switching without the others",
                                len(marks), self.workers, key, self.timeout)
@@ -241,7 +265,10 @@ class ModelWatcher:
             version = current_version(self.model_dir)
             key = current_key(self.model_dir)
             serving: Serving = serving_now(self.holder)
-            if version is None or version == serving.version:
+            if version is None:
+                return None
+            if version == serving.version:  # ready for this flip already (e.g. flipped back to it)
+                self.barrier.mark(key)
                 return None
             st = self.status
             if not force and version in st.refused and st.refused_at[version] == _last_change(self.model_dir / version):

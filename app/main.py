@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from threadpoolctl import threadpool_limits
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
-from app.api.deps import DatabaseTimeout
+from app.api.deps import DatabaseDown, DatabaseTimeout
 from app.api.routes_ops import refresh_gauges
 from app.config import Settings, get_settings
 from app.db import make_engine
@@ -178,6 +178,11 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(DatabaseTimeout)
     async def database_timeout(_: Request, exc: DatabaseTimeout) -> JSONResponse:
         logger.warning("database timeout: {}", exc)
+        return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
+
+    @app.exception_handler(DatabaseDown)
+    async def database_down_recently(_: Request, exc: DatabaseDown) -> JSONResponse:
+        # the failure that set it was logged; one line per request while it lasts would be a log storm
         return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
 
     @app.exception_handler(SQLAlchemyError)

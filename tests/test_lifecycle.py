@@ -150,7 +150,11 @@ def test_a_worker_that_never_gets_ready_holds_no_one_and_a_newer_flip_cancels(tm
     started = time.monotonic()
     at = WorkerBarrier(tmp_path, workers=2, me="a", timeout=0.3).switch_at("v2@1", lambda: True, stop)
     assert at is not None and time.monotonic() - started >= 0.3
+    # flipped again before the other worker was ready: no switch, and the mark is taken back, so that the
+    # other worker, ready later, does not count it and switch alone to a version no longer current
     assert WorkerBarrier(tmp_path, workers=2, me="a").switch_at("v3@2", lambda: False, stop) is None
+    assert not (tmp_path / "v3@2" / "a").exists()
+    assert WorkerBarrier(tmp_path, workers=2, me="b").switch_at("v3@2", lambda: False, stop) is None
     assert WorkerBarrier(None).switch_at("v3@2", lambda: True, stop) <= time.time()  # one worker: at once
 
 

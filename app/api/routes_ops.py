@@ -116,6 +116,8 @@ def refresh_gauges(app_state) -> None:
     metrics.log_written.set(writer.written)
     metrics.log_failures.set(writer.failures)
     metrics.log_spooled.set(writer.spooled)
+    metrics.log_recovered.set(writer.recovered)
+    metrics.log_journal_failures.set(writer.journal_failures)
     serving = serving_now(app_state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
