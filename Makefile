@@ -62,7 +62,7 @@ bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench
 
-chaos: $(STAMP) wrk ## Faults under load, hostile input, 10-min soak, dependency scan (~16 min); writes docs/reliability.md
+chaos: $(STAMP) wrk nginx ## Faults under load, hostile input, 10-min soak, dependency scan (~16 min); writes docs/reliability.md
 	test -x .venv-audit/bin/pip-audit || ($(PY) -m venv .venv-audit && .venv-audit/bin/pip install -q -r requirements-audit.txt)
 	$(BIN)/python -m bench.chaos
 

@@ -72,6 +72,9 @@ def main() -> None:
     print(f"database: {masked(settings.database_url)}", flush=True)  # never the password
     if args.workers > 1:
         _multiprocess_metrics()
+        # the workers switch model versions at one agreed moment (app.lifecycle.WorkerBarrier)
+        os.environ["SWAP_BARRIER_DIR"] = tempfile.mkdtemp(prefix="swap-")
+        os.environ["SWAP_WORKERS"] = str(args.workers)
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)
 

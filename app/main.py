@@ -17,14 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from threadpoolctl import threadpool_limits
 
 from app.api import routes_admin, routes_data, routes_ops, routes_recommend
-from app.api.deps import DatabaseTimeout
+from app.api.deps import DatabaseDown, DatabaseTimeout
 from app.api.routes_ops import refresh_gauges
 from app.config import Settings, get_settings
 from app.db import make_engine
 from app.engine import Recommender, ScreenPolicy
 from app.exposure import ExposureWriter
 from app.follower import Follower, check_feed
-from app.lifecycle import ModelWatcher, Serving
+from app.lifecycle import ModelWatcher, Serving, WorkerBarrier, current_key, current_version
 from app.metrics import Metrics, forget_dead_workers, multiprocess_dir
 
 
@@ -66,13 +66,19 @@ def create_app(settings: Settings | None = None,
             problem = check_feed(app.state.db)
             if problem and "insertion sequence" in problem:
                 raise RuntimeError(problem)  # a schema to migrate, not a transient fault
-            follow = {"poll_seconds": settings.state_poll_seconds, "batch_rows": settings.state_batch_rows}
+            follow = {"poll_seconds": settings.state_poll_seconds, "batch_rows": settings.state_batch_rows,
+                      "keep_seconds": int(settings.state_keep_hours * 3600),
+                      "compact_seconds": int(settings.state_compact_hours * 3600)}
         follower = Follower(app.state.db, recommender.state, **follow) if follow is not None else None
         if follower is not None:
             follower.start()  # serves at once; /ready says when the state has caught up
         app.state.serving = Serving(recommender, follower)
+        app.state.pending = None  # (moment, Serving) agreed with the other workers; see app.lifecycle
+        barrier = WorkerBarrier.from_env()
+        if recommender.version == current_version(settings.model_dir):
+            barrier.mark(current_key(settings.model_dir))  # a restarted worker: the others may be waiting for it
         app.state.watcher = ModelWatcher(app.state, settings.model_dir, lambda path: load_recommender(settings, path),
-                                         app.state.db, follow, settings.model_watch_seconds)
+                                         app.state.db, follow, settings.model_watch_seconds, barrier)
         if watch_models:
             app.state.watcher.start()
         state = recommender.state
@@ -172,6 +178,11 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(DatabaseTimeout)
     async def database_timeout(_: Request, exc: DatabaseTimeout) -> JSONResponse:
         logger.warning("database timeout: {}", exc)
+        return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
+
+    @app.exception_handler(DatabaseDown)
+    async def database_down_recently(_: Request, exc: DatabaseDown) -> JSONResponse:
+        # the failure that set it was logged; one line per request while it lasts would be a log storm
         return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
 
     @app.exception_handler(SQLAlchemyError)

@@ -57,6 +57,12 @@ class Metrics:
                                   registry=self.registry, multiprocess_mode=PER_WORKER)
         self.log_spooled = Gauge("exposure_log_spooled_total", "Exposure records put on disk (LOG_SPOOL_DIR) "
                                  "because the buffer was full", registry=self.registry, multiprocess_mode=PER_WORKER)
+        self.log_recovered = Gauge("exposure_log_recovered_total", "Exposure records written from the journal "
+                                   "of a worker that died before writing them", registry=self.registry,
+                                   multiprocess_mode=PER_WORKER)
+        self.log_journal_failures = Gauge("exposure_log_journal_failures_total", "Exposure records the journal "
+                                          "(LOG_SPOOL_DIR) refused: held in memory only", registry=self.registry,
+                                          multiprocess_mode=PER_WORKER)
         # the live state (app.live_state, app.follower)
         self.state_applied_seq = Gauge("state_applied_seq", "Highest feed_data sequence applied to the state",
                                        registry=self.registry, multiprocess_mode=PER_WORKER)

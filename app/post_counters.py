@@ -68,6 +68,7 @@ class _Frame:
     head: _Views
     current: np.ndarray  # counts after every view
     n_posts: int
+    floor: int | None = None  # moments before it are read as of it (the views before it are no longer kept)
 
 
 class PostTimeline:
@@ -110,6 +111,8 @@ class PostTimeline:
         """(P, 2) counts of the views strictly before t (never modify the result: it may be shared)."""
         f = self._frame if frame is None else frame  # one read: a batch meanwhile publishes a new frame
         n = f.n_posts
+        if f.floor is not None and t < f.floor:
+            t = f.floor
         k = int(np.searchsorted(f.last_ts, t, side="left"))
         if k < len(f.blocks):
             block = f.blocks[k]
@@ -126,7 +129,7 @@ class PostTimeline:
             return
         f = self._frame
         n = f.n_posts + k
-        self._frame = _Frame(f.blocks, f.last_ts, f.checkpoints, f.head, _sized(f.current, n), n)
+        self._frame = _Frame(f.blocks, f.last_ts, f.checkpoints, f.head, _sized(f.current, n), n, f.floor)
 
     def add(self, ts: np.ndarray, post: np.ndarray, target: np.ndarray) -> None:
         """Apply views (any order). Only the writer thread calls this."""
@@ -147,8 +150,43 @@ class PostTimeline:
             checkpoints.append(_sized(checkpoints[-1], n) + _bincount(sealed, n))
         current = _sized(checkpoints[-1], n) + _bincount(pending, n)
         last_ts = np.array([b.ts[-1] for b in blocks], dtype=np.int64)
-        self._frame = _Frame(tuple(blocks), last_ts, tuple(checkpoints), pending, current, n)
+        self._frame = _Frame(tuple(blocks), last_ts, tuple(checkpoints), pending, current, n, f.floor)
         self.applied += len(new)
+
+    def compact(self, cut: int) -> None:
+        """Forget the sealed blocks that end before `cut`: their views are in the next checkpoint, and
+        counts as of any moment from `cut` on stay exact; earlier moments are read as of `cut`. Only
+        the writer calls this."""
+        f = self._frame
+        k = int(np.searchsorted(f.last_ts, cut, side="left"))  # blocks 0..k-1 end before the cut
+        floor = int(cut) if f.floor is None else max(f.floor, int(cut))
+        self._frame = _Frame(f.blocks[k:], f.last_ts[k:], f.checkpoints[k:], f.head, f.current, f.n_posts, floor)
+
+
+class ViewIndex:
+    """Views sorted once by (post, time): the counts before any number of (post, moment) pairs, each by
+    binary search. Training asks for counters batch after batch (model selection scores ~1,000 requests
+    in batches of 8); sorting the whole log per batch cost minutes per batch at scale 1.0 (76 M events).
+    """
+
+    def __init__(self, view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray) -> None:
+        # one in-place sort of (post, time, target) packed in an int64: no index array, no sorted copies
+        # (posts below 2**22, non-negative times below 2**40)
+        key = np.asarray(view_post, np.int64) << 41
+        key |= np.asarray(view_ts, np.int64) << 1
+        key |= np.asarray(view_target, np.int64) > 0
+        key.sort()
+        self.key = key
+        self.cum_target = np.zeros(len(key) + 1, np.int32)
+        np.cumsum(key & 1, out=self.cum_target[1:])
+
+    def counts(self, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """(views, liked views) of post `post_rows[i]` strictly before `times[i]`."""
+        post_rows = np.asarray(post_rows, np.int64)
+        times = np.clip(np.asarray(times, np.int64), 0, None)
+        lo = np.searchsorted(self.key, post_rows << 41, side="left")
+        pos = np.searchsorted(self.key, (post_rows << 41) | (times << 1), side="left")
+        return np.column_stack([pos - lo, self.cum_target[pos] - self.cum_target[lo]]).astype(np.int64)
 
 
 def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, post_rows: np.ndarray,
@@ -160,16 +198,4 @@ def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.nd
     ...               np.array([0, 0, 1]), np.array([20, 21, 5])).tolist()
     [[1, 1], [2, 1], [0, 0]]
     """
-    # one in-place sort of (post, time, target) packed in an int64: no index array, no sorted copies
-    # (posts below 2**22, non-negative times below 2**40)
-    key = np.asarray(view_post, np.int64) << 41
-    key |= np.asarray(view_ts, np.int64) << 1
-    key |= np.asarray(view_target, np.int64) > 0
-    key.sort()
-    cum_target = np.zeros(len(key) + 1, np.int32)
-    np.cumsum(key & 1, out=cum_target[1:])
-    post_rows = np.asarray(post_rows, np.int64)
-    times = np.clip(np.asarray(times, np.int64), 0, None)
-    lo = np.searchsorted(key, post_rows << 41, side="left")
-    pos = np.searchsorted(key, (post_rows << 41) | (times << 1), side="left")
-    return np.column_stack([pos - lo, cum_target[pos] - cum_target[lo]]).astype(np.int64)
+    return ViewIndex(view_post, view_ts, view_target).counts(post_rows, times)

@@ -38,6 +38,7 @@ from sqlalchemy import create_engine, func, select, text
 from app.artifacts import current_version_dir
 from app.config import PROJECT_ROOT
 from app.tables import recommendation_log, user_data
+from bench.replicas import nginx_binary, run_nginx
 from tests.tcp_proxy import TcpProxy
 
 LUA = """
@@ -134,13 +135,18 @@ class Service:
         return total / 1024
 
     def metrics(self) -> dict[str, float]:
-        """Sum of each metric's samples over labels and workers (live ones only for gauges)."""
+        """Sum of each metric's samples over labels and workers (live ones only for gauges); the gauges of
+        each worker also under "name@pid"."""
         out: dict[str, float] = Counter()
         for line in httpx.get(f"{self.base}/metrics", timeout=10).text.splitlines():
             if line.startswith("#") or not line.strip():
                 continue
             name_labels, value = line.rsplit(" ", 1)
-            out[name_labels.split("{", 1)[0]] += float(value)
+            name = name_labels.split("{", 1)[0]
+            out[name] += float(value)
+            if 'pid="' in name_labels:
+                pid = name_labels.split('pid="', 1)[1].split('"', 1)[0]
+                out[f"{name}@{pid}"] += float(value)
         return out
 
     def log_rows(self) -> int:
@@ -156,8 +162,9 @@ class Service:
         once a second, so one reading may be a second old."""
         deadline, empty_since = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            try:
-                empty = self.metrics()["exposure_log_queue_depth"] == 0 and not list(spool.glob("*.jsonl"))
+            try:  # spools and journals (*.jsonl), and files a worker is replaying (*.draining)
+                empty = self.metrics()["exposure_log_queue_depth"] == 0 and not list(spool.glob("*.jsonl")) \
+                    and not list(spool.glob("*.draining"))
             except httpx.HTTPError:
                 empty = False
             if not empty:
@@ -266,6 +273,7 @@ class FaultResult:
     dropped: int
     health: dict
     data: dict
+    recovered: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -273,13 +281,52 @@ class FaultResult:
         return self.wrk["non_2xx"] + self.wrk["socket_errors"]
 
 
+class Nginx:
+    """Debian's nginx in front of the service with deploy/nginx-one-host.conf — the file as shipped, but for
+    the addresses and the folders: a GET the service resets, refuses or times out is passed again to the
+    same listening socket (the address is listed twice), which a surviving worker accepts."""
+
+    def __init__(self, service_port: int, tmp: Path) -> None:
+        self.prefix = tmp / "nginx"
+        self.prefix.mkdir(exist_ok=True)
+        self.port = free_port()
+        conf = (PROJECT_ROOT / "deploy" / "nginx-one-host.conf").read_text()
+        temp = "".join(f"    {kind}_temp_path {self.prefix}/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        for old, new in (("127.0.0.1:8000", f"127.0.0.1:{service_port}"),
+                         ("listen 80;", f"listen 127.0.0.1:{self.port};"), ("http {", "http {\n" + temp)):
+            assert old in conf, old
+            conf = conf.replace(old, new)
+        conf = f"pid {self.prefix}/nginx.pid;\nerror_log {self.prefix}/error.log warn;\n" + conf
+        self.proc = run_nginx(self.prefix, self.port, conf)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def upstream_errors(self) -> int:
+        """Failed attempts nginx logged (each one passed to the next upstream, or answered 502 if none was left)."""
+        log = self.prefix / "error.log"
+        return sum("upstream" in line for line in log.read_text().splitlines()) if log.exists() else 0
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _gauge_delta(before: dict, after: dict, name: str) -> int:
+    """A per-worker gauge's growth over the workers alive at the end (a killed worker's count leaves the scrape
+    with it; its replacement starts from 0)."""
+    pids = [k.split("@", 1)[1] for k in after if k.startswith(f"{name}@")]
+    return int(sum(after[f"{name}@{p}"] - before.get(f"{name}@{p}", 0) for p in pids))
+
+
 def run_fault(svc: Service, script: Path, spool: Path, name: str, how: str, inject: Callable[[], object],
               recover: Callable[[], object], fault_seconds: float, lead: float = 5, tail: float = 10,
-              data_path: str = "/user/1") -> FaultResult:
+              data_path: str = "/user/1", base: str | None = None) -> FaultResult:
+    """`base`: where the clients (wrk, the probes) go, the service itself unless given (nginx)."""
+    base = base or svc.base
     before, rows_before = svc.metrics(), svc.log_rows()
-    probe = Prober(svc.base, data_path)
+    probe = Prober(base, data_path)
     probe.start()
-    load = Wrk(svc.base, script, lead + fault_seconds + tail)
+    load = Wrk(base, script, lead + fault_seconds + tail)
     time.sleep(lead)
     probe.phase = "fault"
     extra = inject() or {}
@@ -291,12 +338,15 @@ def run_fault(svc: Service, script: Path, spool: Path, name: str, how: str, inje
     probe.stop()
     drained = svc.wait_drained(spool)
     after, rows_after = svc.metrics(), svc.log_rows()
-    delta = {k: int(after[k] - before[k]) for k in ("recommendations_total", "exposure_log_write_failures_total",
-                                                     "exposure_log_spooled_total", "exposure_log_dropped_total")}
-    return FaultResult(name, how, fault_seconds, result, delta["recommendations_total"], rows_after - rows_before,
-                       drained, delta["exposure_log_write_failures_total"], delta["exposure_log_spooled_total"],
-                       delta["exposure_log_dropped_total"], probe.summary("fault", "health"),
-                       probe.summary("fault", "data"), extra)
+    delta = {k: _gauge_delta(before, after, k) for k in ("exposure_log_write_failures_total",
+                                                          "exposure_log_spooled_total", "exposure_log_dropped_total",
+                                                          "exposure_log_recovered_total")}
+    return FaultResult(name, how, fault_seconds, result, int(after["recommendations_total"] -
+                                                             before["recommendations_total"]),
+                       rows_after - rows_before, drained, delta["exposure_log_write_failures_total"],
+                       delta["exposure_log_spooled_total"], delta["exposure_log_dropped_total"],
+                       probe.summary("fault", "health"), probe.summary("fault", "data"),
+                       delta["exposure_log_recovered_total"], extra)
 
 
 # ------------------------------------------------------------------ hostile input
@@ -421,6 +471,35 @@ def run_soak(svc: Service, script: Path, seconds: float, out_dir: Path) -> dict:
     return summary
 
 
+# ------------------------------------------------------------------ the exposure journal's cost
+def journal_cost(tmp: Path, records: int = 20_000, runs: int = 5) -> dict:
+    """Microseconds per `ExposureWriter.submit` without and with the journal (LOG_SPOOL_DIR set): what the
+    journal adds to each recommendation request (its JSON line and one write())."""
+    import uuid
+
+    from app.db import make_engine
+    from app.exposure import Exposure, ExposureWriter
+
+    now = datetime(2022, 1, 1, 12)
+    batch = [Exposure(str(uuid.uuid4()), i, now, now, "control", "control", "v20261124-133749",
+                      tuple(range(1000, 1010)), now) for i in range(records)]
+    out: dict = {"records": records, "runs": runs}
+    for label in ("without", "with"):
+        per_record = []
+        for run in range(runs):
+            spool = tmp / f"journal-cost-{run}" if label == "with" else None
+            writer = ExposureWriter(make_engine("sqlite://"), max_queue=records + 1, batch_size=records + 1,
+                                    spool_dir=spool)  # never flushed: only the request side is timed
+            started = time.perf_counter_ns()
+            for e in batch:
+                writer.submit(e)
+            per_record.append((time.perf_counter_ns() - started) / records / 1000)
+            if spool is not None:
+                shutil.rmtree(spool)
+        out[label] = {"median_us": round(float(np.median(per_record)), 2), "runs_us": [round(x, 2) for x in per_record]}
+    return out
+
+
 # ------------------------------------------------------------------ dependency scan
 def run_audit(audit_bin: str | None) -> dict:
     if not audit_bin or shutil.which(audit_bin) is None and not Path(audit_bin).exists():
@@ -509,10 +588,22 @@ def fault_suite(svc: Service, pg: PgCluster | None, proxy: TcpProxy, script: Pat
         state["workers_after"] = len(svc.workers())
         return {}
 
-    killed = run_fault(svc, script, spool, "Worker killed", "`SIGKILL` to one of the two uvicorn workers; "
-                       "uvicorn's supervisor starts a new one", kill_worker, wait_restart, 2 if quick else 5, lead,
-                       tail)
+    killed = run_fault(svc, script, spool, "Worker killed, clients on uvicorn", "`SIGKILL` to one of the two "
+                       "uvicorn workers; uvicorn's supervisor starts a new one; wrk and the probes connect to uvicorn "
+                       "itself", kill_worker, wait_restart, 2 if quick else 5, lead, tail)
     killed.extra.update(state)
+    results.append(killed)
+    print(results[-1], flush=True)
+    lb = Nginx(int(svc.base.rsplit(":", 1)[1]), spool.parent)
+    try:
+        killed = run_fault(svc, script, spool, "Worker killed, clients through nginx", "the same `SIGKILL`, with wrk "
+                           "and the probes going through nginx, which passes a GET the dying worker reset to the "
+                           "surviving one (`deploy/nginx-one-host.conf`)", kill_worker, wait_restart,
+                           2 if quick else 5, lead, tail, base=lb.base)
+        killed.extra.update(state)
+        killed.extra["nginx_upstream_errors"] = lb.upstream_errors()
+    finally:
+        lb.close()
     results.append(killed)
     print(results[-1], flush=True)
 
@@ -538,8 +629,9 @@ def fault_suite(svc: Service, pg: PgCluster | None, proxy: TcpProxy, script: Pat
     return results
 
 
-SECTIONS = ("faults", "hostile", "fuzz", "soak", "audit")
-TITLES = {"faults": "Faults under load", "hostile": "Hostile input", "fuzz": "Generated input (schemathesis)",
+SECTIONS = ("faults", "journal", "hostile", "fuzz", "soak", "audit")
+TITLES = {"faults": "Faults under load", "journal": "The exposure journal's cost", "hostile": "Hostile input",
+          "fuzz": "Generated input (schemathesis)",
           "soak": "Soak", "audit": "Dependency scan"}
 
 
@@ -550,7 +642,7 @@ def _run_line(args) -> str:
             f"end; demo world at scale {args.scale}._")
 
 
-def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[str]]:
+def render_sections(args, faults, hostile, fuzz, soak, audit, journal=None) -> dict[str, list[str]]:
     """Markdown of each section that ran (a section that did not run keeps the previous run's text)."""
     out: dict[str, list[str]] = {}
     run = _run_line(args)
@@ -558,19 +650,24 @@ def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[
         lines = [run, "",
                  "*served*: recommendation responses the service counted (Prometheus, every worker, killed ones "
                  "included); *logged*: rows that reached `recommendation_log` once the writer drained; *lost* = "
-                 "served − logged. *Writer attempts failed*: the exposure writer's failed writes (both workers), "
-                 "which follow its back-off (2, 4, 8, 10, 10 … s after a first failure). Probes: `/health` every "
+                 "served − logged (below 0 when a killed worker had journaled the record of a request it was "
+                 "still answering: the record is written, the answer never left — wrk counts it failed, or nginx "
+                 "passed the request on and another answer was served and logged). *Recovered*: records a killed "
+                 "worker had served and journaled (LOG_SPOOL_DIR) but not yet written, written by another worker. "
+                 "*Failed*: wrk's non-2xx responses and socket errors (resets, timeouts). *Writer attempts "
+                 "failed*: the exposure writer's failed writes (the workers alive at the end), which follow its "
+                 "back-off (2, 4, 8, 10, 10 … s after a first failure). Probes: `/health` every "
                  "50 ms and a data endpoint (`/user/1`) every 100 ms while the fault lasts.", "",
-                 "| fault | how | wrk requests | failed | served | logged | lost | writer attempts failed | spooled "
-                 "| dropped | /health during (p50 / p99 / max ms) "
+                 "| fault | how | wrk requests | failed | served | logged | lost | recovered | writer attempts failed "
+                 "| spooled | dropped | /health during (p50 / p99 / max ms) "
                  "| data endpoint during (statuses; p50 / p99 / max ms) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in faults:
             d, h = f.data, f.health
             statuses = ", ".join(f"{k}: {v}" for k, v in sorted(d.get("statuses", {}).items()))
             lines.append(f"| {f.name} | {f.how} | {f.wrk['requests']:,} | {f.failed} (non-2xx {f.wrk['non_2xx']}, "
                          f"socket {f.wrk['socket_errors']}) | {f.served:,} | {f.logged:,} | {f.served - f.logged} | "
-                         f"{f.write_attempts_failed} | {f.spooled} | {f.dropped} | {h.get('p50_ms')} / "
+                         f"{f.recovered} | {f.write_attempts_failed} | {f.spooled} | {f.dropped} | {h.get('p50_ms')} / "
                          f"{h.get('p99_ms')} / {h.get('max_ms')} | {statuses}; {d.get('p50_ms')} / "
                          f"{d.get('p99_ms')} / {d.get('max_ms')} |")
         lines += ["", "Details (JSON):", "", "```json",
@@ -617,6 +714,14 @@ def render_sections(args, faults, hostile, fuzz, soak, audit) -> dict[str, list[
         else:
             lines.append(f"Not run: {audit['reason']}.")
         out["audit"] = lines
+    if journal is not None:
+        w, j = journal["without"], journal["with"]
+        out["journal"] = [run, "", f"`ExposureWriter.submit` of {journal['records']:,} records, {journal['runs']} runs "
+                          "each (the request side only; the writer thread is not started): without a journal "
+                          f"**{w['median_us']} µs** per record (median; runs {w['runs_us']}), with the journal "
+                          f"(LOG_SPOOL_DIR set) **{j['median_us']} µs** (runs {j['runs_us']}): a JSON line and one "
+                          "`write()` to the page cache, no fsync (a killed process's writes survive it; only a "
+                          "machine crash loses what the kernel had not written back)."]
     return out
 
 
@@ -640,7 +745,9 @@ def write_report(path: Path, sections: dict[str, list[str]]) -> None:
             "others). A small demo world in a private PostgreSQL cluster (initdb in a temporary folder, so that "
             "it can really be stopped); the service as `python -m app --workers 2` (DB_TIMEOUT_SECONDS=1, "
             "LOG_SPOOL_DIR set, SCORING_THREADS=1) reaching it through a TCP proxy (which can stop forwarding); "
-            "load from wrk, 8 connections, random known users at moments of the held-out window. Each section "
+            "load from wrk, 8 connections, random known users at moments of the held-out window — straight on "
+            "uvicorn, and for the second worker kill through Debian's nginx with `deploy/nginx-one-host.conf` "
+            "(the deployment's retry of idempotent GETs). Each section "
             "says when and with which command it ran, and the machine's load then: timings on this shared 2-core "
             "machine are the machine's as much as the service's.", ""]
     body = []
@@ -665,8 +772,17 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: wrk not found: apt-get install wrk (make chaos does)")
+    if nginx_binary() is None:
+        sys.exit("error: nginx not found: apt-get install nginx-light (make chaos does)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a stopped run still stops its cluster and service
     tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
+    want = set(args.sections.split(","))
+    journal = journal_cost(tmp) if "journal" in want else None
+    if want <= {"journal"}:  # no service needed
+        write_report(args.out, render_sections(args, None, None, None, None, None, journal))
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"written {args.out}")
+        return
     pg = PgCluster()
     proxy = TcpProxy(("127.0.0.1", pg.port))
     admin = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
@@ -682,7 +798,6 @@ def main() -> None:
         script = wrk_script(tmp, pairs)
         Wrk(svc.base, script, 5).result()  # warm up; creates the log table
         svc.wait_drained(tmp / "spool")
-        want = set(args.sections.split(","))
         faults = fault_suite(svc, pg, proxy, script, tmp / "spool", args.outage, args.quick) \
             if "faults" in want else None
         hostile = run_hostile(svc.base) if "hostile" in want else None
@@ -694,7 +809,7 @@ def main() -> None:
             soak = run_soak(svc, paced, args.soak_seconds, args.out.parent)
         audit = run_audit(args.audit_bin) if "audit" in want else None
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_report(args.out, render_sections(args, faults, hostile, fuzz, soak, audit))
+        write_report(args.out, render_sections(args, faults, hostile, fuzz, soak, audit, journal))
         print(f"written {args.out}")
     finally:
         if svc is not None:

@@ -53,9 +53,45 @@ def _copy_version(models: Path, source: Path, name: str) -> Path:
 
 
 # ------------------------------------------------------------------ swap under load
+def _settle(port: int, version: str, timeout: float = 180.0, streak: int = 20) -> None:
+    """Wait until `streak` answers in a row come from `version` (whichever worker answers)."""
+    deadline, run = time.monotonic() + timeout, 0
+    while run < streak and time.monotonic() < deadline:
+        ok = httpx.get(f"http://127.0.0.1:{port}/model", timeout=10).json()["version"] == version
+        run = run + 1 if ok else 0
+        time.sleep(0.05)
+
+
+def _refusal_seen(port: int, name: str, timeout: float = 60.0) -> dict:
+    """/ready once it names the refusal of `name` (or the last answer when the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()
+        if name in ready["models"]["refused"] or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.2)
+
+
+def _went_back(records: list[tuple], flips: list[tuple[float, str]]) -> int:
+    """Answers carrying the old version after the same client already had an answer from the new one
+    (between one flip and the next); clients share the connection pool, so a client's requests reach
+    any worker, as a user's would."""
+    bounds = [at for at, _ in flips] + [float("inf")]
+    back = 0
+    for client in {r[4] for r in records}:
+        mine = sorted((r for r in records if r[4] == client and r[3]), key=lambda r: r[0])
+        for (at, name), nxt in zip(flips, bounds[1:], strict=True):
+            seen_new = False
+            for r in mine:
+                if at <= r[0] < nxt:
+                    seen_new |= r[3] == name
+                    back += int(seen_new and r[3] != name)
+    return back
+
+
 async def _load(port: int, pairs: list[tuple[int, str]], seconds: float, concurrency: int) -> list[tuple]:
     """Closed loop: each client sends its next request when the previous one is answered."""
-    records: list[tuple] = []  # (start, latency s, status, version)
+    records: list[tuple] = []  # (start, latency s, status, version, client)
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10) as client:
@@ -68,9 +104,9 @@ async def _load(port: int, pairs: list[tuple[int, str]], seconds: float, concurr
                 try:
                     r = await client.get("/post/recommendations/", params={"id": user, "time": moment, "limit": 5})
                     version = r.json().get("model_version") if r.status_code == 200 else None
-                    records.append((started, time.monotonic() - started, r.status_code, version))
+                    records.append((started, time.monotonic() - started, r.status_code, version, i))
                 except httpx.HTTPError:
-                    records.append((started, time.monotonic() - started, 0, None))
+                    records.append((started, time.monotonic() - started, 0, None, i))
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return records
@@ -96,6 +132,7 @@ def cmd_swap(args) -> None:
     port = 8031
     proc, _ = _service(args.db, models, port, workers=args.workers, model_watch_seconds=1)
     try:
+        asyncio.run(_load(port, pairs, 10, 8))  # warm: memory that serving itself takes is not the swap's
         rss_before = tree_rss_mb(proc.pid)
         flips: list[tuple[float, str]] = []
         peak = [rss_before]
@@ -119,6 +156,8 @@ def cmd_swap(args) -> None:
 
         records = asyncio.run(run())
         rss_after = tree_rss_mb(proc.pid)
+        # the last flip's swap may still be under way (the workers load one at a time, then switch together)
+        _settle(port, flips[-1][1] if flips else "va")
         # broken candidates: the old version must keep serving, visibly refusing them
         refusals = []
         for damage in ("truncated", "schema", "missing"):
@@ -133,7 +172,7 @@ def cmd_swap(args) -> None:
             serving = httpx.get(f"http://127.0.0.1:{port}/model", timeout=10).json()["version"]
             set_current(models, bad.name, how="bench")
             during = asyncio.run(_load(port, pairs, 6, 8))
-            ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()
+            ready = _refusal_seen(port, bad.name)
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             refusals.append({"damage": damage, "requests": len(during),
                              "failed": sum(1 for r in during if r[2] != 200),
@@ -156,6 +195,7 @@ def cmd_swap(args) -> None:
         old = (starts >= at) & (starts < nxt) & (versions != name) & (versions != "")
         until = ends[old].max() if old.any() else at
         in_swap |= (starts >= at) & (starts <= until)
+    went_back = _went_back(records, flips)
     p99_in = float(np.percentile(lat[in_swap], 99)) if in_swap.any() else float("nan")
     p99_out = float(np.percentile(lat[~in_swap], 99))
     body = [f"Artifacts `{source.name}` copied as versions va and vb; {args.workers} workers; 8 concurrent clients "
@@ -165,9 +205,10 @@ def cmd_swap(args) -> None:
             "|---|---|---|---|---|---|",
             f"| {len(records)} | {int((~ok).sum())} | {np.percentile(lat, 50):.1f} | {p99_out:.1f} | "
             f"{p99_in:.1f} ({int(in_swap.sum())}) | {p99_in / p99_out:.2f} |", "",
-            f"Every answer came from va or vb: {set(v for v in versions if v) <= {'va', 'vb'}}. Service RSS (all "
-            f"workers): {rss_before:.0f} MB before, peak {peak[0]:.0f} MB during the swaps "
-            f"({peak[0] / rss_before:.2f}x), {rss_after:.0f} MB after.", "",
+            f"Every answer came from va or vb: {set(v for v in versions if v) <= {'va', 'vb'}}. Answers that went "
+            f"back to the old version after the same client had seen the new one: {went_back}. Service RSS (all "
+            f"workers): {rss_before:.0f} MB before (after 10 s of the same load), peak {peak[0]:.0f} MB during the "
+            f"swaps ({peak[0] / rss_before:.2f}x), {rss_after:.0f} MB after.", "",
             "Broken candidates (6 s of the same load each):", "",
             "| damage | requests | failed | served by | refusal seen in /ready | /metrics |",
             "|---|---|---|---|---|---|"]

@@ -110,7 +110,8 @@ def insert(url: str, frame: pd.DataFrame) -> None:
 def _machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; load average {load} when written"
 
 
 def append_section(out: Path, module: str, heading: str, title: str, body: list[str]) -> None:

@@ -77,6 +77,27 @@ def nginx_conf(prefix: Path, port: int, upstreams: list[int]) -> str:
     return NGINX_CONF.format(prefix=prefix, port=port, servers=servers)
 
 
+def run_nginx(prefix: Path, port: int, conf_text: str) -> subprocess.Popen:
+    """Start nginx in the foreground with `conf_text` as its configuration; return once it listens on `port`."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx not found: `make nginx` installs Debian's package")
+    conf = prefix / "nginx.conf"
+    conf.write_text(conf_text)
+    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"nginx did not start: {(prefix / 'error.log').read_text()}") from None
+            time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,23 +142,8 @@ class Replicas:
         return self
 
     def start_nginx(self, upstreams: list[int]) -> None:
-        binary = nginx_binary()
-        if binary is None:
-            raise RuntimeError("nginx not found: `make nginx` installs Debian's package")
         self.stop_nginx()
-        conf = self._prefix / "nginx.conf"
-        conf.write_text(nginx_conf(self._prefix, self.lb_port, upstreams))
-        self._nginx = subprocess.Popen([binary, "-p", str(self._prefix), "-c", str(conf), "-g", "daemon off;"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.lb_port), timeout=1):
-                    return
-            except OSError:
-                if self._nginx.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {(self._prefix / 'error.log').read_text()}") from None
-                time.sleep(0.05)
+        self._nginx = run_nginx(self._prefix, self.lb_port, nginx_conf(self._prefix, self.lb_port, upstreams))
 
     def stop_nginx(self) -> None:
         if self._nginx is not None and self._nginx.poll() is None:

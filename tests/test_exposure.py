@@ -178,3 +178,92 @@ def test_a_full_disk_under_the_spool_is_counted_as_dropped(tmp_path):
     (spool / f"exposure-{os.getpid()}.jsonl").symlink_to("/dev/full")  # every write: ENOSPC, root or not
     accepted = [writer.submit(_exposure(i)) for i in range(5)]
     assert accepted.count(True) == 2 and writer.dropped == 3 and writer.spooled == 0
+
+
+# a worker that served records and is then killed: it writes `written` of them, and is SIGKILLed with the rest
+# queued; with `unsettled` set, the first `unsettled` of the rest reach the table but the kill comes before
+# their journal segment is deleted (the moment between a commit and its bookkeeping)
+KILLED_WORKER = """
+import signal, sys, uuid
+from datetime import datetime
+from pathlib import Path
+from app.db import make_engine
+from app.exposure import Exposure, ExposureWriter
+url, spool, written, queued, unsettled = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:])
+writer = ExposureWriter(make_engine(url), batch_size=7, flush_seconds=3600, spool_dir=spool)
+now = datetime(2022, 1, 1, 12)
+records = [Exposure(str(uuid.uuid4()), i, now, now, "test", "test", "v1", (1, 2, 3)) for i in range(written + queued)]
+for e in records[:written]:
+    writer.submit(e)
+assert writer.flush()
+for e in records[written:]:
+    writer.submit(e)
+writer._write(records[written:written + unsettled], on_done=lambda _n: None)
+print("served", flush=True)
+signal.pause()
+"""
+
+
+def _serve_and_die(url: str, spool, written: int, queued: int, unsettled: int = 0) -> None:
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_WORKER, url, str(spool), str(written), str(queued),
+                               str(unsettled)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "served"
+        # its journal belongs to a live process: nobody else replays it
+        other = ExposureWriter(make_engine(url), spool_dir=spool)
+        assert other.flush() and _count(url) == written + unsettled and other.recovered == 0
+    finally:
+        worker.kill()  # SIGKILL: no stop(), no flush, no spool
+        worker.wait(10)
+
+
+def test_a_killed_worker_loses_no_record_it_served(tmp_path, sqlite_url):
+    """Records a worker queued but had not written when it was SIGKILLed are written by the next flush of
+    any other worker (or the next to start): served = logged."""
+    spool = tmp_path / "spool"
+    _serve_and_die(sqlite_url, spool, written=10, queued=23)
+    survivor = ExposureWriter(make_engine(sqlite_url), spool_dir=spool)
+    assert survivor.flush()
+    assert _count(sqlite_url) == 33  # 10 before the journal existed
+    assert survivor.recovered == 23 and survivor.dropped == 0
+    assert not survivor.spool_files()
+
+
+def test_a_replayed_journal_writes_each_record_once(tmp_path, pg_url):
+    """Records written just before the kill are still in the dead worker's journal: the replay skips them by
+    request id (no duplicate, no batch rejected), and a last line cut short by the kill is skipped."""
+    spool = tmp_path / "spool"
+    _serve_and_die(pg_url, spool, written=5, queued=20, unsettled=8)
+    [journal] = [p for p in spool.iterdir() if p.name.startswith("journal-")]
+    with journal.open("a") as f:
+        f.write('{"request_id": "cut-sh')
+    survivor = ExposureWriter(make_engine(pg_url), spool_dir=spool)
+    assert survivor.flush()
+    assert _count(pg_url) == 25 and survivor.recovered == 12 and survivor.duplicates == 8
+    assert survivor.dropped == 0 and not survivor.spool_files()
+
+
+def test_journal_of_an_earlier_process_with_the_same_pid_is_replayed(tmp_path, sqlite_url):
+    """Containers restart with the same small pids: a journal is told apart by its process's start time."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / f"journal-{os.getpid()}.1-1.jsonl").write_text("".join(_exposure(i).to_json() + "\n" for i in range(4)))
+    writer = ExposureWriter(make_engine(sqlite_url), spool_dir=spool)
+    writer.submit(_exposure(99))  # its own journal, written and deleted by the same flush
+    assert writer.flush()
+    assert _count(sqlite_url) == 5 and writer.recovered == 4 and not writer.spool_files()
+
+
+def test_journal_is_deleted_as_it_is_written(tmp_path, sqlite_url):
+    spool = tmp_path / "spool"
+    writer = ExposureWriter(make_engine(sqlite_url), batch_size=3, spool_dir=spool)
+    for i in range(5):
+        writer.submit(_exposure(i))
+    [journal] = writer.spool_files()
+    assert len(journal.read_text().splitlines()) == 5
+    writer.submit(_exposure(5))
+    assert writer.flush() and _count(sqlite_url) == 6 and writer.spool_files() == []
+    writer.submit(_exposure(6))  # a new segment
+    assert len(writer.spool_files()) == 1
+    writer.stop()
+    assert _count(sqlite_url) == 7 and writer.spool_files() == []

@@ -62,3 +62,37 @@ def test_a_hanging_database_times_out_into_503_and_liveness_answers(trained, wor
                 time.sleep(0.1)
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
+def test_a_stopped_database_is_not_asked_again_by_every_request(trained, world_db):
+    """After a connection failed, the data endpoints answer 503 at once for RECONNECT_AFTER_SECONDS instead of
+    each taking a thread and a connection attempt (which made the 503s of a stopped database slower than
+    /health under load); after the window, a request tries again and finds the database back."""
+    from sqlalchemy import event
+
+    from app.api.deps import RECONNECT_AFTER_SECONDS
+
+    recommender = Recommender.load(trained["model_dir"])
+    url = make_url(world_db)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = Settings(database_url=via_proxy, model_dir="unused", db_timeout_seconds=3.0, log_flush_seconds=60,
+                        state_follow=False)
+    uid = int(recommender.state.snapshot.user_ids[0])
+    try:
+        with TestClient(create_app(settings, load_recommender=lambda _: recommender, watch_models=False)) as client:
+            assert client.get(f"/user/{uid}").status_code == 200
+            attempts = []
+            event.listen(client.app.state.db, "do_connect", lambda *a: attempts.append(time.monotonic()))
+            proxy.cut()
+            started = time.monotonic()
+            statuses = [client.get(f"/user/{uid}").status_code for _ in range(30)]
+            elapsed = time.monotonic() - started
+            assert statuses == [503] * 30
+            assert 1 <= len(attempts) <= 1 + elapsed / RECONNECT_AFTER_SECONDS, (len(attempts), elapsed)
+            proxy.restore()
+            time.sleep(RECONNECT_AFTER_SECONDS)
+            assert client.get(f"/user/{uid}").status_code == 200
+    finally:
+        proxy.close()

@@ -120,3 +120,50 @@ def test_admin_reload_needs_its_token(trained, versions):
         assert r.status_code == 200 and r.json()["outcome"] == "swapped" and r.json()["serving"] == "v2"
         again = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).json()
         assert again == {"outcome": "unchanged", "version": "v2"}
+
+
+# ------------------------------------------------------------------ workers of one server agree
+def test_workers_switch_at_one_agreed_moment(tmp_path):
+    """Two workers ready at different times get the same switch moment, after the later one's mark."""
+    from app.lifecycle import WorkerBarrier
+
+    stop, moments = threading.Event(), {}
+
+    def worker(me: str, ready_after: float) -> None:
+        time.sleep(ready_after)
+        moments[me] = WorkerBarrier(tmp_path, workers=2, me=me, delay=0.5).switch_at("v2@1", lambda: True, stop)
+
+    threads = [threading.Thread(target=worker, args=(me, d)) for me, d in (("a", 0.0), ("b", 0.4))]
+    before = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert moments["a"] == moments["b"]
+    assert moments["a"] >= before + 0.4 + 0.5 - 0.05  # after b's mark (file times are coarse), plus the margin
+
+
+def test_a_worker_that_never_gets_ready_holds_no_one_and_a_newer_flip_cancels(tmp_path):
+    from app.lifecycle import WorkerBarrier
+
+    stop = threading.Event()
+    started = time.monotonic()
+    at = WorkerBarrier(tmp_path, workers=2, me="a", timeout=0.3).switch_at("v2@1", lambda: True, stop)
+    assert at is not None and time.monotonic() - started >= 0.3
+    # flipped again before the other worker was ready: no switch, and the mark is taken back, so that the
+    # other worker, ready later, does not count it and switch alone to a version no longer current
+    assert WorkerBarrier(tmp_path, workers=2, me="a").switch_at("v3@2", lambda: False, stop) is None
+    assert not (tmp_path / "v3@2" / "a").exists()
+    assert WorkerBarrier(tmp_path, workers=2, me="b").switch_at("v3@2", lambda: False, stop) is None
+    assert WorkerBarrier(None).switch_at("v3@2", lambda: True, stop) <= time.time()  # one worker: at once
+
+
+def test_a_request_after_the_agreed_moment_gets_the_new_version():
+    from types import SimpleNamespace
+
+    from app.lifecycle import serving_now
+
+    state = SimpleNamespace(serving="old", pending=(time.time() + 0.3, "new"))
+    assert serving_now(state) == "old"
+    time.sleep(0.35)
+    assert serving_now(state) == "new" and state.pending is None and state.serving == "new"

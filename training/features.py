@@ -11,6 +11,7 @@ applied by `app.text_features.post_text_features`, the function the service runs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -39,14 +40,13 @@ from app.features import (
     profile_features,
 )
 from app.feed_events import EventBatch
-from app.post_counters import counts_before
-from app.snapshot import Snapshot, UserEvents, csr
+from app.post_counters import ViewIndex
+from app.snapshot import LAST_VIEWS_KEPT, Snapshot, UserEvents, csr
 from app.text_features import TextTransforms, post_text_features, tfidf_matrix, topic_codes
 from app.user_state import LIKE, VIEW, fold_user, taste_at
 
 VEC_DIM = 64  # text space of user vectors and similarities
 EXCLUDE_WINDOW_SECONDS = 72 * 3600  # events kept one by one before the snapshot's cut (exclusion window)
-LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
 MAX_FIT_POSTS = 100_000  # posts the text models are fitted on
 
 
@@ -115,6 +115,12 @@ class History:
     @property
     def views(self) -> np.ndarray:
         return self.events.kind == VIEW
+
+    @cached_property
+    def view_index(self) -> ViewIndex:
+        """The views sorted by (post, time) once, for every post-counter lookup of this history."""
+        ev, views = self.events, self.views
+        return ViewIndex(ev.post[views], ev.ts[views], ev.target[views])
 
 
 def history_from(batch: EventBatch, user_ids: np.ndarray, post_ids: np.ndarray) -> History:
@@ -287,10 +293,7 @@ def user_views_at(history: History, profile: np.ndarray, posts: PostView, priors
 
 def post_counters_at(history: History, priors: Priors, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
     """POST_COUNTERS of each (post row, moment) pair: the views of the post strictly before the moment."""
-    ev = history.events
-    views = history.views
-    counts = counts_before(ev.post[views], ev.ts[views], ev.target[views], post_rows, times)
-    return finalize_posts(counts, priors)
+    return finalize_posts(history.view_index.counts(post_rows, times), priors)
 
 
 def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: Priors, rows: pd.DataFrame,

@@ -22,7 +22,6 @@ import pandas as pd
 
 from app import columns as c
 from app.features import PostView, Priors
-from app.post_counters import counts_before
 from app.recent_popularity import RECENT_SECONDS, recent_features
 from app.user_state import LIKE
 from training.features import History, rows_matrix, sample_views
@@ -79,12 +78,9 @@ def horizon_rows(history: History, requests: pd.DataFrame, until: int, horizon: 
 
 def recent_columns(history: History, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
     """`app.recent_popularity.recent_features` of each (post row, moment), from the log."""
-    ev = history.events
-    views = history.views
-    post, ts, target = ev.post[views], ev.ts[views], ev.target[views]
     times = np.asarray(times, np.int64)
-    now = counts_before(post, ts, target, post_rows, times)
-    before = counts_before(post, ts, target, post_rows, times - RECENT_SECONDS)
+    now = history.view_index.counts(post_rows, times)
+    before = history.view_index.counts(post_rows, times - RECENT_SECONDS)
     return recent_features(now, before)
 
 

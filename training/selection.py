@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from app.features import CONTROL_FEATURES, PostView, Priors, assemble
-from app.post_counters import counts_before
 from app.segment_popularity import segment_of, segment_scores, segment_shares
 from app.user_state import LIKE, VIEW
 from training.features import History, post_counters_at, user_views_at
@@ -88,13 +87,11 @@ Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray, bool], np.ndarray]
 def make_scorers(history: History, profile: np.ndarray, posts: PostView, priors: Priors, models: dict,
                  shares: np.ndarray) -> dict[str, Scorer]:
     """Scorers of every candidate ranker over the same feature rows (built once per batch of requests)."""
-    ev = history.events
-    views = history.views
-    vpost, vts, vtarget = ev.post[views], ev.ts[views], ev.target[views]
+    index = history.view_index
 
     def popular(rows, times, post_rows, cold):
         flat_t = np.repeat(times, post_rows.shape[1])
-        return counts_before(vpost, vts, vtarget, post_rows.ravel(), flat_t)[:, 1].reshape(post_rows.shape) * 1.0
+        return index.counts(post_rows.ravel(), flat_t)[:, 1].reshape(post_rows.shape) * 1.0
 
     def segment(rows, times, post_rows, cold):
         seg = segment_of(profile[rows])

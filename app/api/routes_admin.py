@@ -9,6 +9,8 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Request
 
+from app.lifecycle import serving_now
+
 router = APIRouter()
 
 
@@ -20,7 +22,7 @@ async def reload(request: Request, authorization: Annotated[str | None, Header()
         raise HTTPException(401, "authorization: a valid admin token is required (Authorization: Bearer <token>)")
     watcher = request.app.state.watcher
     swap = await anyio.to_thread.run_sync(watcher.check, True)  # loading runs off the event loop
-    serving = request.app.state.serving.version
+    serving = serving_now(request.app.state).version
     if swap is None:
         return {"outcome": "unchanged", "version": serving}
     return {**asdict(swap), "serving": serving}

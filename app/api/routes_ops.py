@@ -12,6 +12,7 @@ from app.api.deps import DatabaseTimeout, MetricsDep, RecommenderDep, read_db
 from app.engine import Recommender
 from app.exposure import ExposureWriter
 from app.follower import Follower
+from app.lifecycle import serving_now
 from app.metrics import Metrics
 from app.queries import ping
 
@@ -27,7 +28,8 @@ def state_report(recommender: Recommender, follower: Follower | None) -> dict:
     state = recommender.state
     out = {"following": follower is not None, "base_as_of": _iso(state.base_as_of),
            "latest_event": _iso(state.latest_event), "events_applied": state.events_applied,
-           "late_events": state.late_events, "pending_events": state.pending_events, "users": state.n_users}
+           "late_events": state.late_events, "pending_events": state.pending_events, "users": state.n_users,
+           "compactions": state.compactions, "events_folded": state.events_folded}
     if follower is not None:
         status = follower.status
         lag = follower.lag_seconds()
@@ -61,7 +63,7 @@ def _models_report(request: Request) -> dict:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Ready when the database answers and the state has caught up with it once (or is frozen)."""
-    serving = request.app.state.serving  # one read: the recommender and its follower together
+    serving = serving_now(request.app.state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     try:
         await read_db(request, ping)
@@ -114,7 +116,9 @@ def refresh_gauges(app_state) -> None:
     metrics.log_written.set(writer.written)
     metrics.log_failures.set(writer.failures)
     metrics.log_spooled.set(writer.spooled)
-    serving = app_state.serving  # one read: the recommender and its follower together
+    metrics.log_recovered.set(writer.recovered)
+    metrics.log_journal_failures.set(writer.journal_failures)
+    serving = serving_now(app_state)  # one read: the recommender and its follower together
     recommender, follower = serving.recommender, serving.follower
     state = recommender.state
     metrics.model_info.clear()

@@ -24,6 +24,7 @@ from app.console import experiment, service
 from app.console.explain import NotExplainable, explain
 from app.console.feed import build_feed, epoch, served_model
 from app.engine import Recommender
+from app.lifecycle import serving_now
 from app.moments import Moment
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +58,7 @@ class WhyQuery(_Form):
 
 
 def _recommender(request: Request) -> Recommender:
-    return request.app.state.serving.recommender  # one read: a model swap cannot split a page
+    return serving_now(request.app.state).recommender  # one read: a model swap cannot split a page
 
 
 def default_moment(recommender: Recommender) -> datetime:
@@ -169,7 +170,7 @@ async def experiment_plot(request: Request, name: str) -> Response:
 @router.get("/service", response_class=HTMLResponse)
 async def service_page(request: Request) -> HTMLResponse:
     app_state = request.app.state
-    serving = app_state.serving  # one read: the recommender and its follower together
+    serving = serving_now(app_state)  # one read: the recommender and its follower together
     recommender = serving.recommender
     refresh_gauges(app_state)
     values = service.samples(app_state.metrics.registry)
