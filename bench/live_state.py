@@ -5,6 +5,7 @@
     python -m bench.live_state apply --db URL --models DIR [--days 1]
     python -m bench.live_state serving --db URL --models DIR [--duration 30] [--workers 2]
     python -m bench.live_state encoder
+    python -m bench.live_state memory --models DIR
 
 Each command works on a copy of the database (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on
 PostgreSQL), starts the services it compares as their own processes on loopback, and appends its
@@ -433,10 +434,53 @@ def cmd_encoder(args) -> None:
     append("Text encoder memory (minilm-int8), one process each", rows)
 
 
+# ------------------------------------------------------------------ memory, in process
+def _state_rss(models: str, compact: bool, batch: int) -> None:
+    """In this process: resident MB with the artifact loaded, after a replayed day and after a further
+    week applied in batches as the follower applies them, compacting as it does (or never)."""
+    import gc
+
+    from app.follower import Follower, return_memory
+
+    recommender = Recommender.load(Path(models))
+    frames = [replayed_events(recommender, 1, shift_weeks=2), replayed_events(recommender, 7, shift_weeks=3)]
+    batches = [EventBatch.from_frame(f) for f in frames]
+    del frames
+    gc.collect()
+    return_memory()
+    state = recommender.state
+    follower = Follower(None, state, keep_seconds=240 * 3600 if compact else 10**9)  # type: ignore[arg-type]
+    out = [_vm_rss_mb()]
+    for b in batches:
+        for i in range(0, len(b), batch):
+            state.apply(b.take(np.arange(i, min(i + batch, len(b)))))
+            follower.compact(now=state.latest_event)
+        out.append(_vm_rss_mb())
+    print(" ".join(f"{x:.0f}" for x in out), state.events_applied, state.compactions, state.events_folded)
+
+
+def cmd_memory(args) -> None:
+    rows = ["| state | MB loaded | after a day | after a further week | events applied | compactions | user events "
+            "folded |", "|---|---|---|---|---|---|---|"]
+    for compact in (False, True):
+        out = subprocess.run([sys.executable, "-c", "from bench.live_state import _state_rss; "
+                              f"_state_rss({str(args.models)!r}, {compact}, {args.batch})"],
+                             check=True, capture_output=True, text=True).stdout.split()
+        name = "compacted (STATE_KEEP_HOURS=240, STATE_COMPACT_HOURS=24)" if compact else "never compacted"
+        rows.append(f"| {name} | {' | '.join(out[:3])} | {int(out[3]):,} | {out[4]} | {int(out[5]):,} |")
+    append(f"Live state memory in one process, artifacts `{args.models}`", [
+        "`LiveState.apply` in batches of the follower's size, no service and no database: a day of the feed "
+        "replayed two weeks after the artifact's data, then a week three weeks after; the compaction "
+        "as the follower runs it after each batch. Each row in a process of its own.", "", *rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.live_state")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("encoder")
+    mem = sub.add_parser("memory")
+    mem.add_argument("--models", type=Path, required=True)
+    mem.add_argument("--batch", type=int, default=50_000)
     for name in ("simulate", "freshness", "apply", "serving"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
@@ -461,7 +505,7 @@ def main() -> None:
             p.add_argument("--work", default="/tmp/bench-live")
     args = ap.parse_args()
     commands = {"simulate": cmd_simulate, "freshness": cmd_freshness, "apply": cmd_apply, "serving": cmd_serving,
-                "encoder": cmd_encoder}
+                "encoder": cmd_encoder, "memory": cmd_memory}
     commands[args.command](args)
 
 
