@@ -12,6 +12,13 @@ Sources, each a handful of array operations (no model call):
 - **favourite topics**: the best posts of the user's top topics by a *proxy* of the model's score on
   the post's own columns (a small CatBoost regressor fitted at training on the model's own scores,
   listed in `retrieval.json`), with the counters as of the start of the request's hour.
+- **blend** (text models): per favourite topic, the best posts by a linear stand-in for the model,
+  proxy plus the four similarities the model reads, with weights fitted at training (`retrieval.json`,
+  `training.retrieval.fit_blend`). The model's favourites are posts both liked by many and near the
+  user's taste; each alone misses them (on the demo world the test model's top 5 ranked at the median
+  689th of their topic by the proxy, 116th by the TF-IDF taste). The blend is one matrix product over
+  the topic's vectors while it is held exactly; above `exact_below`, it re-scores the proxy's best and
+  the posts the taste searches found.
 - **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
 - **recent popularity**: the most liked posts of the last `POPULAR_DAYS` days.
 - **fresh**: posts younger than `fresh_hours` (the newest first), then posts with fewer than
@@ -47,6 +54,8 @@ from app.post_counters import PostTimeline
 
 RETRIEVAL_FILE = "retrieval.json"
 POPULAR_DAYS = 7
+# the blend's terms, in the order of its weights: the proxy, then the similarities of `assemble`
+BLEND_TERMS = ("proxy", "sim_liked", "sim_contrast", "sim_liked_topic", "sim_tfidf_topic")
 _RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
 
 
@@ -55,14 +64,24 @@ class Budget:
     """How many posts each source contributes (per topic where it says so)."""
 
     # per favourite topic, best first (the first favourite holds most of a screen): how many of the
-    # nearest to the per-topic taste vector, to the overall taste vector, and of the proxy's best
-    taste_topic: tuple[int, ...] = (80, 40, 30, 20, 10, 10, 10)
-    taste_all: tuple[int, ...] = (30, 20, 10, 10)
-    taste_tfidf: tuple[int, ...] = (60, 50, 50, 40, 20, 20, 20)  # nearest in the TF-IDF space per topic
-    proxy_topic: tuple[int, ...] = (250, 100, 50)
+    # nearest to the per-topic taste vector, to the overall taste vector, and of the proxy's best.
+    # Sizes from `bench.catalogue recall` on the demo world: with the blend, the taste lists could
+    # halve (the blend holds most of what they found) and the candidates stay about 800 for `test`
+    taste_topic: tuple[int, ...] = (40, 20, 15, 10, 5, 5, 5)
+    taste_all: tuple[int, ...] = (20, 10, 5, 5)
+    taste_tfidf: tuple[int, ...] = (30, 20, 20, 15, 10, 10, 10)  # nearest in the TF-IDF space per topic
+    proxy_topic: tuple[int, ...] = (200, 80, 40)
     proxy_every: int = 15  # proxy's best of every topic
+    # per favourite topic, the best by the blend of proxy and similarities (text models)
+    blend: tuple[int, ...] = (200, 120, 80, 60, 40, 30, 30)
+    blend_pool: int = 400  # above exact_below: the proxy's best this many, with the taste results, re-scored
     popular: int = 40
     fresh: int = 30
+
+
+# the sizes before the blend: a text model's artifact trained without blend weights keeps them
+NO_BLEND = Budget(taste_topic=(80, 40, 30, 20, 10, 10, 10), taste_all=(30, 20, 10, 10),
+                  taste_tfidf=(60, 50, 50, 40, 20, 20, 20), proxy_topic=(250, 100, 50), blend=())
 
 
 class Proxy:
@@ -71,9 +90,11 @@ class Proxy:
     the model's own scores, centred per user (`training.retrieval`). It orders whole topics once an
     hour without the user side; the model itself then ranks the candidates."""
 
-    def __init__(self, model, text: bool) -> None:
+    def __init__(self, model, text: bool, blend: dict[str, float] | None = None) -> None:
         self.model = model
         self.text = text
+        # weights of (proxy, sim_liked, sim_contrast, sim_liked_topic, sim_tfidf_topic), or None
+        self.blend = None if blend is None else np.array([blend[k] for k in BLEND_TERMS], np.float32)
 
     def score(self, static: np.ndarray, counters: np.ndarray, text: np.ndarray, chunk: int = 100_000) -> np.ndarray:
         out = np.empty(len(static), np.float64)
@@ -100,7 +121,7 @@ def load_proxies(version_dir: Path) -> dict[str, Proxy]:
             raise ValueError("retrieval proxy has other columns than this code builds: retrain")
         model = CatBoostRegressor()
         model.load_model(str(Path(version_dir) / meta["file"]))
-        out[name] = Proxy(model, bool(meta["text"]))
+        out[name] = Proxy(model, bool(meta["text"]), meta.get("blend"))  # older artifacts: no blend
     return out
 
 
@@ -179,6 +200,7 @@ class _Hourly:
     """What the sources that need the post counters hold for one hour (counts as of its start)."""
 
     key: tuple
+    score: np.ndarray  # the proxy's score of every row
     by_topic: tuple[np.ndarray, ...]  # per topic, the proxy's best rows, best first
     popular: np.ndarray
     fresh: np.ndarray
@@ -186,6 +208,15 @@ class _Hourly:
 
 def _nth(budget: tuple[int, ...], i: int) -> int:
     return budget[i] if i < len(budget) else 0
+
+
+def _top(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """The k rows with the highest values (values[i] belongs to rows[i]), best first."""
+    k = min(k, len(rows))
+    if not k:
+        return np.empty(0, np.int64)
+    top = np.argpartition(-values, k - 1)[:k]
+    return rows[top[np.argsort(-values[top], kind="stable")]]
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
@@ -242,22 +273,48 @@ class Retriever:
     def candidates(self, model: str, user: UserView, t: int, timeline: PostTimeline,
                    cat: CatalogueFrame) -> np.ndarray:
         """Sorted unique rows of the catalogue `cat` worth ranking for this user at t."""
-        b = self.budget
         parts: list[np.ndarray] = []
         name = model if model in self.proxies else next(iter(self.proxies))
         hourly = self._hour(name, t, timeline)
+        proxy = self.proxies[name]
+        weights = proxy.blend
+        b = NO_BLEND if proxy.text and weights is None else self.budget
         for i, topic in enumerate(self.favourite_topics(user)):
             topic = int(topic)
-            parts.append(self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]),
-                                                    [_nth(b.taste_topic, i), _nth(b.taste_all, i)]))
-            parts.append(self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :],
-                                                          [_nth(b.taste_tfidf, i)]))
-            parts.append(hourly.by_topic[topic][:_nth(b.proxy_topic, i)])
+            taste = self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]),
+                                               [_nth(b.taste_topic, i), _nth(b.taste_all, i)])
+            tfidf = self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :], [_nth(b.taste_tfidf, i)])
+            parts += [taste, tfidf, hourly.by_topic[topic][:_nth(b.proxy_topic, i)]]
+            if weights is not None and _nth(b.blend, i):
+                parts.append(self._blend(topic, user, weights, hourly, np.concatenate([taste, tfidf]),
+                                         _nth(b.blend, i)))
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
         rows = np.unique(np.concatenate(parts).astype(np.int64))
         return rows[rows < cat.n]
+
+    def _blend(self, topic: int, user: UserView, w: np.ndarray, hourly: _Hourly, found: np.ndarray,
+               k: int) -> np.ndarray:
+        """The k posts of `topic` best by w . (proxy, sim_liked, sim_contrast, sim_liked_topic,
+        sim_tfidf_topic): the three sentence-space terms fold into one query vector. Every post of the
+        topic while it is held exactly; above, the proxy's best `blend_pool` and the taste results
+        `found`."""
+        query = w[1] * user.vec[0] + w[2] * user.contrast[0] + w[3] * user.topic_vec[0, topic]
+        query_tfidf = w[4] * user.topic_tfidf[0, topic]
+        sent, tfidf, score = self.topics[topic], self.tfidf_topics[topic], hourly.score
+        if sent.index is None and tfidf.index is None:
+            rows, vecs, tvecs = sent.rows, sent.vecs, tfidf.vecs  # both indexes hold the topic's rows in one order
+            n = min(len(rows), len(vecs), len(tvecs))
+            rows = rows[:n]
+            n = int(np.searchsorted(rows, len(score)))  # rows only grow; rows added after the hour wait
+            value = w[0] * score[rows[:n]] + vecs[:n] @ query + tvecs[:n] @ query_tfidf
+            return _top(rows[:n], value, k)
+        posts = self._frame.posts
+        pool = np.unique(np.concatenate([hourly.by_topic[topic][:self.budget.blend_pool], found]))
+        pool = pool[pool < len(score)]
+        value = w[0] * score[pool] + posts.vec[pool] @ query + posts.tfidf_vec[pool] @ query_tfidf
+        return _top(pool, value, k)
 
     def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:
         """The counter-based sources as of the start of t's hour (events before t only), computed once per
@@ -276,7 +333,7 @@ class Retriever:
         posts = frame.posts
         score = self.proxies[name].score(posts.static, finalize_posts(now, self.priors), posts.text)
         topic = posts.topic
-        keep = max(*b.proxy_topic, b.proxy_every)
+        keep = max(*b.proxy_topic, b.proxy_every, b.blend_pool)
         by_topic = tuple(_best(np.flatnonzero(topic == k), score, keep) for k in range(N_TOPICS))
         popular = _best(np.arange(n), (now[:, 1] - week[:, 1]).astype(np.float64), b.popular)
         # young posts first, the newest first (born within fresh_hours; the engine drops those born
@@ -286,6 +343,6 @@ class Retriever:
         few = np.flatnonzero(now[:, 0] < self.fresh_views)
         fresh = np.concatenate([young, _best(few, score, b.fresh)])
         _, first = np.unique(fresh, return_index=True)
-        entry = _Hourly(key, by_topic, popular, fresh[np.sort(first)][:b.fresh])
+        entry = _Hourly(key, score, by_topic, popular, fresh[np.sort(first)][:b.fresh])
         self._hourly[name] = entry  # one assignment: readers see an old or a new entry, whole
         return entry

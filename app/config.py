@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     )
     state_poll_seconds: float = Field(default=0.2, gt=0, le=60, description="How often the state polls the database.")
     state_batch_rows: int = Field(default=50_000, ge=1, description="Feed rows read per poll while catching up.")
+    state_keep_hours: float = Field(
+        default=240, ge=170, le=24 * 365,
+        description="Events the state keeps one by one behind the latest applied one; older ones are folded into "
+                    "its base (counts), so memory stops growing with the feed. Requests before that cut are answered "
+                    "as of it. At least 170 h: recent-popularity retrieval looks 7 days back.",
+    )
+    state_compact_hours: float = Field(
+        default=24, gt=0, le=24 * 365,
+        description="Fold once this many hours of events have passed the STATE_KEEP_HOURS horizon.",
+    )
     retrieval: str = Field(
         default="candidates", pattern="^(candidates|full)$",
         description="candidates: CatBoost ranks a few hundred retrieved posts (app/candidates.py); full: every "

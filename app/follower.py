@@ -20,6 +20,7 @@ up from the same sequence number.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class FollowerStatus:
 class Follower:
     def __init__(self, engine: Engine, state: LiveState, poll_seconds: float = 0.2, batch_rows: int = 50_000,
                  max_backoff: float = 10.0, users_poll_seconds: float = 0.5, posts_poll_seconds: float = 1.0,
-                 posts_batch: int = 256) -> None:
+                 posts_batch: int = 256, keep_seconds: int = 240 * 3600, compact_seconds: int = 24 * 3600) -> None:
         self.engine = engine
         self.state = state
         self.poll_seconds = poll_seconds
@@ -71,8 +72,13 @@ class Follower:
         self.posts_batch = posts_batch
         self._posts_polled = -float("inf")
         self._encoder: Encoder | None = None
+        self._encoder_used = 0.0
+        self.encoder_idle_seconds = 600.0
         self.batch_rows = batch_rows
         self.max_backoff = max_backoff
+        # events kept one by one behind the latest: never less than the exclusion window needs
+        self.keep_seconds = max(int(keep_seconds), state.exclude_viewed_seconds)
+        self.compact_seconds = int(compact_seconds)
         snap = state.snapshot
         self.status = FollowerStatus(applied_seq=snap.seq, database_seq=snap.seq)
         self._high = snap.seq
@@ -101,17 +107,14 @@ class Follower:
 
     def _run(self) -> None:
         backoff = self.poll_seconds
-        if self.state.text_transforms is not None:  # load the encoder now, not when the first new post waits
-            try:
-                self._encoder = make_encoder(self.state.text_transforms.encoder_name)
-            except Exception:  # noqa: BLE001 - no encoder only stops new posts; the feed is still followed
-                logger.exception("state follower: cannot load the text encoder; new posts will wait")
         while not self._stop.is_set():
             try:
                 more = self.poll()
                 backoff = self.poll_seconds
                 if more:
                     continue  # a full batch: read the next one at once
+                self.compact()
+                self._release_encoder()
             except SQLAlchemyError as exc:
                 self.status.failures += 1
                 self.status.last_error = exc.__class__.__name__
@@ -161,6 +164,27 @@ class Follower:
         if applied:
             status.rate = applied / max(time.perf_counter() - started, 1e-6)
         return len(batch) >= self.batch_rows
+
+    def compact(self, now: float | None = None) -> int:
+        """Fold the events older than `keep_seconds` behind the latest applied one (or behind the wall
+        clock, whichever is earlier: a row stamped in the future must not fold the present away) into
+        the state's base, once they span `compact_seconds`; returns the user events folded."""
+        latest = min(self.state.latest_event, int(time.time() if now is None else now))
+        cut = latest - self.keep_seconds
+        if cut - self.state.base_as_of < self.compact_seconds:
+            return 0
+        started = time.perf_counter()
+        folded = self.state.compact(cut)
+        return_memory()  # the old base's arrays and the per-user tails are free now
+        logger.info("state follower: {} events folded into the base, now as of {} ({:.2f}s)", folded, cut,
+                    time.perf_counter() - started)
+        return folded
+
+    def _release_encoder(self) -> None:
+        """The text encoder holds ~200 MB (minilm-int8): a worker keeps it only while posts keep coming."""
+        if self._encoder is not None and time.monotonic() - self._encoder_used > self.encoder_idle_seconds:
+            self._encoder = None
+            return_memory()
 
     def _poll_gaps(self, conn: Connection, horizon_min: int) -> EventBatch:
         """Rows that filled open gaps; gaps whose writers have all finished are closed after this read."""
@@ -227,9 +251,9 @@ class Follower:
     def _add_posts(self, rows: pd.DataFrame) -> None:
         """Text features of new posts off the request path, in batches, then into the catalogue."""
         transforms = self.state.text_transforms
-        if self._encoder is None:
-            self._encoder = make_encoder(transforms.encoder_name)
         started = time.perf_counter()
+        if self._encoder is None:  # loaded when posts come (about a second), released when they stop
+            self._encoder = make_encoder(transforms.encoder_name, lean=True)
         bad = ~rows[c.TOPIC].isin(c.TOPICS)
         if bad.any():  # a row the model cannot place: skip it loudly rather than stop following
             logger.warning("state follower: posts {} have topics outside {}: skipped",
@@ -241,7 +265,16 @@ class Follower:
             added = self.state.add_posts(part, view, born=self.state.latest_event)
             self.status.posts_added += added
         self.status.posts_encode_seconds += time.perf_counter() - started
+        self._encoder_used = time.monotonic()
         logger.info("state follower: {} new posts in {:.2f}s", len(rows), time.perf_counter() - started)
+
+
+def return_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it in its arenas otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def check_feed(engine: Engine) -> str | None:

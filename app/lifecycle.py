@@ -19,7 +19,6 @@ clock they share (`serving_now`), so that no request starting after that moment 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import os
@@ -37,7 +36,7 @@ from sqlalchemy import Engine
 
 from app.artifacts import CURRENT
 from app.engine import Recommender
-from app.follower import Follower
+from app.follower import Follower, return_memory
 
 
 @dataclass(frozen=True)
@@ -309,18 +308,9 @@ class ModelWatcher:
             self.status.swaps += 1
             del serving, candidate
             gc.collect()  # the old version's arrays go as soon as the requests still using them finish
-            _return_memory()
+            return_memory()
             logger.info("model {} now serving (was {}), swapped in {}s", version, record.previous, record.seconds)
             return record
-
-
-def _return_memory() -> None:
-    """Hand freed memory back to the system: glibc keeps freed blocks of the old version in its arenas
-    (RSS stayed ~200 MB higher per swap at scale 1.0 without this; measured in-process)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _now() -> str:

@@ -9,9 +9,16 @@ are ranked from their profile. Before the snapshot's base cut the base alone ans
 Posts added to `post_text_df` join the catalogue (`app.catalogue`) with no history and follow the
 feed from then on (`add_posts`).
 
-One writer (the follower thread) calls `apply`, `add_users` and `add_posts`; request threads read. A batch is
-prepared off the lock and published under it in one short step, so a reader sees a batch whole or not
-at all.
+One writer (the follower thread) calls `apply`, `add_users`, `add_posts` and `compact`; request threads
+read. A batch is prepared off the lock and published under it in one short step, so a reader sees a
+batch whole or not at all.
+
+Memory stays flat however long the service follows the feed: `compact(cut)` folds every event older
+than the cut into the base (`app.snapshot.compact`: counts, days, likes, last views — what
+`build_snapshot` would hold for that cut) and the post timeline forgets its blocks before it; `snapshot`
+is then that compacted base (its `seq` and `events_until` stay the artifact's). Answers from the cut on
+do not change — the posts viewed in the exclusion window once the window lies after the cut; requests
+before it are answered as of the cut. The follower compacts (`Follower.compact`, STATE_KEEP_HOURS).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from app.features import (
 )
 from app.feed_events import EventBatch
 from app.post_counters import PostTimeline
-from app.snapshot import Snapshot
+from app.snapshot import Snapshot, compact
 from app.text_features import TextTransforms
 from app.user_state import LIKE, VIEW, fold_user, taste_at
 
@@ -83,6 +90,8 @@ class LiveState:
         self.late_events = 0  # applied with a time before the latest already applied
         self.latest_event = int(ev.ts.max()) if len(ev.ts) else snapshot.base_as_of
         self._counters_cache: tuple[object, np.ndarray] | None = None
+        self.compactions = 0
+        self.events_folded = 0  # user events folded into the base by compactions
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -129,8 +138,8 @@ class LiveState:
     def _read(self, row: int):
         """Everything one request needs, read together under the lock: the user's base and events, the
         post counters' frame and the catalogue's (row -1: only the frames)."""
-        s = self.snapshot
         with self._lock:
+            s = self.snapshot  # a compaction publishes another one, with its own events
             frame = self.timeline.frame
             cat = self.catalogue.frame
             if row < 0:
@@ -138,13 +147,13 @@ class LiveState:
             tail = self._tails.get(row)
             profile = (s.profile[row] if row < self._n_base_users
                        else self._new_profiles[row - self._n_base_users])
-        if row < self._n_base_users:
+        if row < len(s.base_counts):
             base = s.base_counts[row]
             days = s.days[s.days_indptr[row]:s.days_indptr[row + 1]]
             likes = s.likes[s.likes_indptr[row]:s.likes_indptr[row + 1]]
             seen = s.seen[s.seen_indptr[row]:s.seen_indptr[row + 1]]
             events = s.events.of(row)
-        else:
+        else:  # a user added since the last compaction
             base, days, likes, seen = empty_counts()[0], _NO_DAYS, _NO_POSTS, _NO_POSTS
             events = (np.empty(0, np.int64), _NO_POSTS, np.empty(0, np.int8), np.empty(0, np.int8))
         if tail is not None:
@@ -279,3 +288,33 @@ class LiveState:
         self.late_events += int((batch.ts < latest).sum())
         self.latest_event = max(latest, int(batch.ts.max()))
         return len(batch)
+
+    def compact(self, cut: int) -> int:
+        """Fold every event older than `cut` into the base and move the base cut there: memory stops
+        growing with the events applied. Requests from `cut` on are answered exactly as before; earlier
+        ones as of `cut` (`features_as_of`). Returns the number of user events folded (0: `cut` is not
+        past the base cut). Only the writer calls this: the new base is built off the lock, then published
+        in one step, like a batch."""
+        cut = int(cut)
+        if cut <= self.base_as_of:
+            return 0
+        tails = self._tails
+        if tails:
+            keys = np.fromiter(tails.keys(), np.int64, len(tails))
+            parts = list(tails.values())
+            packed = np.concatenate(parts)
+            rows = np.repeat(keys, np.fromiter((len(p) for p in parts), np.int64, len(parts)))
+            del parts
+        else:
+            packed, rows = np.empty(0, TAIL_DTYPE), np.empty(0, np.int64)
+        compacted, folded = compact(self.snapshot, rows, packed["ts"], packed["post"], packed["kind"],
+                                    packed["target"], self.n_users, cut, self.catalogue.frame.posts.topic)
+        del packed, rows
+        with self._lock:
+            self.snapshot = compacted
+            self._tails = {}
+            self.base_as_of = cut
+            self.timeline.compact(cut)
+        self.compactions += 1
+        self.events_folded += folded
+        return folded

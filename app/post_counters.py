@@ -68,6 +68,7 @@ class _Frame:
     head: _Views
     current: np.ndarray  # counts after every view
     n_posts: int
+    floor: int | None = None  # moments before it are read as of it (the views before it are no longer kept)
 
 
 class PostTimeline:
@@ -110,6 +111,8 @@ class PostTimeline:
         """(P, 2) counts of the views strictly before t (never modify the result: it may be shared)."""
         f = self._frame if frame is None else frame  # one read: a batch meanwhile publishes a new frame
         n = f.n_posts
+        if f.floor is not None and t < f.floor:
+            t = f.floor
         k = int(np.searchsorted(f.last_ts, t, side="left"))
         if k < len(f.blocks):
             block = f.blocks[k]
@@ -126,7 +129,7 @@ class PostTimeline:
             return
         f = self._frame
         n = f.n_posts + k
-        self._frame = _Frame(f.blocks, f.last_ts, f.checkpoints, f.head, _sized(f.current, n), n)
+        self._frame = _Frame(f.blocks, f.last_ts, f.checkpoints, f.head, _sized(f.current, n), n, f.floor)
 
     def add(self, ts: np.ndarray, post: np.ndarray, target: np.ndarray) -> None:
         """Apply views (any order). Only the writer thread calls this."""
@@ -147,8 +150,17 @@ class PostTimeline:
             checkpoints.append(_sized(checkpoints[-1], n) + _bincount(sealed, n))
         current = _sized(checkpoints[-1], n) + _bincount(pending, n)
         last_ts = np.array([b.ts[-1] for b in blocks], dtype=np.int64)
-        self._frame = _Frame(tuple(blocks), last_ts, tuple(checkpoints), pending, current, n)
+        self._frame = _Frame(tuple(blocks), last_ts, tuple(checkpoints), pending, current, n, f.floor)
         self.applied += len(new)
+
+    def compact(self, cut: int) -> None:
+        """Forget the sealed blocks that end before `cut`: their views are in the next checkpoint, and
+        counts as of any moment from `cut` on stay exact; earlier moments are read as of `cut`. Only
+        the writer calls this."""
+        f = self._frame
+        k = int(np.searchsorted(f.last_ts, cut, side="left"))  # blocks 0..k-1 end before the cut
+        floor = int(cut) if f.floor is None else max(f.floor, int(cut))
+        self._frame = _Frame(f.blocks[k:], f.last_ts[k:], f.checkpoints[k:], f.head, f.current, f.n_posts, floor)
 
 
 class ViewIndex:

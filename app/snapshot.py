@@ -12,12 +12,29 @@ follower continues after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from app.features import N_COUNTS, PostView, Priors
+from app.features import (
+    COUNT_DAYS,
+    COUNT_FIRST,
+    COUNT_LAST,
+    COUNT_LIKED,
+    COUNT_TOPIC_LIKED,
+    COUNT_TOPIC_VIEWS,
+    COUNT_VIEWS,
+    N_COUNTS,
+    N_TOPICS,
+    SECONDS_PER_DAY,
+    PostView,
+    Priors,
+    empty_counts,
+)
+from app.user_state import LIKE, VIEW
+
+LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
 
 
 @dataclass
@@ -45,6 +62,15 @@ class UserEvents:
     def of(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = self.indptr[row], self.indptr[row + 1]
         return self.ts[lo:hi], self.post[lo:hi], self.kind[lo:hi], self.target[lo:hi]
+
+
+def _last_of_group(groups: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the last k entries of each run of equal `groups` (sorted)."""
+    if not len(groups):
+        return np.zeros(0, bool)
+    last = np.r_[np.flatnonzero(groups[1:] != groups[:-1]), len(groups) - 1]
+    ends = np.repeat(last, np.diff(np.r_[-1, last]))
+    return ends - np.arange(len(groups)) < k
 
 
 def csr(groups: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,3 +143,86 @@ class Snapshot:
         for name in ("base_as_of", "events_until", "seq", "seq_xmax"):
             kwargs[name] = int(kwargs[name])
         return cls(**kwargs)
+
+
+def compact(s: Snapshot, rows: np.ndarray, ts: np.ndarray, post: np.ndarray, kind: np.ndarray, target: np.ndarray,
+            n_rows: int, cut: int, post_topic: np.ndarray) -> tuple[Snapshot, int]:
+    """The snapshot with its base cut moved forward to `cut`: the events held (the snapshot's and the
+    extra ones, e.g. those applied since, with their user `rows`) that are older than `cut` folded
+    into the base (counts, days, likes, last views) exactly as `fold_user` and `build_snapshot` count
+    them, the others kept one by one — all in one pass of array operations over every user (no Python
+    loop per user). `n_rows` users (rows past the snapshot's: users added since, with an empty base).
+    Returns it and how many events were folded. Answers for moments from `cut` on do not change.
+
+    Events stay per user in time order; ties keep their order (the snapshot's, then the extra ones as
+    given), so that "the last N views" picks the same posts as before.
+    """
+    ev = s.events
+    n0 = len(ev.indptr) - 1
+    own = np.repeat(np.arange(n0, dtype=np.int64), np.diff(ev.indptr))
+    row = np.concatenate([own, np.asarray(rows, np.int64)])
+    del own
+    ts = np.concatenate([ev.ts, np.asarray(ts, np.int64)])
+    # one stable sort on (user, time): times are non-negative seconds below 2**32
+    order = np.argsort(row << 32 | ts, kind="stable")
+    row, ts = row[order], ts[order]
+    post = np.concatenate([ev.post, np.asarray(post, np.int32)])[order]
+    kind = np.concatenate([ev.kind, np.asarray(kind, np.int8)])[order]
+    target = np.concatenate([ev.target, np.asarray(target, np.int8)])[order]
+    del order
+    old = ts < cut
+    folded = int(old.sum())
+
+    def grown(indptr: np.ndarray) -> np.ndarray:  # a CSR index over n_rows users (the new ones empty)
+        return np.concatenate([indptr, np.full(n_rows + 1 - len(indptr), indptr[-1], np.int64)])
+
+    def owners(indptr: np.ndarray) -> np.ndarray:
+        return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+
+    base = np.concatenate([s.base_counts, empty_counts(n_rows - n0)])
+    views = old & (kind == VIEW)
+    r, vts, vtarget = row[views], ts[views], target[views].astype(np.int64)
+    vtopic = post_topic[post[views]].astype(np.int64)
+    base[:, COUNT_VIEWS] += np.bincount(r, minlength=n_rows)
+    base[:, COUNT_LIKED] += np.bincount(r, weights=vtarget, minlength=n_rows).astype(np.int64)
+    key = r * N_TOPICS + vtopic
+    base[:, COUNT_TOPIC_VIEWS] += np.bincount(key, minlength=n_rows * N_TOPICS).reshape(n_rows, N_TOPICS)
+    base[:, COUNT_TOPIC_LIKED] += np.bincount(key[vtarget > 0], minlength=n_rows * N_TOPICS).reshape(n_rows, N_TOPICS)
+    if len(r):  # first and last view: views are per user in time order
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        ends = np.r_[starts[1:], len(r)] - 1
+        who, first, last = r[starts], vts[starts], vts[ends]
+        had = base[who, COUNT_FIRST] >= 0
+        base[who, COUNT_FIRST] = np.where(had, np.minimum(base[who, COUNT_FIRST], first), first)
+        base[who, COUNT_LAST] = np.maximum(base[who, COUNT_LAST], last)
+    # distinct days: the union of the base's and the folded views', per user
+    days_indptr = grown(s.days_indptr)
+    day_key = np.unique(np.concatenate([owners(days_indptr) << 32 | s.days.astype(np.int64),
+                                        r << 32 | vts // SECONDS_PER_DAY]))
+    day_rows = day_key >> 32
+    day_counts = np.bincount(day_rows, minlength=n_rows)
+    base[:, COUNT_DAYS] += day_counts - np.diff(days_indptr)
+    days_indptr = np.concatenate([[0], np.cumsum(day_counts)]).astype(np.int64)
+    days = (day_key & 0xFFFFFFFF).astype(np.int32)
+    del day_key, day_rows
+    # likes before the cut: the base's, then the folded ones
+    likes_indptr = grown(s.likes_indptr)
+    liked = old & (kind == LIKE)
+    like_rows = np.concatenate([owners(likes_indptr), row[liked]])
+    order = np.argsort(like_rows, kind="stable")
+    likes = np.concatenate([s.likes, post[liked]])[order].astype(np.int32)
+    likes_indptr = np.concatenate([[0], np.cumsum(np.bincount(like_rows, minlength=n_rows))]).astype(np.int64)
+    # the last views before the cut, oldest first: the base's, then the folded ones
+    seen_indptr = grown(s.seen_indptr)
+    seen_rows = np.concatenate([owners(seen_indptr), r])
+    order = np.argsort(seen_rows, kind="stable")
+    seen_rows = seen_rows[order]
+    keep = _last_of_group(seen_rows, LAST_VIEWS_KEPT)
+    seen = np.concatenate([s.seen, post[views]])[order][keep].astype(np.int32)
+    seen_indptr = np.concatenate([[0], np.cumsum(np.bincount(seen_rows[keep], minlength=n_rows))]).astype(np.int64)
+    del r, vts, vtarget, vtopic, key, order, seen_rows, keep
+    recent = ~old
+    events = UserEvents(np.concatenate([[0], np.cumsum(np.bincount(row[recent], minlength=n_rows))]).astype(np.int64),
+                        ts[recent], post[recent], kind[recent], target[recent])
+    return replace(s, base_as_of=int(cut), base_counts=base, days_indptr=days_indptr, days=days,
+                   likes_indptr=likes_indptr, likes=likes, seen_indptr=seen_indptr, seen=seen, events=events), folded

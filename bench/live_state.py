@@ -4,6 +4,7 @@
     python -m bench.live_state freshness --db URL --models DIR [--trials 200]
     python -m bench.live_state apply --db URL --models DIR [--days 1]
     python -m bench.live_state serving --db URL --models DIR [--duration 30] [--workers 2]
+    python -m bench.live_state encoder
 
 Each command works on a copy of the database (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on
 PostgreSQL), starts the services it compares as their own processes on loopback, and appends its
@@ -33,7 +34,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app import columns as c
-from app.config import PROJECT_ROOT
+from app.config import PROJECT_ROOT, Settings
 from app.db import make_engine, masked
 from app.engine import Recommender
 from app.feed_events import EventBatch
@@ -311,6 +312,7 @@ def cmd_serving(args) -> None:
                     week = replayed_events(Recommender.load(args.models), 7, shift_weeks=3)
                     insert(db, week)
                     _wait_caught_up(8023, _max_seq(db), timeout=1800)
+                    _wait_compacted(8023, timeout=600)
                     rss["live after a week"] = tree_rss_mb(proc.pid) / args.workers
                     state = httpx.get("http://127.0.0.1:8023/ready", timeout=5).json()["state"]
             finally:
@@ -333,8 +335,12 @@ def cmd_serving(args) -> None:
         body.append(f"\nConcurrency {conc}: live / frozen p50 {live['p50_ms'] / f['p50_ms']:.3f}, "
                     f"p99 {live['p99_ms'] / f['p99_ms']:.3f}.")
     body.append(f"\nRSS per worker: frozen {rss['frozen']:.0f} MB, live after a day {rss['live']:.0f} MB, live after "
-                f"a further week of events ({state['events_applied']:,} applied in all) "
-                f"{rss['live after a week']:.0f} MB ({rss['live after a week'] / rss['frozen']:.3f}x frozen).")
+                f"a further week of events ({state['events_applied']:,} applied in all; {state['compactions']} "
+                f"compaction(s) folded {state['events_folded']:,} user events into the base, now as of "
+                f"{state['base_as_of']}) {rss['live after a week']:.0f} MB "
+                f"({rss['live after a week'] / rss['frozen']:.3f}x frozen). The replayed days lie two and three weeks "
+                "after the artifact's data, so the first "
+                "compaction folds the snapshot's own events too.")
     append("Request path and memory, frozen vs live", body)
 
 
@@ -384,9 +390,53 @@ def _wait_caught_up(port: int, seq: int, timeout: float, streak: int = 10) -> No
         time.sleep(0.2 if ok else 1)
 
 
+def _wait_compacted(port: int, timeout: float, streak: int = 10) -> None:
+    """Until `streak` answers in a row (any worker) show no compaction due: the events held one by one
+    span at most STATE_KEEP_HOURS + STATE_COMPACT_HOURS behind the latest."""
+    settings = Settings()
+    span = (settings.state_keep_hours + settings.state_compact_hours) * 3600
+    deadline, ok = time.monotonic() + timeout, 0
+    while ok < streak:
+        state = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10, headers={"Connection": "close"}).json()["state"]
+        held = datetime.fromisoformat(state["latest_event"]) - datetime.fromisoformat(state["base_as_of"])
+        ok = ok + 1 if held.total_seconds() <= span else 0
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live service did not compact")
+        time.sleep(0.2 if ok else 1)
+
+
+# ------------------------------------------------------------------ encoder memory
+def _vm_rss_mb() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+def _encoder_rss(lean: bool) -> None:
+    """In this process: resident MB before the encoder, after loading it, after one batch of 64 texts."""
+    from app.text_encoder import make_encoder
+
+    before = _vm_rss_mb()
+    encoder = make_encoder("minilm-int8", lean=lean)
+    loaded = _vm_rss_mb()
+    encoder.encode([" ".join(["word"] * 200) + f" {i}" for i in range(64)])  # 128 tokens each
+    print(f"{before:.0f} {loaded:.0f} {_vm_rss_mb():.0f}")
+
+
+def cmd_encoder(args) -> None:
+    rows = ["| onnxruntime session | MB before | after loading | after one batch of 64 texts of 128 tokens |",
+            "|---|---|---|---|"]
+    for lean in (False, True):
+        out = subprocess.run([sys.executable, "-c", f"from bench.live_state import _encoder_rss; _encoder_rss({lean})"],
+                             check=True, capture_output=True, text=True).stdout.split()
+        name = "arena off (`make_encoder(..., lean=True)`: the follower)" if lean else "default (training)"
+        rows.append(f"| {name} | {out[0]} | {out[1]} | {out[2]} |")
+    append("Text encoder memory (minilm-int8), one process each", rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.live_state")
     sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("encoder")
     for name in ("simulate", "freshness", "apply", "serving"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
@@ -410,7 +460,8 @@ def main() -> None:
             p.add_argument("--trickle", type=float, default=100.0)
             p.add_argument("--work", default="/tmp/bench-live")
     args = ap.parse_args()
-    commands = {"simulate": cmd_simulate, "freshness": cmd_freshness, "apply": cmd_apply, "serving": cmd_serving}
+    commands = {"simulate": cmd_simulate, "freshness": cmd_freshness, "apply": cmd_apply, "serving": cmd_serving,
+                "encoder": cmd_encoder}
     commands[args.command](args)
 
 

@@ -189,7 +189,7 @@ def test_world_grows_releases_and_holds_back(tmp_path):
     from sqlalchemy import text as sql
 
     from training.world.generate import generate_world
-    from training.world.model import World
+    from training.world.model import HELD_BACK, World
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     generate_world(url, scale=0.002, seed=3, world_path=tmp_path / "w.npz", n_posts=8000, release_share=0.5,
@@ -200,6 +200,7 @@ def test_world_grows_releases_and_holds_back(tmp_path):
     held = world.held_back_ids()
     assert len(held) == 40 and not set(held.tolist()) & set(posts[c.POST_ID].tolist())
     assert len(world.held_back_text) == 40
+    assert len(np.unique(world.post_topic[world.post_index(held)])) >= 3  # drawn over the topics, not the last ids
     engine = make_engine(url)
     with engine.connect() as conn:
         feed = pd.DataFrame(conn.execute(sql("SELECT post_id, timestamp FROM feed_data")).mappings().all())
@@ -207,6 +208,84 @@ def test_world_grows_releases_and_holds_back(tmp_path):
     ts = (pd.to_datetime(feed["timestamp"]) - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
     release = world.post_release[world.post_index(feed[c.POST_ID].to_numpy())]
     assert (release <= ts.to_numpy()).all()
-    late = world.post_release[:7960] > world.start
+    kept = world.post_release < HELD_BACK
+    late = world.post_release[kept] > world.start
     assert 0.4 < late.mean() < 0.6
     assert np.isin(world.post_ids[7023:7960], feed[c.POST_ID]).mean() > 0.5  # posts beyond the real texts are shown
+
+
+def test_held_back_posts_are_drawn_over_the_catalogue():
+    """The real posts are stored topic after topic: held-back posts taken from the end would all be movies."""
+    from training.world.generate import release_times
+    from training.world.model import HELD_BACK
+
+    release = release_times(7023, 0.3, 700, 0, 30 * 86_400, np.random.default_rng(0))
+    held = np.flatnonzero(release >= HELD_BACK)
+    assert len(held) == 700
+    assert (held < 7023 // 2).mean() > 0.4  # about half in the first half of the ids
+
+
+def test_fit_blend_recovers_the_weights_within_groups():
+    """Scores made of known weights plus a per-group offset: the fit finds the weights, not the offsets."""
+    from training.retrieval import fit_blend
+
+    rng = np.random.default_rng(0)
+    n, groups = 5000, 200
+    group = rng.integers(0, groups, size=n)
+    proxy, sims = rng.normal(size=n), rng.normal(size=(n, 4))
+    truth = np.array([1.5, 0.5, -0.3, 0.0, 2.0])
+    y = np.column_stack([proxy, sims]) @ truth + rng.normal(scale=5.0, size=groups)[group] + rng.normal(0, 0.1, n)
+    blend = fit_blend(proxy, sims, y, group)
+    from app.candidates import BLEND_TERMS
+
+    np.testing.assert_allclose([blend[k] for k in BLEND_TERMS], truth, atol=0.02)
+    assert blend["r2"] > 0.99
+
+
+@pytest.mark.parametrize("exact_below", [8_000, 50])
+def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_below):
+    """The blend source's posts are a topic's best by w . (proxy, the four similarities `assemble` gives
+    the test model), computed here from the feature matrix itself; above exact_below (faiss) it picks
+    from the proxy's best and the taste results, by the same formula."""
+    from app.candidates import Retriever
+    from app.features import TEXT_CROSS, assemble, feature_names
+
+    cand = Recommender.load(trained["model_dir"])
+    retriever = cand.retriever
+    weights = retriever.proxies["test"].blend
+    assert weights is not None  # training wrote the blend for the text model
+    assert retriever.proxies["control"].blend is None
+    retriever = Retriever(retriever.proxies, retriever.priors, exact_below=exact_below, nprobe=4)
+    retriever.update(cand.state.catalogue.frame)
+    snap = cand.state.snapshot
+    names = feature_names(True)
+    sims = [names.index(k) for k in TEXT_CROSS]
+    for user_id in snap.user_ids[:5]:
+        t = snap.events_until + 3600
+        user, posts = cand.state.at(cand.state.user_row(int(user_id)), t)
+        hourly = retriever._hour("test", t, cand.state.timeline)
+        x = assemble(user.view, np.int64(0), posts, None, np.int64(t), text=True)
+        value = weights[0] * hourly.score + x[:, sims].astype(np.float64) @ weights[1:]
+        topic = int(retriever.favourite_topics(user.view)[0])
+        in_topic = np.flatnonzero(posts.topic == topic)
+        got = retriever._blend(topic, user.view, weights, hourly, np.empty(0, np.int64), 10)
+        assert len(got) == 10 and (posts.topic[got] == topic).all()
+        if exact_below > len(in_topic):
+            want = in_topic[np.argsort(-value[in_topic], kind="stable")[:10]]
+            np.testing.assert_array_equal(np.sort(got), np.sort(want))
+        else:  # the best of the proxy's pool by the same formula
+            pool = hourly.by_topic[topic][:retriever.budget.blend_pool]
+            assert np.isin(got, pool).all()
+            assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
+
+
+def test_simulation_counts_views_and_likes_of_inserted_posts():
+    """`simulate --new-posts-per-day` reports how many inserted posts were viewed and liked, once each."""
+    from training.simulate import _NewPosts
+
+    new = _NewPosts.__new__(_NewPosts)
+    new.inserted, new.viewed, new.liked = {900: 0, 901: 0}, set(), set()
+    screen = pd.DataFrame({c.TIMESTAMP: [1, 2, 3, 4, 5], c.USER_ID: 7, c.POST_ID: [5, 900, 901, 900, 900],
+                           c.ACTION: [c.VIEW, c.VIEW, c.VIEW, c.LIKE, c.VIEW], c.TARGET: [0, 1, 0, None, 0]})
+    assert new.react(screen) == (3, 1)
+    assert new.viewed == {900, 901} and new.liked == {900}

@@ -153,6 +153,35 @@ def test_post_timeline_equals_counts_before():
         np.testing.assert_array_equal(timeline.counts_at(t), expected)
 
 
+def test_post_timeline_compaction_keeps_counts_from_the_cut():
+    """Forgetting the blocks before a cut changes no count from the cut on; earlier moments read as of the
+    cut; late views and new batches after a compaction still land in place."""
+    rng = np.random.default_rng(6)
+    n_posts, n = 30, 4000
+    ts = rng.integers(0, 10_000, size=n)
+    post = rng.integers(0, n_posts, size=n)
+    target = (rng.random(n) < 0.3).astype(np.int8)
+    base = rng.integers(0, 9, size=(n_posts, 2))
+    timeline = PostTimeline(base, block=97)
+    first, second = np.arange(n) < 3000, np.arange(n) >= 3000
+    late = second & (ts < 4000)  # the second part holds views from before the cut
+    timeline.add(ts[first], post[first], target[first])
+    blocks = len(timeline.frame.blocks)
+    timeline.compact(4000)
+    assert 0 < len(timeline.frame.blocks) < blocks
+
+    def expected(t, seen):
+        return base + counts_before(post[seen], ts[seen], target[seen], np.arange(n_posts), np.full(n_posts, t))
+
+    for t in (4000, 4001, 7777, 20_000):
+        np.testing.assert_array_equal(timeline.counts_at(t), expected(t, first))
+    np.testing.assert_array_equal(timeline.counts_at(17), expected(4000, first))  # before the cut: as of it
+    timeline.add(ts[second], post[second], target[second])
+    assert late.any()
+    for t in (4000, 4001, 7777, 20_000):
+        np.testing.assert_array_equal(timeline.counts_at(t), expected(t, first | second))
+
+
 def test_served_request_equals_training_row(trained, prepared):
     """What the service computes for (u, p, t) is the row training builds for (u, p, t)."""
     from app.engine import Recommender
@@ -188,17 +217,87 @@ def test_incremental_state_equals_rebuilt_state(prepared):
     rebuilt = LiveState(build_snapshot(h, prepared.users, prepared.static, prepared.priors, late - 3 * DAY), 72 * 3600)
     assert state.late_events > 0
     users = rng.choice(h.user_ids, size=25, replace=False)
+    _assert_same_answers(state, rebuilt, users, (late + 7, late + 3 * DAY + 11, h.end + DAY))  # exclusion in both
+
+
+def _assert_same_answers(state: LiveState, other: LiveState, users, times, viewed: bool = True) -> None:
     for u in users:
-        for t in (late + 7, late + 3 * DAY + 11, h.end + DAY):  # the exclusion window inside both
+        for t in times:
             a, pa = state.at(state.user_row(int(u)), t)
-            b, pb = rebuilt.at(rebuilt.user_row(int(u)), t)
+            b, pb = other.at(other.user_row(int(u)), t)
             np.testing.assert_array_equal(a.view.num, b.view.num)
             np.testing.assert_array_equal(a.view.last_view, b.view.last_view)
             for name in ("vec", "contrast", "topic_vec", "topic_tfidf"):
                 np.testing.assert_allclose(getattr(a.view, name), getattr(b.view, name), atol=1e-5)
             np.testing.assert_array_equal(np.sort(a.liked), np.sort(b.liked))
-            np.testing.assert_array_equal(np.sort(a.viewed), np.sort(b.viewed))
+            if viewed:
+                np.testing.assert_array_equal(np.sort(a.viewed), np.sort(b.viewed))
             np.testing.assert_array_equal(pa.counters, pb.counters)
+
+
+def test_compacted_state_equals_uncompacted_and_rebuilt(prepared):
+    """Events applied after an early snapshot, then folded into the base at a later cut: the base equals
+    the one a snapshot built from scratch at that cut holds (counts, days and likes exactly), and every
+    answer from the cut on equals the uncompacted state's and the rebuilt one's; events applied after the
+    compaction land as they would have."""
+    h, s = prepared.history, prepared.split
+    early, late = s.val_start, s.test_start
+    cut = late - 3 * DAY
+    ev = h.events
+    rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
+    old = ev.ts < early
+    early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
+                            h.seq, h.start, early)
+
+    def fresh() -> LiveState:
+        state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
+                                         early - 3 * DAY), 72 * 3600)
+        state.timeline.block = 997  # small blocks: the compaction has some to forget
+        return state
+
+    state, kept = fresh(), fresh()
+    later = np.flatnonzero(~old)
+    rng = np.random.default_rng(3)
+    later = later[np.argsort(ev.ts[later] + rng.integers(-600, 600, size=len(later)))]  # jittered: late rows
+    before, after = later[ev.ts[later] < late], later[ev.ts[later] >= late]  # the second part: after compacting
+
+    def batch(part) -> EventBatch:
+        return EventBatch(ev.ts[part], h.user_ids[rows[part]], h.post_ids[ev.post[part]], ev.kind[part],
+                          ev.target[part])
+
+    for part in np.array_split(before, 11):
+        state.apply(batch(part))
+        kept.apply(batch(part))
+    blocks = len(state.timeline.frame.blocks)
+    folded = state.compact(cut)
+    assert folded > 0 and state.base_as_of == cut and state.compactions == 1
+    assert len(state.timeline.frame.blocks) < blocks and not state._tails
+    assert state.compact(cut - DAY) == 0  # never backwards
+    rebuilt_early = build_snapshot(h, prepared.users, prepared.static, prepared.priors, cut)
+    got = state.snapshot
+    np.testing.assert_array_equal(got.base_counts, rebuilt_early.base_counts)
+    np.testing.assert_array_equal(got.days_indptr, rebuilt_early.days_indptr)
+    np.testing.assert_array_equal(got.days, rebuilt_early.days)
+    np.testing.assert_array_equal(got.likes_indptr, rebuilt_early.likes_indptr)
+    for r in range(len(h.user_ids)):
+        lo, hi = got.likes_indptr[r], got.likes_indptr[r + 1]
+        np.testing.assert_array_equal(np.sort(got.likes[lo:hi]), np.sort(rebuilt_early.likes[lo:hi]))
+    np.testing.assert_array_equal(got.seen_indptr, rebuilt_early.seen_indptr)
+    assert (got.events.ts >= cut).all()
+    users = rng.choice(h.user_ids, size=25, replace=False)
+    # the features from the cut on; the posts viewed in the exclusion window once it lies after the cut
+    _assert_same_answers(state, kept, users, (cut, cut + DAY), viewed=False)
+    _assert_same_answers(state, kept, users, (cut + 3 * DAY, late + 11))
+    for part in np.array_split(after, 7):
+        state.apply(batch(part))
+        kept.apply(batch(part))
+    rebuilt = LiveState(build_snapshot(h, prepared.users, prepared.static, prepared.priors, cut), 72 * 3600)
+    times = (cut + 3 * DAY, late + 7, late + 3 * DAY + 11, h.end + DAY)  # the exclusion window inside all
+    _assert_same_answers(state, kept, users, times)
+    _assert_same_answers(state, rebuilt, users, times)
+    assert state.compact(late) > 0  # again, with the events applied since
+    _assert_same_answers(state, rebuilt, users, times[2:])
+    assert state.features_as_of(cut) == late
 
 
 def _subset(ev, mask, n_users):

@@ -215,3 +215,25 @@ def test_an_older_postgres_database_is_refused_then_migrated(trained, pg_url):
                                     "WHERE table_name = 'recommendation_log'")).scalars().all()
     engine.dispose()
     assert "features_as_of" in columns
+
+
+def test_the_follower_folds_old_events_once_a_step_has_passed_the_horizon(trained):
+    """Compaction runs once STATE_COMPACT_HOURS of events lie past STATE_KEEP_HOURS behind the latest
+    event, never past the wall clock (a row stamped in the future folds nothing), and a request after
+    the cut is answered as before."""
+    day = 86_400
+    state = Recommender.load(trained["model_dir"]).state
+    engine = make_engine(trained["db_url"])
+    follower = Follower(engine, state, keep_seconds=170 * 3600, compact_seconds=day)
+    base, uid = state.base_as_of, int(state.snapshot.user_ids[0])
+    t = state.snapshot.events_until
+    before, _ = state.at(state.user_row(uid), t)
+    state.latest_event = base + 170 * 3600 + day - 1
+    assert follower.compact(now=10**10) == 0 and state.compactions == 0  # not a whole step yet
+    state.latest_event += 1
+    assert follower.compact(now=base + 170 * 3600) == 0 and state.compactions == 0  # the clock is behind
+    follower.compact(now=10**10)
+    assert state.compactions == 1 and state.base_as_of == base + day
+    after, _ = state.at(state.user_row(uid), t)
+    np.testing.assert_array_equal(before.view.num, after.view.num)
+    engine.dispose()

@@ -41,13 +41,12 @@ from app.features import (
 )
 from app.feed_events import EventBatch
 from app.post_counters import ViewIndex
-from app.snapshot import Snapshot, UserEvents, csr
+from app.snapshot import LAST_VIEWS_KEPT, Snapshot, UserEvents, csr
 from app.text_features import TextTransforms, post_text_features, tfidf_matrix, topic_codes
 from app.user_state import LIKE, VIEW, fold_user, taste_at
 
 VEC_DIM = 64  # text space of user vectors and similarities
 EXCLUDE_WINDOW_SECONDS = 72 * 3600  # events kept one by one before the snapshot's cut (exclusion window)
-LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
 MAX_FIT_POSTS = 100_000  # posts the text models are fitted on
 
 

@@ -11,7 +11,8 @@ events are not yet known to be applied, the simulation waits for the service's s
 
 Per simulated day it reports requests, observed and expected hit rate per group, and three staleness
 figures over the served posts: already liked before t, viewed in the 72 hours before t, and on the same
-user's previous screen.
+user's previous screen. With `new_posts_per_day`, also the share of screens holding a post inserted in
+the previous 24 hours, and how many of the inserted posts had been viewed and liked by the day's end.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class DayReport:
     oracle_expected: float | None = None  # the true best screen of posts the user has not liked
     posts_inserted: int = 0  # held-back posts inserted into post_text_df that day
     screens_with_young: int = 0  # screens holding a post inserted within young_hours before the request
+    new_post_views: int = 0  # views that day of posts the simulation inserted
+    new_post_likes: int = 0
+    new_posts_viewed: int = 0  # inserted posts viewed at least once, from the first day to the end of this one
+    new_posts_liked: int = 0  # inserted posts liked at least once, likewise
+    posts_inserted_total: int = 0
 
     def shares(self) -> dict[str, float | None]:
         n = self.served
@@ -115,6 +121,8 @@ class _NewPosts:
         self.queue: list[tuple[int, int]] = []  # (moment, index into ids)
         self.next = 0
         self.inserted: dict[int, int] = {}  # post id -> moment inserted
+        self.viewed: set[int] = set()  # inserted posts viewed at least once
+        self.liked: set[int] = set()
         self.unreleased = np.zeros(len(world.post_ids), bool)
         if len(self.ids):
             self.unreleased[world.post_index(self.ids)] = True
@@ -139,6 +147,15 @@ class _NewPosts:
             self.inserted[int(self.ids[i])] = m
             self.unreleased[self.world.post_index(np.array([self.ids[i]]))[0]] = False
         return len(due)
+
+    def react(self, screen: pd.DataFrame) -> tuple[int, int]:
+        """(views, likes) of inserted posts in one screen's feed rows, remembered per post."""
+        new = screen[screen[c.POST_ID].isin(list(self.inserted))] if self.inserted else screen.iloc[:0]
+        views = new.loc[new[c.ACTION] == c.VIEW, c.POST_ID].astype(int).tolist()
+        likes = new.loc[new[c.ACTION] == c.LIKE, c.POST_ID].astype(int).tolist()
+        self.viewed.update(views)
+        self.liked.update(likes)
+        return len(views), len(likes)
 
     def young(self, posts: np.ndarray, t: int, seconds: float) -> bool:
         return any(t - seconds < self.inserted.get(int(p), -10**18) <= t for p in posts)
@@ -333,6 +350,9 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
                 truth[world.post_index(np.fromiter(liked, np.int64))] = 0.0
             oracle.append(expected_hit(np.sort(truth)[-config.limit:]))
             feed.push(screen)
+            new_views, new_likes = new_posts.react(screen)
+            report.new_post_views += new_views
+            report.new_post_likes += new_likes
             n_likes = int((screen[c.ACTION] == c.LIKE).sum())
             g = body["exp_group"]
             if body.get("model_version") not in report.versions:
@@ -360,6 +380,8 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         report.expected_hitrate = round(float(everyone.mean()), 4) if len(everyone) else None
         report.expected_ci95 = bootstrap_ci(everyone, seed=day) if len(everyone) else None
         report.oracle_expected = round(float(np.mean(oracle)), 4) if oracle else None
+        report.posts_inserted_total = len(new_posts.inserted)
+        report.new_posts_viewed, report.new_posts_liked = len(new_posts.viewed), len(new_posts.liked)
         summary.expected.append(everyone.tolist())
         summary.young.append(young)
         summary.days.append({**report.__dict__, "shares": report.shares()})
@@ -381,8 +403,8 @@ def day_table(summary: SimSummary) -> str:
     """The per-day report as a Markdown table."""
     lines = ["| day | requests | hit rate control / test | expected control / test | expected, all [95% CI] | "
              "oracle | liked before t | viewed in 72 h | on previous screen | new posts / screens with a young post "
-             "| version |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| new posts so far: viewed / liked / inserted | version |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in summary.days:
         g = d["groups"]
 
@@ -395,5 +417,6 @@ def day_table(summary: SimSummary) -> str:
                      f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | {d['oracle_expected']} | "
                      f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} | "
                      f"{d['posts_inserted']} / {sh['screens_with_young']} | "
+                     f"{d['new_posts_viewed']} / {d['new_posts_liked']} / {d['posts_inserted_total']} | "
                      f"{', '.join(v or '-' for v in d['versions'])} |")
     return "\n".join(lines)

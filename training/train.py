@@ -299,7 +299,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
     write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
         "models": model_meta,
-        "retrieval": {"file": RETRIEVAL_FILE, "proxy_r2": {k: round(r2, 4) for k, (_, r2) in proxies.items()}},
+        "retrieval": {"file": RETRIEVAL_FILE, "proxy_r2": {k: round(v[1], 4) for k, v in proxies.items()}},
         "text_transforms": {"file": TRANSFORMS_FILE, "encoder": embedding_model},
         "state": {"file": STATE_FILE, "base_as_of": snapshot.base_as_of, "events_until": snapshot.events_until,
                   "seq": snapshot.seq, "users": len(snapshot.user_ids), "posts": len(snapshot.post_ids),

@@ -28,7 +28,8 @@ def state_report(recommender: Recommender, follower: Follower | None) -> dict:
     state = recommender.state
     out = {"following": follower is not None, "base_as_of": _iso(state.base_as_of),
            "latest_event": _iso(state.latest_event), "events_applied": state.events_applied,
-           "late_events": state.late_events, "pending_events": state.pending_events, "users": state.n_users}
+           "late_events": state.late_events, "pending_events": state.pending_events, "users": state.n_users,
+           "compactions": state.compactions, "events_folded": state.events_folded}
     if follower is not None:
         status = follower.status
         lag = follower.lag_seconds()

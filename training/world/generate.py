@@ -79,12 +79,13 @@ def grown_catalogue(posts: pd.DataFrame, themes: np.ndarray, n: int,
 def release_times(n: int, share: float, held_back: int, start: int, end: int,
                   rng: np.random.Generator) -> np.ndarray:
     """When each post enters: at the start, or for a `share` of them uniformly over the data's days;
-    the last `held_back` posts never within the data (inserted by the simulation)."""
+    `held_back` posts drawn at random never within the data (inserted by the simulation). At random, not
+    the last ids: the real posts are stored topic after topic, and the last 700 are all movies."""
     release = np.full(n, start, np.int64)
     later = rng.random(n) < share
     release[later] = rng.integers(start, end - 86_400, size=int(later.sum()))
     if held_back:
-        release[n - held_back:] = HELD_BACK
+        release[rng.choice(n, size=held_back, replace=False)] = HELD_BACK
     return release
 
 
@@ -298,8 +299,9 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
         if len(world.post_release):  # the organic feed's own release times, and the held-back posts
             release = np.where(release >= HELD_BACK, release, world.post_release)
         world.post_release = release
-        world.held_back_text = posts[c.TEXT].to_numpy(str)[len(posts) - held_back:]
-        posts = posts.iloc[:len(posts) - held_back]
+        held = release >= HELD_BACK  # in post id order, as `World.held_back_ids`
+        world.held_back_text = posts[c.TEXT].to_numpy(str)[held]
+        posts = posts.loc[~held].reset_index(drop=True)
     logger.info("world calibrated: {} users, {} posts", n_users, len(posts))
 
     engine = make_engine(db_url)
