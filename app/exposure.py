@@ -424,7 +424,8 @@ class ExposureWriter:
             on_done(1)
 
     def wait_until_empty(self, timeout: float = 5.0) -> bool:
-        """Wait for the queue and this process's spool to be written (tests and benchmarks)."""
+        """Wait for the queue and every spool and journal file in LOG_SPOOL_DIR to be written (tests; in a
+        service with several workers the others' journals keep coming while they serve)."""
         deadline = time.monotonic() + timeout
         while (self.depth or self.spool_files()) and time.monotonic() < deadline:
             if not self._backing_off:

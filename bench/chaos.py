@@ -55,8 +55,10 @@ end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('RESULT {"requests": %%d, "duration_s": %%.3f, "socket_errors": %%d, "non_2xx": %%d, '
+    .. '"connect_errors": %%d, "read_errors": %%d, "write_errors": %%d, "timeouts": %%d, '
     .. '"p50_ms": %%.2f, "p99_ms": %%.2f, "max_ms": %%.2f}\\n',
     summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.timeout, e.status,
+    e.connect, e.read, e.write, e.timeout,
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
 end
 """
@@ -301,10 +303,13 @@ class Nginx:
         self.proc = run_nginx(self.prefix, self.port, conf)
         self.base = f"http://127.0.0.1:{self.port}"
 
-    def upstream_errors(self) -> int:
-        """Failed attempts nginx logged (each one passed to the next upstream, or answered 502 if none was left)."""
+    def upstream_errors(self) -> dict[str, int]:
+        """Failed upstream attempts nginx logged, by message (each one passed to the next upstream if a try was
+        left, else answered 502/504)."""
         log = self.prefix / "error.log"
-        return sum("upstream" in line for line in log.read_text().splitlines()) if log.exists() else 0
+        lines = log.read_text().splitlines() if log.exists() else []
+        return dict(Counter(line.split(": *", 1)[-1].split(" ", 1)[-1].split(", client:", 1)[0]
+                            for line in lines if "upstream" in line))
 
     def close(self) -> None:
         self.proc.terminate()
@@ -642,6 +647,13 @@ def _run_line(args) -> str:
             f"end; demo world at scale {args.scale}._")
 
 
+def _socket_kinds(wrk: dict) -> str:
+    """': read 3, timeout 1' — which socket errors wrk saw (a timeout: no answer within wrk's 10 s)."""
+    kinds = [(k, wrk.get(f"{k}_errors" if k != "timeout" else "timeouts", 0)) for k in ("connect", "read", "write",
+                                                                                        "timeout")]
+    return (": " + ", ".join(f"{k} {n}" for k, n in kinds if n)) if wrk["socket_errors"] else ""
+
+
 def render_sections(args, faults, hostile, fuzz, soak, audit, journal=None) -> dict[str, list[str]]:
     """Markdown of each section that ran (a section that did not run keeps the previous run's text)."""
     out: dict[str, list[str]] = {}
@@ -666,7 +678,8 @@ def render_sections(args, faults, hostile, fuzz, soak, audit, journal=None) -> d
             d, h = f.data, f.health
             statuses = ", ".join(f"{k}: {v}" for k, v in sorted(d.get("statuses", {}).items()))
             lines.append(f"| {f.name} | {f.how} | {f.wrk['requests']:,} | {f.failed} (non-2xx {f.wrk['non_2xx']}, "
-                         f"socket {f.wrk['socket_errors']}) | {f.served:,} | {f.logged:,} | {f.served - f.logged} | "
+                         f"socket {f.wrk['socket_errors']}{_socket_kinds(f.wrk)}) | {f.served:,} | {f.logged:,} | "
+                         f"{f.served - f.logged} | "
                          f"{f.recovered} | {f.write_attempts_failed} | {f.spooled} | {f.dropped} | {h.get('p50_ms')} / "
                          f"{h.get('p99_ms')} / {h.get('max_ms')} | {statuses}; {d.get('p50_ms')} / "
                          f"{d.get('p99_ms')} / {d.get('max_ms')} |")
