@@ -177,9 +177,11 @@ class Recommender:
         popularity times the segment's lift, measured on the snapshot's likes before its base cut (posts
         added since have no lift: 1)."""
         if self._shares is None:  # once per version; a race computes it twice, harmlessly
-            s = self.state.snapshot
-            owner = np.repeat(np.arange(len(s.user_ids)), np.diff(s.likes_indptr))
-            self._shares = segment_shares(segment_of(s.profile[owner]), s.likes, len(s.post_ids))
+            s = self.state.snapshot  # after a compaction: its likes before the later cut
+            owner = np.repeat(np.arange(len(s.likes_indptr) - 1), np.diff(s.likes_indptr))
+            # a compacted base also holds users and posts added since: no profile here, and no lift (1)
+            known = (owner < len(s.user_ids)) & (s.likes < len(s.post_ids))
+            self._shares = segment_shares(segment_of(s.profile[owner[known]]), s.likes[known], len(s.post_ids))
         shares = self._shares
         if shares.shape[1] < n:
             shares = np.pad(shares, ((0, 0), (0, n - shares.shape[1])), constant_values=1.0)

@@ -222,7 +222,8 @@ def test_the_follower_folds_old_events_once_a_step_has_passed_the_horizon(traine
     event, never past the wall clock (a row stamped in the future folds nothing), and a request after
     the cut is answered as before."""
     day = 86_400
-    state = Recommender.load(trained["model_dir"]).state
+    recommender = Recommender.load(trained["model_dir"])
+    state = recommender.state
     engine = make_engine(trained["db_url"])
     follower = Follower(engine, state, keep_seconds=170 * 3600, compact_seconds=day)
     base, uid = state.base_as_of, int(state.snapshot.user_ids[0])
@@ -236,4 +237,5 @@ def test_the_follower_folds_old_events_once_a_step_has_passed_the_horizon(traine
     assert state.compactions == 1 and state.base_as_of == base + day
     after, _ = state.at(state.user_row(uid), t)
     np.testing.assert_array_equal(before.view.num, after.view.num)
+    assert np.isfinite(recommender.segment_scores(after, t, state.n_posts)).all()  # lifts from the compacted base
     engine.dispose()
