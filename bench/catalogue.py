@@ -5,6 +5,8 @@ new post's insert to candidate, and the fresh-post exposure sweep.
     python -m bench.catalogue cost --db URL --models DIR [--posts 7023 70000 1000000] [--requests 300]
     python -m bench.catalogue newposts --db URL --models DIR [--inserts 50]
     python -m bench.catalogue fresh --db URL --models DIR --world PATH [--shares 0 0.1 0.2 0.4]
+    python -m bench.catalogue young --db URL --models DIR --world PATH [--requests 1000]
+    python -m bench.catalogue simcompare --runs A.json B.json ... (`training simulate --json`, one seed)
 
 Each appends its result to docs/catalogue.md with the command, the machine and the load average.
 """
@@ -281,15 +283,109 @@ def fresh(args) -> None:
     _append("Fresh-post exposure sweep", "\n".join(lines))
 
 
+# ------------------------------------------------------------------ young posts
+def young(args) -> None:
+    """On a world whose posts are released over its days: how many training rows show a post released
+    less than 24 h before, and how well each ranker picks among such posts at held-out requests."""
+    from sqlalchemy import text
+
+    from training.world.model import World
+
+    day = 86_400
+    engine = _load(args.models, retrieval="full")
+    db = make_engine(args.db)
+    catch_up(db, engine.state)
+    world = World.load(args.world)
+    split = engine.manifest.data["split"]
+    release = world.post_release[world.post_index(engine.post_ids)]
+    with db.connect() as conn:
+        feed = pd.read_sql_query(text("SELECT post_id, timestamp FROM feed_data WHERE action = 'view'"), conn)
+    db.dispose()
+    ts = ((pd.to_datetime(feed["timestamp"]) - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)).to_numpy()
+    age = ts - world.post_release[world.post_index(feed[c.POST_ID].to_numpy())]
+    lines = []
+    for name, lo, hi in (("training", "train_start", "val_start"), ("validation", "val_start", "test_start")):
+        m = (ts >= int(split[lo])) & (ts < int(split[hi]))
+        lines.append(f"- {name} window: {m.sum():,} views, {(m & (age < day)).sum():,} of them "
+                     f"({(m & (age < day)).sum() / max(m.sum(), 1):.4f}) of a post released less than 24 h before")
+    requests = _requests(args.db, engine, args.requests, args.seed)
+    out = {k: [] for k in ("test", "control", "popular", "random", "oracle")}
+    pools, model_top, oracle_top = [], [], []
+    rng = np.random.default_rng(args.seed)
+    for u, t in zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True):
+        u, t = int(u), int(t)
+        user, posts = engine.state.at(engine.state.user_row(u), t)
+        if user is None:
+            continue
+        n = len(posts.topic)
+        released = engine._eligible(np.arange(n), user, t, n) & (release <= t)
+        pool = np.flatnonzero(released & (release > t - day))
+        if len(pool) < 6:
+            continue
+        p = np.where(release > t, 0.0, world.all_posts_probability(u, t)[world.post_index(engine.post_ids)])
+        pools.append(len(pool))
+        for name in ("test", "control"):
+            s = engine.model_scores(name, user, posts, t)
+            out[name].append(expected_hit(p[pool[np.argsort(-s[pool], kind="stable")[:5]]]))
+            if name == "test":
+                model_top.append(np.isin(np.argsort(-np.where(released, s, -np.inf))[:5], pool).any())
+        pop = engine.popular_scores(t)[:n]
+        out["popular"].append(expected_hit(p[pool[np.argsort(-pop[pool], kind="stable")[:5]]]))
+        out["random"].append(expected_hit(p[rng.choice(pool, 5, replace=False)]))
+        out["oracle"].append(expected_hit(np.sort(p[pool])[-5:]))
+        oracle_top.append(np.isin(np.argsort(-np.where(released, p, 0.0))[:5], pool).any())
+    lines += ["", f"{len(pools)} of {len(requests)} held-out requests with at least 6 eligible posts released in the "
+              f"24 h before (median {np.median(pools):.0f}); each ranker's five best of those posts:", "",
+              "| ranker | expected hitrate@5 among young posts | difference to popularity (paired) |", "|---|---|---|"]
+    base = np.array(out["popular"])
+    lines += [f"| {k} | {_ci(np.array(v))} | {_ci(np.array(v) - base)} |" for k, v in out.items()]
+    lines.append(f"\nScreens of the test model's full ranking holding a post younger than 24 h: "
+                 f"{np.mean(model_top):.3f}; the oracle's top 5 holding one: {np.mean(oracle_top):.3f}.")
+    _append("Young posts: in training, and ranked among themselves", "\n".join(lines))
+
+
+# ------------------------------------------------------------------ closed-loop runs compared
+def simcompare(args) -> None:
+    """Runs of `training simulate --json` with one seed (the same users at the same moments), compared
+    with the first: expected hit rate, screens with a young post, inserted posts viewed and liked."""
+    import json
+
+    runs = [json.loads(Path(p).read_text()) for p in args.runs]
+    lines = ["| run | expected hitrate@5, all days | difference to the first (paired) | screens with a post "
+             "younger than 24 h | inserted posts viewed / liked / inserted | oracle |", "|---|---|---|---|---|---|"]
+    first = runs[0]
+    for path, run in zip(args.runs, runs, strict=True):
+        exp = np.concatenate([np.array(d, float) for d in run["expected"]])
+        # paired on the days where both runs answered every request (an error shifts the order)
+        pairs = [np.array(a, float) - np.array(b, float) for a, b, da, db in
+                 zip(run["expected"], first["expected"], run["days"], first["days"], strict=True)
+                 if len(a) == len(b) and da["errors"] == db["errors"] == 0]
+        young_share = np.mean(np.concatenate([np.array(d, float) for d in run["young"]]))
+        last = run["days"][-1]
+        oracle = np.mean([d["oracle_expected"] for d in run["days"]])
+        lines.append(f"| {path} | {_ci(exp)} | {_ci(np.concatenate(pairs))} ({len(pairs)} days) | {young_share:.3f} | "
+                     f"{last['new_posts_viewed']} / {last['new_posts_liked']} / {last['posts_inserted_total']} | "
+                     f"{oracle:.4f} |")
+    lines.append("\nPer day (expected hitrate@5, all groups):\n")
+    lines.append("| day | " + " | ".join(Path(p).stem for p in args.runs) + " |")
+    lines.append("|---|" + "---|" * len(runs))
+    for i, d in enumerate(first["days"]):
+        lines.append(f"| {d['day']} | " + " | ".join(
+            f"{r['days'][i]['expected_hitrate']} (young {r['days'][i]['shares']['screens_with_young']}, "
+            f"viewed {r['days'][i]['new_posts_viewed']})" for r in runs) + " |")
+    _append("Closed-loop runs with new posts", "\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.catalogue")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("recall", "cost", "cost-one", "newposts", "fresh"):
+    sub.add_parser("simcompare").add_argument("--runs", type=Path, nargs="+", required=True)
+    for name in ("recall", "cost", "cost-one", "newposts", "fresh", "young"):
         p = sub.add_parser(name)
         p.add_argument("--db", default=f"sqlite:///{PROJECT_ROOT / 'data' / 'feed.db'}")
         p.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
         p.add_argument("--seed", type=int, default=0)
-        if name in ("recall", "fresh"):
+        if name in ("recall", "fresh", "young"):
             p.add_argument("--world", type=Path, default=PROJECT_ROOT / "data" / "world.npz")
             p.add_argument("--requests", type=int, default=1000)
         if name == "recall":
@@ -314,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")  # as the service does (app/main.py)
-    {"recall": recall, "cost": cost, "cost-one": cost_one, "newposts": newposts, "fresh": fresh}[args.command](args)
+    {"recall": recall, "cost": cost, "cost-one": cost_one, "newposts": newposts, "fresh": fresh, "young": young,
+     "simcompare": simcompare}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -372,7 +372,9 @@ def simulate(
         raise typer.Exit(code=1) from None
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({k: v for k, v in asdict(summary).items() if k != "expected"}, indent=2))
+        # with the per-request expected hit rates and young-post flags (plan order), for paired comparisons of
+        # two runs with one seed (`python -m bench.catalogue simcompare`)
+        json_path.write_text(json.dumps(asdict(summary)))
     typer.echo(day_table(summary))
     brief = {k: v for k, v in asdict(summary).items() if k not in ("days", "expected")}
     typer.echo(json.dumps(brief, indent=2))
