@@ -99,6 +99,17 @@ def current_key(model_dir: Path) -> str | None:
 LOCK = ".lock"
 
 
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` between the workers' processes."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class WorkerBarrier:
     """The workers of one server agree on when to switch; a single worker (tests, `--workers 1`, one
     replica) switches at once. `python -m app` sets SWAP_BARRIER_DIR and SWAP_WORKERS for its workers."""
@@ -129,24 +140,16 @@ class WorkerBarrier:
             yield
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / "load.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _flocked(self.directory / "load.lock"):
+            yield
 
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
         """Marking, counting and taking a mark back happen under one lock per flip: a worker that counts
         every mark has decided, and no mark it counted is taken back."""
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / LOCK, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _flocked(folder / LOCK):
+            yield
 
     def _marks(self, folder: Path) -> list[Path]:
         return [m for m in folder.iterdir() if m.name != LOCK]
