@@ -137,14 +137,19 @@ def test_split_fold_equals_whole_fold():
     np.testing.assert_allclose(a.topic_sum, b.topic_sum, atol=1e-9)
 
 
-def test_post_timeline_equals_counts_before():
-    """Blocks, checkpoints and late views: the timeline answers as the straightforward count does."""
-    rng = np.random.default_rng(5)
-    n_posts, n = 30, 3000
+def _random_views(seed: int, n_posts: int, n: int):
+    """n views (times, posts, liked) of n_posts posts in random order, and a base of earlier counts."""
+    rng = np.random.default_rng(seed)
     ts = rng.integers(0, 10_000, size=n)
     post = rng.integers(0, n_posts, size=n)
     target = (rng.random(n) < 0.3).astype(np.int8)
-    base = rng.integers(0, 9, size=(n_posts, 2))
+    return ts, post, target, rng.integers(0, 9, size=(n_posts, 2))
+
+
+def test_post_timeline_equals_counts_before():
+    """Blocks, checkpoints and late views: the timeline answers as the straightforward count does."""
+    n_posts, n = 30, 3000
+    ts, post, target, base = _random_views(5, n_posts, n)
     timeline = PostTimeline(base, block=97)
     for part in np.array_split(np.arange(n), 17):  # batches in arrival order, many late
         timeline.add(ts[part], post[part], target[part])
@@ -156,12 +161,8 @@ def test_post_timeline_equals_counts_before():
 def test_post_timeline_compaction_keeps_counts_from_the_cut():
     """Forgetting the blocks before a cut changes no count from the cut on; earlier moments read as of the
     cut; late views and new batches after a compaction still land in place."""
-    rng = np.random.default_rng(6)
     n_posts, n = 30, 4000
-    ts = rng.integers(0, 10_000, size=n)
-    post = rng.integers(0, n_posts, size=n)
-    target = (rng.random(n) < 0.3).astype(np.int8)
-    base = rng.integers(0, 9, size=(n_posts, 2))
+    ts, post, target, base = _random_views(6, n_posts, n)
     timeline = PostTimeline(base, block=97)
     first, second = np.arange(n) < 3000, np.arange(n) >= 3000
     late = second & (ts < 4000)  # the second part holds views from before the cut
