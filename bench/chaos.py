@@ -439,20 +439,38 @@ def _fuzz_operation(base: str, op, examples: int, mode) -> dict:
 
 
 # ------------------------------------------------------------------ soak
-def run_soak(svc: Service, script: Path, seconds: float, out_dir: Path) -> dict:
+def paced_delay(rate: float, delay_ms: float, target: float, connections: int = 8) -> float:
+    """The next run's per-connection delay for `target` requests/s, from a run at `delay_ms` that gave
+    `rate`: wrk is closed-loop, each connection's interval is its delay plus the answer's latency, so the
+    latency the run showed is taken off the nominal interval.
+
+    >>> paced_delay(rate=40.0, delay_ms=150.0, target=50.0, connections=8)  # 200 ms a cycle: 50 ms latency
+    110.0
+    """
+    latency = max(connections * 1000 / max(rate, 1e-9) - delay_ms, 0.0)
+    return max(connections * 1000 / target - latency, 0.0)
+
+
+def run_soak(svc: Service, make_script: Callable[[float], Path], delay_ms: float, rate: float, seconds: float,
+             out_dir: Path) -> dict:
+    """One-minute wrk runs; each minute's delay is corrected by the latency the minute before showed
+    (the machine's speed drifts with its load), so the soak holds `rate` on average."""
     minutes = []
     for m in range(max(1, round(seconds / 60))):
-        res = Wrk(svc.base, script, min(60, seconds), connections=8).result()
+        res = Wrk(svc.base, make_script(delay_ms), min(60, seconds), connections=8).result()
         res["rss_mb"] = round(svc.rss_mb(), 1)
         res["rate"] = round(res["requests"] / res["duration_s"], 1)
+        res["delay_ms"] = round(delay_ms, 2)
         res["load"] = Path("/proc/loadavg").read_text().split()[0]
         minutes.append(res)
         print(f"soak minute {m + 1}: {res}", flush=True)
+        delay_ms = paced_delay(res["requests"] / res["duration_s"], delay_ms, rate)
     first = minutes[0]
     later = minutes[1:] or minutes
     summary = {"minutes": minutes, "errors": sum(m["non_2xx"] + m["socket_errors"] for m in minutes),
                "rss_growth": round(max(m["rss_mb"] for m in later) / first["rss_mb"] - 1, 4),
-               "p99_ratio": round(max(m["p99_ms"] for m in later) / first["p99_ms"], 2)}
+               "p99_ratio": round(max(m["p99_ms"] for m in later) / first["p99_ms"], 2),
+               "mean_rate": round(sum(m["requests"] for m in minutes) / sum(m["duration_s"] for m in minutes), 1)}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -705,14 +723,17 @@ def render_sections(args, faults, hostile, fuzz, soak, audit, journal=None) -> d
         out["fuzz"] = lines
     if soak is not None:
         lines = [run, "", f"{len(soak['minutes'])} consecutive one-minute wrk runs, 8 connections paced for "
-                 f"{args.soak_rate:g} requests/s in all (wrk's `delay` hook, shortened by the latency a 10-s "
-                 "calibration run measured, since wrk is closed-loop; the rate in the table is what the machine "
-                 f"gave). Errors: **{soak['errors']}**; RSS growth after the first "
+                 f"{args.soak_rate:g} requests/s in all (wrk's `delay` hook; wrk is closed-loop, so the delay is "
+                 "shortened by the latency a 10-s calibration run measured, then each minute by the latency the "
+                 "minute before showed; the rate in the table is what the machine gave). Mean rate: "
+                 f"**{soak.get('mean_rate', '-')} requests/s**. Errors: **{soak['errors']}**; RSS growth after "
+                 "the first "
                  f"minute: **{soak['rss_growth']:+.1%}**; worst p99 over the first minute's: "
                  f"**{soak['p99_ratio']}×**.", "", "![soak](reliability-soak.png)", "",
-                 "| minute | requests/s | p50 ms | p99 ms | max ms | errors | RSS MB (service, all processes) "
-                 "| load average |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | {m['rate']} | {m['p50_ms']} | {m['p99_ms']} | {m['max_ms']} | "
+                 "| minute | delay ms | requests/s | p50 ms | p99 ms | max ms | errors | RSS MB (service, all "
+                 "processes) | load average |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | {m.get('delay_ms', '-')} | {m['rate']} | {m['p50_ms']} | {m['p99_ms']} | "
+                  f"{m['max_ms']} | "
                   f"{m['non_2xx'] + m['socket_errors']} | {m['rss_mb']} | {m['load']} |"
                   for i, m in enumerate(soak["minutes"])]
         out["soak"] = lines
@@ -823,9 +844,9 @@ def main() -> None:
             # interval; a 10-s calibration at the nominal delay measures it, and the soak's delay is shortened by it
             nominal = 8 * 1000 / args.soak_rate
             probe = Wrk(svc.base, wrk_script(tmp, pairs, delay_ms=nominal, seed=1), 10).result()
-            latency = max(8 * 1000 * probe["duration_s"] / max(probe["requests"], 1) - nominal, 0.0)
-            paced = wrk_script(tmp, pairs, delay_ms=max(nominal - latency, 0.0), seed=2)
-            soak = run_soak(svc, paced, args.soak_seconds, args.out.parent)
+            delay = paced_delay(probe["requests"] / probe["duration_s"], nominal, args.soak_rate)
+            soak = run_soak(svc, lambda d: wrk_script(tmp, pairs, delay_ms=d, seed=2), delay, args.soak_rate,
+                            args.soak_seconds, args.out.parent)
         audit = run_audit(args.audit_bin) if "audit" in want else None
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_report(args.out, render_sections(args, faults, hostile, fuzz, soak, audit, journal))

@@ -65,3 +65,15 @@ def test_faults_under_load(wrk, trained, world_db, tmp_path: Path):
     # run. One failure is tolerated here: this quick run shares the machine with the rest of the suite
     assert faults["Worker killed, clients through nginx"].failed <= 1, faults["Worker killed, clients through nginx"]
     assert [h for h in hostile if h["status"] >= 500] == []
+
+
+def test_soak_pacing_takes_the_latency_off_the_interval():
+    # 8 connections at 150/s: 53.3 ms a cycle each; a run that gave 120/s at that delay had 13.3 ms latency
+    nominal = 8 * 1000 / 150
+    delay = chaos.paced_delay(rate=120.0, delay_ms=nominal, target=150.0)
+    assert delay == pytest.approx(nominal - (8 * 1000 / 120 - nominal))
+    # a run already on target keeps its delay; one faster than asked for waits longer
+    assert chaos.paced_delay(rate=150.0, delay_ms=40.0, target=150.0) == pytest.approx(40.0)
+    assert chaos.paced_delay(rate=200.0, delay_ms=30.0, target=150.0) == pytest.approx(nominal - 10.0)
+    # latency above the whole interval: no delay at all, never a negative one
+    assert chaos.paced_delay(rate=10.0, delay_ms=0.0, target=150.0) == 0.0
