@@ -1,14 +1,17 @@
 """Following the database: new feed rows and new users reach the live state within a poll interval.
 
 One background thread per worker (workers share nothing) polls `feed_data` on its insertion sequence
-— never the request path — and applies what it finds to the `LiveState` in batches:
+— never the request path — and applies what it finds to the `LiveState` in batches. A poll that finds
+nothing new costs one indexed lookup (`max(seq)`): it runs in the serving process and holds its
+GIL a little at every statement.
 
 - rows with a sequence above the highest seen, in order, `batch_rows` at a time until caught up;
 - on PostgreSQL, sequence numbers can commit out of order (two writers, the later one faster): the
   numbers skipped are kept as open gaps with the transaction horizon at which they were seen, looked
   up again at every poll, and closed once every transaction that could hold them has finished
   (`pg_snapshot_xmin` past that horizon) — so no row is lost and none is applied twice;
-- new `user_data` rows, found by their count and highest id;
+- new `user_data` rows, found by their highest id (and, every `recount_seconds`, their count: ids
+  inserted below the highest);
 - new `post_text_df` rows, found the same way: their text features are computed here, with the
   artifact's fitted transforms and encoder (`app.text_features`), in batches of `posts_batch` — the
   encoder runs on this thread, never on the request path — and the posts join the catalogue with no
@@ -62,15 +65,12 @@ class FollowerStatus:
 class Follower:
     def __init__(self, engine: Engine, state: LiveState, poll_seconds: float = 0.2, batch_rows: int = 50_000,
                  max_backoff: float = 10.0, users_poll_seconds: float = 0.5, posts_poll_seconds: float = 1.0,
-                 posts_batch: int = 256, keep_seconds: int = 240 * 3600, compact_seconds: int = 24 * 3600) -> None:
+                 posts_batch: int = 256, keep_seconds: int = 240 * 3600, compact_seconds: int = 24 * 3600,
+                 recount_seconds: float = 30.0) -> None:
         self.engine = engine
         self.state = state
         self.poll_seconds = poll_seconds
-        self.users_poll_seconds = users_poll_seconds
-        self._users_polled = -float("inf")
-        self.posts_poll_seconds = posts_poll_seconds
         self.posts_batch = posts_batch
-        self._posts_polled = -float("inf")
         self._encoder: Encoder | None = None
         self._encoder_used = 0.0
         self.encoder_idle_seconds = 600.0
@@ -84,9 +84,10 @@ class Follower:
         self._high = snap.seq
         # gaps the snapshot's own read saw: [lo, hi, horizon]
         self._gaps: list[list[int]] = [[int(lo), int(hi), snap.seq_xmax] for lo, hi in snap.seq_gaps]
-        self._users = (len(snap.user_ids), int(snap.user_ids.max()) if len(snap.user_ids) else -1)
-        self._posts = (len(snap.post_ids), int(snap.post_ids.max()) if len(snap.post_ids) else -1)
-        self._posts_before = self._posts
+        self.users = TableWatch(user_data, user_data.c.user_id, c.USER_COLUMNS, snap.user_ids,
+                                users_poll_seconds, recount_seconds)
+        self.posts = TableWatch(post_text_df, post_text_df.c.post_id, c.POST_COLUMNS, snap.post_ids,
+                                posts_poll_seconds, recount_seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -135,16 +136,24 @@ class Follower:
         with self.engine.connect() as conn:
             self._poll_users(conn)
             new_posts = self._poll_posts(conn)
-            horizon_min, horizon_max = feed_events.pg_snapshot(conn)
-            batch = feed_events.read_after(conn, self._high, limit=self.batch_rows)
-            found_in_gaps = self._poll_gaps(conn, horizon_min)
-            database_seq = feed_events.max_seq(conn) if len(batch) < self.batch_rows else None
+            head = feed_events.max_seq(conn)  # the sequence's index: one lookup
+            if head <= self._high and not self._gaps:
+                # nothing new, the usual case between bursts: no snapshot, no read. A poll runs on the
+                # serving process several times a second, and every statement holds the GIL a little
+                batch, found_in_gaps, database_seq = EventBatch.empty(), EventBatch.empty(), head
+                horizon_max = 0
+            else:
+                horizon_min, horizon_max = feed_events.pg_snapshot(conn)
+                batch = feed_events.read_after(conn, self._high, limit=self.batch_rows)
+                found_in_gaps = self._poll_gaps(conn, horizon_min)
+                # everything visible up to `head` has been read unless the batch was full
+                database_seq = head if len(batch) < self.batch_rows else None
         if new_posts is not None:
             try:
                 self._add_posts(new_posts)  # before the events, which may already be about them
             except Exception:  # noqa: BLE001 - a post that cannot be featurized must not stop the feed
                 logger.exception("state follower: new posts not added; retried at the next poll")
-                self._posts = self._posts_before
+                self.posts.forget_last()
         if len(batch):
             if conn.dialect.name == "postgresql":
                 for lo, hi in missing_ranges(batch.seq, self._high, int(batch.seq[-1])):
@@ -201,50 +210,21 @@ class Follower:
         return found
 
     def _poll_users(self, conn: Connection) -> None:
-        now = time.monotonic()
-        if now - self._users_polled < self.users_poll_seconds:
+        rows = self.users.poll(conn)
+        if rows is None:
             return
-        self._users_polled = now
-        count, top = conn.execute(select(func.count(), func.max(user_data.c.user_id))).one()
-        count, top = int(count or 0), int(top if top is not None else -1)
-        if (count, top) == self._users:
-            return
-        known_count, known_top = self._users
-
-        def read(q) -> pd.DataFrame:
-            return pd.DataFrame(conn.execute(q).mappings().all(), columns=list(c.USER_COLUMNS))
-
-        rows = read(select(*user_data.c).where(user_data.c.user_id > known_top))  # ids usually grow
-        if len(rows) < count - known_count:  # some new ids lie below the highest: look at them all
-            rows = read(select(*user_data.c))
         added = self.state.add_users(rows)
         self.status.users_added += added
-        self._users = (count, top)
         if added:
             logger.info("state follower: {} new users", added)
-
 
     def _poll_posts(self, conn: Connection) -> pd.DataFrame | None:
         """New post_text_df rows (None when there are none), read like new users."""
         if self.state.text_transforms is None:
             return None  # an artifact without text transforms cannot featurize new posts
-        now = time.monotonic()
-        if now - self._posts_polled < self.posts_poll_seconds:
+        rows = self.posts.poll(conn)
+        if rows is None:
             return None
-        self._posts_polled = now
-        count, top = conn.execute(select(func.count(), func.max(post_text_df.c.post_id))).one()
-        count, top = int(count or 0), int(top if top is not None else -1)
-        if (count, top) == self._posts:
-            return None
-        known_count, known_top = self._posts_before = self._posts
-
-        def read(q) -> pd.DataFrame:
-            return pd.DataFrame(conn.execute(q).mappings().all(), columns=list(c.POST_COLUMNS))
-
-        rows = read(select(*post_text_df.c).where(post_text_df.c.post_id > known_top))
-        if len(rows) < count - known_count:  # some new ids lie below the highest: look at them all
-            rows = read(select(*post_text_df.c))
-        self._posts = (count, top)
         rows = rows[self.state.post_rows(rows[c.POST_ID].to_numpy(np.int64)) < 0]
         return rows if len(rows) else None
 
@@ -269,6 +249,56 @@ class Follower:
         logger.info("state follower: {} new posts in {:.2f}s", len(rows), time.perf_counter() - started)
 
 
+class TableWatch:
+    """New rows of a table keyed by an integer id that usually grows (user_data, post_text_df).
+
+    Every `poll_seconds` its highest id is read (the primary key's index: one lookup) and rows above the
+    highest known are fetched. The row count, which finds ids inserted below the highest, is a scan of
+    the table (a few milliseconds of the database's time at 163,000 users, on every worker several times
+    a second): it is read every `recount_seconds` only, and when it says rows are missing, all are read.
+    """
+
+    def __init__(self, table, key, columns: tuple[str, ...], known_ids: np.ndarray, poll_seconds: float,
+                 recount_seconds: float) -> None:
+        self.table, self.key, self.columns = table, key, list(columns)
+        self.poll_seconds, self.recount_seconds = poll_seconds, recount_seconds
+        self.known = (len(known_ids), int(known_ids.max()) if len(known_ids) else -1)  # (count, highest id)
+        self._before = self.known
+        self._polled = self._counted = -float("inf")
+
+    def poll(self, conn: Connection) -> pd.DataFrame | None:
+        """Rows not seen before (None when there are none, or when it is not time to look)."""
+        now = time.monotonic()
+        if now - self._polled < self.poll_seconds:
+            return None
+        self._polled = now
+        known_count, known_top = self.known
+        count: int | None = None
+        if now - self._counted >= self.recount_seconds:
+            self._counted = now
+            n, top = conn.execute(select(func.count(), func.max(self.key))).one()
+            count = int(n or 0)
+        else:
+            top = conn.execute(select(func.max(self.key))).scalar()
+        top = int(top if top is not None else -1)
+        if top == known_top and count in (None, known_count):
+            return None
+        rows = self._read(conn, select(*self.table.c).where(self.key > known_top))
+        if count is not None and len(rows) < count - known_count:  # some new ids lie below the highest
+            rows = self._read(conn, select(*self.table.c))
+        self._before = self.known
+        self.known = (known_count + len(rows) if count is None else count, top)
+        return rows
+
+    def forget_last(self) -> None:
+        """The rows of the last poll were not taken in: read them again at the next one."""
+        self.known = self._before
+        self._polled = -float("inf")
+
+    def _read(self, conn: Connection, query) -> pd.DataFrame:
+        return pd.DataFrame(conn.execute(query).mappings().all(), columns=self.columns)
+
+
 def return_memory() -> None:
     """Hand freed heap memory back to the system (glibc keeps it in its arenas otherwise)."""
     try:
@@ -291,8 +321,8 @@ def check_feed(engine: Engine) -> str | None:
 def catch_up(engine: Engine, state: LiveState, batch_rows: int = 200_000) -> int:
     """Apply everything the database holds after the state, now, on this thread (offline evaluation,
     tests); returns the number of events applied."""
-    follower = Follower(engine, state, batch_rows=batch_rows)
-    follower.users_poll_seconds = follower.posts_poll_seconds = 0.0
+    follower = Follower(engine, state, batch_rows=batch_rows, users_poll_seconds=0.0, posts_poll_seconds=0.0,
+                        recount_seconds=0.0)
     before = state.events_applied
     while follower.poll():
         pass

@@ -239,3 +239,39 @@ def test_the_follower_folds_old_events_once_a_step_has_passed_the_horizon(traine
     np.testing.assert_array_equal(before.view.num, after.view.num)
     assert np.isfinite(recommender.segment_scores(after, t, state.n_posts)).all()  # lifts from the compacted base
     engine.dispose()
+
+
+def test_new_rows_are_found_by_the_highest_id_and_ids_below_it_at_the_recount(tmp_path):
+    from app.db import create_course_tables
+    from app.follower import TableWatch
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'feed.db'}")
+    create_course_tables(engine)
+
+    def add(*ids: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(insert(user_data), [{c.USER_ID: u, c.GENDER: 0, c.AGE: 30, c.COUNTRY: "Russia",
+                                              c.CITY: "Moscow", c.EXP_GROUP: 1, c.OS: "iOS", c.SOURCE: "ads"}
+                                             for u in ids])
+
+    add(10, 20, 30)
+    watch = TableWatch(user_data, user_data.c.user_id, c.USER_COLUMNS, np.array([10, 20, 30]), poll_seconds=0.0,
+                       recount_seconds=3600.0)
+
+    def poll() -> list[int] | None:
+        with engine.connect() as conn:  # a connection per poll, as the follower does
+            rows = watch.poll(conn)
+        return None if rows is None else sorted(rows[c.USER_ID].tolist())
+
+    assert poll() is None  # the first poll counts: nothing new
+    add(40, 25)
+    assert poll() == [40]  # above the highest: at once
+    assert poll() is None  # 25 lies below the highest: only a count finds it
+    watch.recount_seconds = 0.0
+    assert poll() == [10, 20, 25, 30, 40]  # all read; the caller keeps the ones it does not know
+    assert watch.known == (5, 40) and poll() is None
+    add(50)
+    assert poll() == [50]
+    watch.forget_last()  # not taken in: the next poll returns it again
+    assert poll() == [50]
+    engine.dispose()
