@@ -43,6 +43,8 @@ from app.tables import post_text_df, user_data
 from app.text_encoder import Encoder, make_encoder
 from app.text_features import post_text_features
 
+BULK_ROWS = 20_000  # above this many new rows a poll reads by COPY (see `feed_events._query`)
+
 
 @dataclass
 class FollowerStatus:
@@ -144,7 +146,8 @@ class Follower:
                 horizon_max = 0
             else:
                 horizon_min, horizon_max = feed_events.pg_snapshot(conn)
-                batch = feed_events.read_after(conn, self._high, limit=self.batch_rows)
+                batch = feed_events.read_after(conn, self._high, limit=self.batch_rows,
+                                               bulk=head - self._high > BULK_ROWS)
                 found_in_gaps = self._poll_gaps(conn, horizon_min)
                 # everything visible up to `head` has been read unless the batch was full
                 database_seq = head if len(batch) < self.batch_rows else None
