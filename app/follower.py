@@ -26,6 +26,8 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +94,7 @@ class Follower:
                                 posts_poll_seconds, recount_seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -102,6 +105,10 @@ class Follower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._conn is not None and (self._thread is None or not self._thread.is_alive()):
+            with suppress(Exception):
+                self._conn.close()
+            self._conn = None
 
     def lag_seconds(self) -> float | None:
         """Seconds since the state was last known to hold everything the database held."""
@@ -132,10 +139,27 @@ class Follower:
             self._stop.wait(backoff)
 
     # ------------------------------------------------------------------ one poll
+    @contextmanager
+    def _connected(self) -> Iterator[Connection]:
+        """One connection kept from poll to poll (a checkout from the pool pings the server first: one
+        statement more per poll); each poll ends its read transaction, which would otherwise hold the
+        database's cleanup horizon back, and a poll that fails drops the connection."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._conn = self.engine.connect()
+        try:
+            yield conn
+            conn.rollback()
+        except BaseException:
+            self._conn = None
+            with suppress(Exception):
+                conn.close()
+            raise
+
     def poll(self) -> bool:
         """Read and apply what is new; True if a full batch was read (more may be waiting)."""
         started = time.perf_counter()
-        with self.engine.connect() as conn:
+        with self._connected() as conn:
             self._poll_users(conn)
             new_posts = self._poll_posts(conn)
             head = feed_events.max_seq(conn)  # the sequence's index: one lookup
@@ -327,6 +351,9 @@ def catch_up(engine: Engine, state: LiveState, batch_rows: int = 200_000) -> int
     follower = Follower(engine, state, batch_rows=batch_rows, users_poll_seconds=0.0, posts_poll_seconds=0.0,
                         recount_seconds=0.0)
     before = state.events_applied
-    while follower.poll():
-        pass
+    try:
+        while follower.poll():
+            pass
+    finally:
+        follower.stop()  # its connection back to the pool
     return state.events_applied - before
