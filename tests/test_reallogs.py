@@ -11,7 +11,7 @@ import pytest
 
 from app import columns as c
 from app.artifacts import write_manifest
-from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, ScreenPolicy
+from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, ScreenPolicy, spread_top_k
 from app.feed_events import EventBatch
 from app.recent_popularity import RECENT_SECONDS, recent_features
 from app.segment_popularity import SHARE_PRIOR_LIKES, segment_of, segment_scores, segment_shares
@@ -156,3 +156,27 @@ def test_floor_and_cold_routing(trained, tmp_path):
     assert scores.shape == (len(engine.post_ids),) and np.all(scores >= 0)
     # /model says what serves and why (the manifest's selection)
     assert engine.manifest.data["selection"]["slots"]["control"]["reason"].startswith("no model beat popularity")
+
+
+def test_cold_spread_routing(trained, tmp_path):
+    """A slot whose validation chose the spread screen for users without history gives such a user one
+    post per topic; the same user with history, and a slot that did not choose it, get the top by score."""
+    selection = {"protocol": "shown_set", "slots": {
+        "control": {"serves": "like_given_shown", "reason": "best", "cold": {"serves": "model"}},
+        "test": {"serves": "like_given_shown", "reason": "best",
+                 "cold": {"serves": SEGMENT_POPULAR, "spread": True}}}}
+    engine = Recommender.load_version(_edited_version(trained, tmp_path, selection), policy=FULL)
+    t = int(engine.manifest.data["split"]["test_start"]) + 3600
+    row = engine.state.user_row(int(engine.state.snapshot.user_ids[0]))
+    user_at, _ = engine.state.at(row, t)
+    hidden, posts = engine.state.at(row, t, cold=True)  # as if just signed up
+    assert engine.spreads("test", hidden) and engine.ranker_for("test", hidden) == SEGMENT_POPULAR
+    assert not engine.spreads("test", user_at)  # with history: the model, by score
+    assert not engine.spreads("control", hidden)  # its validation kept the ranking by score
+    # the screen the service makes for such a user (`Recommender._select`, as `recommend` calls it)
+    scores = engine.scores_of(SEGMENT_POPULAR, hidden, posts, t)
+    rows = np.arange(len(scores))
+    keep = engine._select(rows, scores, posts, t, 5, 0.0, engine.spreads("test", hidden))
+    assert keep.tolist() == spread_top_k(scores, engine.post_ids, posts.topic, 5).tolist()
+    assert len({engine.posts[int(p)]["topic"] for p in engine.post_ids[keep]}) == 5
+    assert keep.tolist() != engine._select(rows, scores, posts, t, 5, 0.0).tolist()  # by score: topics repeat
