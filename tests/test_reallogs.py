@@ -14,12 +14,12 @@ from app.artifacts import write_manifest
 from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, ScreenPolicy, spread_top_k
 from app.feed_events import EventBatch
 from app.recent_popularity import RECENT_SECONDS, recent_features
-from app.segment_popularity import SHARE_PRIOR_LIKES, segment_of, segment_scores, segment_shares
+from app.segment_popularity import N_SEGMENTS, SHARE_PRIOR_LIKES, segment_of, segment_scores, segment_shares
 from app.user_state import LIKE, VIEW
 from training.exposure_kind import dependence, detect
 from training.features import history_from
 from training.horizon import horizon_rows, recent_columns
-from training.selection import choose
+from training.selection import RATE_PRIOR_VIEWS, choose, later_rates
 
 FULL = ScreenPolicy(retrieval="full")
 
@@ -93,6 +93,25 @@ def test_horizon_rows_label_the_next_likes_and_stop_at_the_window():
     negatives = rows[rows[c.TARGET] == 0]
     assert len(negatives) > 0 and not negatives[c.POST_ID].isin([1, 2]).any()
     assert (rows["ts"] == day).all() and (rows[c.USER_ID] == 1).all()
+
+
+def test_later_rates_by_hand():
+    """Segment rates of the views in [lo, hi), shrunk to the post's rate there, itself shrunk to the
+    window's: user 1 (segment 0) viewed post 1 twice in the window and liked once; user 2 (segment 5)
+    viewed post 1 once, no like; a view before lo and one at hi do not count."""
+    events = [(5, 1, 1, "view", 1), (10, 1, 1, "view", 1), (11, 1, 1, "view", 0), (12, 2, 1, "view", 0),
+              (20, 2, 2, "view", 1)]
+    history = _history(events, n_posts=2)
+    profile = np.array([[0, 15.0], [1, 25.0]], np.float32)  # gender, age: segments 0 and 5
+    rates = later_rates(history, profile, 10, 20)
+    a = RATE_PRIOR_VIEWS
+    overall = 1 / 3
+    post1 = (1 + a * overall) / (3 + a)
+    post2 = overall  # no views in the window: the window's rate
+    assert rates.shape == (N_SEGMENTS, 2)
+    assert rates[0, 0] == pytest.approx((1 + a * post1) / (2 + a))
+    assert rates[5, 0] == pytest.approx(a * post1 / (1 + a))
+    assert rates[3, 0] == pytest.approx(post1) and rates[0, 1] == pytest.approx(post2)
 
 
 def test_choose_prefers_the_simpler_on_ties():
