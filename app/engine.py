@@ -31,7 +31,7 @@ from app.artifacts import (
     load_manifest,
 )
 from app.candidates import RETRIEVAL_FILE, Budget, Retriever, load_proxies
-from app.features import USER_NUM, PostView, assemble
+from app.features import POST_COUNTERS, USER_NUM, PostView, assemble
 from app.live_state import LiveState, UserAt
 from app.recent_popularity import RECENT_SECONDS, recent_features
 from app.segment_popularity import segment_of, segment_scores, segment_shares
@@ -40,8 +40,11 @@ from app.text_features import TRANSFORMS_FILE, TextTransforms
 
 POPULAR = "popular"
 SEGMENT_POPULAR = "segment_popular"  # popularity within the user's age band x gender
-MODEL_NAMES = (*MODEL_FILES, POPULAR, SEGMENT_POPULAR)
+LIKE_RATE = "like_rate"  # the post's smoothed like rate per view: P(like | shown) for unknown tastes
+MODEL_NAMES = (*MODEL_FILES, POPULAR, SEGMENT_POPULAR, LIKE_RATE)
+COUNTERS = (POPULAR, SEGMENT_POPULAR, LIKE_RATE)  # rankers of counters alone: every post scored, no model
 _U_VIEWS = USER_NUM.index("u_views")
+_P_RATE = POST_COUNTERS.index("p_like_rate")
 RETRIEVAL_MODES = ("candidates", "full")
 
 
@@ -93,6 +96,29 @@ def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return cand[np.lexsort((ids[cand], -scores[cand]))]
 
 
+def spread_top_k(scores: np.ndarray, ids: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """Positions of k posts, best first within each round: the best post of each group (by score, ties by
+    id), then the second best of each, and so on; posts scored -inf come last. For a user whose tastes
+    are unknown, likes within one topic go together, so five posts of five topics are more likely to hold
+    a like than the five best-scored, often of one topic.
+
+    >>> spread_top_k(np.array([0.9, 0.8, 0.5, 0.4]), np.array([10, 11, 12, 13]), np.array([0, 0, 1, 1]), 3).tolist()
+    [0, 2, 1]
+    """
+    n = len(scores)
+    if min(k, n) <= 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((ids, -scores))  # best first
+    g = np.asarray(groups)[order]
+    by_group = np.lexsort((np.arange(n), g))  # stable: within a group, best first
+    gs = g[by_group]
+    starts = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]
+    rank = np.empty(n, np.int64)
+    rank[by_group] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    rank = np.where(np.isfinite(scores[order]), rank, n)
+    return order[np.lexsort((np.arange(n), rank))[:k]]
+
+
 class Recommender:
     """Everything the service needs to rank: one artifact version's models and its live state."""
 
@@ -111,6 +137,8 @@ class Recommender:
         slots = manifest.data.get("selection", {}).get("slots", {})
         self.floor = {name for name, choice in slots.items() if choice.get("serves") == POPULAR}
         self.cold_ranker = {name: choice.get("cold", {}).get("serves", "model") for name, choice in slots.items()}
+        # slots whose screen for such users takes one post per topic before a second (`spread_top_k`)
+        self.cold_spread = {name for name, choice in slots.items() if choice.get("cold", {}).get("spread")}
         self._shares: np.ndarray | None = None
         self.policy = policy or ScreenPolicy()
         if self.policy.retrieval not in RETRIEVAL_MODES:
@@ -204,22 +232,24 @@ class Recommender:
     def ranker_for(self, model: str, user: UserAt | None) -> str:
         """What ranks for this slot and user: popular for unknown users and for a slot whose models did
         not beat popularity on validation (the floor); for a user with no history as of the moment, what
-        validated best for such users (the model itself, segment popularity or popularity)."""
+        validated best for such users (the model itself, segment popularity, the like rate or popularity)."""
         if user is None or model == POPULAR or model in self.floor:
             return POPULAR
-        if model == SEGMENT_POPULAR:
-            return SEGMENT_POPULAR
+        if model in (SEGMENT_POPULAR, LIKE_RATE):
+            return model
         if user.view.num[0, _U_VIEWS] == 0 and self.cold_ranker.get(model, "model") != "model":
             return self.cold_ranker[model]
         return model
 
     def scores_of(self, ranker: str, user: UserAt | None, posts: PostView, ts: int) -> np.ndarray:
-        """Every post's score under one ranker (a model, popular or segment_popular)."""
+        """Every post's score under one ranker (a model, popular, segment_popular or like_rate)."""
         n = len(posts.topic)
         if ranker == POPULAR or user is None:
             return self.popular_scores(ts)[:n]
         if ranker == SEGMENT_POPULAR:
             return self.segment_scores(user, ts, n)
+        if ranker == LIKE_RATE:  # the counters as of ts, shrunk to the global rate (`finalize_posts`)
+            return posts.counters[:n, _P_RATE].astype(np.float64)
         return self.model_scores(ranker, user, posts, ts)
 
     def scores(self, model: str, user_id: int, ts: int) -> tuple[np.ndarray, UserAt | None]:
@@ -240,7 +270,7 @@ class Recommender:
         user, posts = self.state.at(self.state.user_row(user_id), ts)
         n = len(posts.topic)
         ranker = self.ranker_for(model, user)
-        if ranker in (POPULAR, SEGMENT_POPULAR):
+        if ranker in COUNTERS:
             return np.arange(n), self.scores_of(ranker, user, posts, ts), user, posts
         if self.retrieval == "candidates":
             rows = self.candidates(ranker, user, ts, n)
@@ -264,11 +294,18 @@ class Recommender:
         born = self.state.catalogue.frame.born[rows]
         return (posts.counters[rows, 0] < s.fresh_views) | (born >= ts - int(s.fresh_hours * 3600))
 
+    def spreads(self, model: str, user: UserAt | None) -> bool:
+        """Whether this slot's screen for this user takes one post per topic before a second
+        (`spread_top_k`): a user with no history as of the moment, on a slot whose validation chose it."""
+        return (user is not None and model in self.cold_spread and model not in self.floor
+                and user.view.num[0, _U_VIEWS] == 0)
+
     def _select(self, rows: np.ndarray, scores: np.ndarray, posts: PostView, ts: int, k: int,
-                fresh_share: float) -> np.ndarray:
-        """Positions in `rows` of the screen, best first: top k by score, then the fresh share."""
+                fresh_share: float, spread: bool = False) -> np.ndarray:
+        """Positions in `rows` of the screen, best first: top k by score (or spread over topics), then
+        the fresh share."""
         ids = self.state.catalogue.frame.ids[rows]
-        keep = top_k(scores, ids, k)
+        keep = spread_top_k(scores, ids, posts.topic[rows], k) if spread else top_k(scores, ids, k)
         keep = keep[np.isfinite(scores[keep])]
         m = int(round(k * fresh_share))
         if m <= 0 or not len(keep):
@@ -297,8 +334,8 @@ class Recommender:
         n = len(posts.topic)
         served = self.ranker_for(model, user)  # popular for users the state does not know
         scores = np.where(self._eligible(rows, user, ts, n), scores, -np.inf)
-        share = self.policy.fresh_share if served not in (POPULAR, SEGMENT_POPULAR) else 0.0
-        keep = self._select(rows, scores, posts, ts, k, share)
+        share = self.policy.fresh_share if served not in COUNTERS else 0.0
+        keep = self._select(rows, scores, posts, ts, k, share, self.spreads(model, user))
         ranking = Ranking(self.state.catalogue.frame.ids[rows[keep]], served, self.state.features_as_of(ts))
         return ranking, rows, scores, n
 

@@ -14,13 +14,14 @@ import os
 import platform
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.config import PROJECT_ROOT, get_settings
 from app.db import make_engine
 from app.engine import Recommender
-from training.evaluate import EvalConfig, run_evaluation
+from training.evaluate import PROFILE_BEST, EvalConfig, run_evaluation
 from training.train import TrainConfig, train
 from training.world.generate import generate_world
 
@@ -74,15 +75,21 @@ def table(results: dict[int, dict], scale: float, requests: int, command: str) -
             if key in r:
                 lines.append(f"| {label} | " + " | ".join(_cell(r, key, n) for n in RANKERS) + " |")
         cold = r.get("cold_start", {})
-        for key, label in (("expected_hitrate@5", "cold start: expected hitrate@5"),
+        for key, label in (("expected_hitrate@5", "cold start: expected hitrate@5 (oracle: the profile's best)"),
                            ("shown_hitrate@5", "cold start: shown-set hitrate@5")):
             if key in cold:
-                cells = " | ".join(_cell(cold, key, n) for n in ("popularity", "control", "test"))
-                lines.append(f"| {label} | | {cells} | |")
+                cells = " | ".join(_cell(cold, key, n) for n in ("popularity", "control", "test", PROFILE_BEST))
+                lines.append(f"| {label} | | {cells} |")
         if "gap_closed" in r:
             lines.append("")
             lines.append(f"Gap to the oracle closed (expected hitrate@5): control {r['gap_closed']['control']:.3f}, "
                          f"test {r['gap_closed']['test']:.3f}.")
+        served = {name: choice.get("cold", {}) for name, choice in r.get("slots", {}).items()}
+        if served:
+            lines.append("")
+            lines.append("Users without history, as training chose on validation: " + "; ".join(
+                f"{name} serves {cold.get('serves')}{', one post per topic first' if cold.get('spread') else ''}"
+                for name, cold in served.items()) + ".")
         lines.append("")
     return "\n".join(lines)
 
@@ -93,14 +100,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "quality.md")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process "
+                                                           "(same figures; step times then overlap)")
     args = parser.parse_args()
     command = f"python -m bench.quality --scale {args.scale} --seeds {' '.join(map(str, args.seeds))} " \
-              f"--requests {args.requests}"
-    results = {s: run_seed(args.scale, s, args.requests, PROJECT_ROOT / "data" / "quality" / f"seed{s}")
-               for s in args.seeds}
+              f"--requests {args.requests}" + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+    dirs = {s: PROJECT_ROOT / "data" / "quality" / f"seed{s}" for s in args.seeds}
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {s: pool.submit(run_seed, args.scale, s, args.requests, d) for s, d in dirs.items()}
+            results = {s: f.result() for s, f in futures.items()}
+    else:
+        results = {s: run_seed(args.scale, s, args.requests, d) for s, d in dirs.items()}
     text = table(results, args.scale, args.requests, command)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text += f"\nPeak RSS of the whole run: {peak:.0f} MB.\n"
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    text += (f"\nPeak RSS of the whole run: {peak:.0f} MB.\n" if args.jobs == 1 else
+             f"\nPeak RSS of one seed's process: {peak:.0f} MB ({args.jobs} at once).\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Offline quality\n\nWritten by `bench/quality.py`.\n\n" + text)
     print(text)

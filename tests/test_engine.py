@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from app import columns as c
-from app.engine import POPULAR, Recommender, ScreenPolicy, top_k
+from app.engine import POPULAR, Recommender, ScreenPolicy, spread_top_k, top_k
 from app.features import (
     CROSS,
     POST_COUNTERS,
@@ -182,3 +182,15 @@ def test_top_k_orders_ties_by_id():
     assert top_k(scores, ids, 3).tolist() == [1, 3, 2]  # 0.9, then ties 0.5 by id: 20, 30
     assert top_k(scores, ids, 10).tolist() == [1, 3, 2, 0, 4]
     assert top_k(scores, ids, 0).tolist() == []
+
+
+def test_spread_top_k_takes_one_per_topic_first():
+    # topics 0, 0, 0, 1, 2: by score 0.9 (t0), 0.8 (t0), 0.7 (t1), 0.6 (t0), 0.1 (t2, excluded: -inf)
+    scores = np.array([0.9, 0.8, 0.6, 0.7, -np.inf])
+    ids = np.array([10, 20, 30, 40, 50])
+    topics = np.array([0, 0, 0, 1, 2])
+    assert spread_top_k(scores, ids, topics, 2).tolist() == [0, 3]  # the best of topic 0, then of topic 1
+    # round one: 0 (t0), 3 (t1); round two: 1 (t0); round three: 2 (t0); the excluded post last
+    assert spread_top_k(scores, ids, topics, 10).tolist() == [0, 3, 1, 2, 4]
+    assert spread_top_k(np.array([0.5, 0.5]), np.array([7, 3]), np.array([1, 1]), 1).tolist() == [1]  # tie: id
+    assert spread_top_k(scores, ids, topics, 0).tolist() == []

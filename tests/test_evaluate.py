@@ -89,6 +89,10 @@ def test_run_evaluation_end_to_end(trained):
     assert set(result["slots"]) == {"control", "test"}
     cold = result["cold_start"]
     assert set(cold["hitrate@5"]) == {"popularity", "segment_popularity", "control", "test"}
+    assert 0 < cold["expected_hitrate@5"]["profile_best"] < 1  # the profile's best, beside the rankers
+    # training chose each slot's screen for users without history, both screens' validation kept
+    assert all("spread" in c["cold"] and "like_rate+spread" in c["cold"]["validation_hitrate@5"]
+               for c in result["slots"].values())
 
 
 def test_report_is_written(trained, tmp_path):

@@ -11,15 +11,15 @@ import pytest
 
 from app import columns as c
 from app.artifacts import write_manifest
-from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, ScreenPolicy
+from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, ScreenPolicy, spread_top_k
 from app.feed_events import EventBatch
 from app.recent_popularity import RECENT_SECONDS, recent_features
-from app.segment_popularity import SHARE_PRIOR_LIKES, segment_of, segment_scores, segment_shares
+from app.segment_popularity import N_SEGMENTS, SHARE_PRIOR_LIKES, segment_of, segment_scores, segment_shares
 from app.user_state import LIKE, VIEW
 from training.exposure_kind import dependence, detect
 from training.features import history_from
 from training.horizon import horizon_rows, recent_columns
-from training.selection import choose
+from training.selection import RATE_PRIOR_VIEWS, choose, later_rates
 
 FULL = ScreenPolicy(retrieval="full")
 
@@ -95,6 +95,25 @@ def test_horizon_rows_label_the_next_likes_and_stop_at_the_window():
     assert (rows["ts"] == day).all() and (rows[c.USER_ID] == 1).all()
 
 
+def test_later_rates_by_hand():
+    """Segment rates of the views in [lo, hi), shrunk to the post's rate there, itself shrunk to the
+    window's: user 1 (segment 0) viewed post 1 twice in the window and liked once; user 2 (segment 5)
+    viewed post 1 once, no like; a view before lo and one at hi do not count."""
+    events = [(5, 1, 1, "view", 1), (10, 1, 1, "view", 1), (11, 1, 1, "view", 0), (12, 2, 1, "view", 0),
+              (20, 2, 2, "view", 1)]
+    history = _history(events, n_posts=2)
+    profile = np.array([[0, 15.0], [1, 25.0]], np.float32)  # gender, age: segments 0 and 5
+    rates = later_rates(history, profile, 10, 20)
+    a = RATE_PRIOR_VIEWS
+    overall = 1 / 3
+    post1 = (1 + a * overall) / (3 + a)
+    post2 = overall  # no views in the window: the window's rate
+    assert rates.shape == (N_SEGMENTS, 2)
+    assert rates[0, 0] == pytest.approx((1 + a * post1) / (2 + a))
+    assert rates[5, 0] == pytest.approx(a * post1 / (1 + a))
+    assert rates[3, 0] == pytest.approx(post1) and rates[0, 1] == pytest.approx(post2)
+
+
 def test_choose_prefers_the_simpler_on_ties():
     metric = {"popular": 0.3, "a": 0.3, "b": 0.31}
     assert choose(metric, ["popular", "a"]) == "popular"
@@ -156,3 +175,27 @@ def test_floor_and_cold_routing(trained, tmp_path):
     assert scores.shape == (len(engine.post_ids),) and np.all(scores >= 0)
     # /model says what serves and why (the manifest's selection)
     assert engine.manifest.data["selection"]["slots"]["control"]["reason"].startswith("no model beat popularity")
+
+
+def test_cold_spread_routing(trained, tmp_path):
+    """A slot whose validation chose the spread screen for users without history gives such a user one
+    post per topic; the same user with history, and a slot that did not choose it, get the top by score."""
+    selection = {"protocol": "shown_set", "slots": {
+        "control": {"serves": "like_given_shown", "reason": "best", "cold": {"serves": "model"}},
+        "test": {"serves": "like_given_shown", "reason": "best",
+                 "cold": {"serves": SEGMENT_POPULAR, "spread": True}}}}
+    engine = Recommender.load_version(_edited_version(trained, tmp_path, selection), policy=FULL)
+    t = int(engine.manifest.data["split"]["test_start"]) + 3600
+    row = engine.state.user_row(int(engine.state.snapshot.user_ids[0]))
+    user_at, _ = engine.state.at(row, t)
+    hidden, posts = engine.state.at(row, t, cold=True)  # as if just signed up
+    assert engine.spreads("test", hidden) and engine.ranker_for("test", hidden) == SEGMENT_POPULAR
+    assert not engine.spreads("test", user_at)  # with history: the model, by score
+    assert not engine.spreads("control", hidden)  # its validation kept the ranking by score
+    # the screen the service makes for such a user (`Recommender._select`, as `recommend` calls it)
+    scores = engine.scores_of(SEGMENT_POPULAR, hidden, posts, t)
+    rows = np.arange(len(scores))
+    keep = engine._select(rows, scores, posts, t, 5, 0.0, engine.spreads("test", hidden))
+    assert keep.tolist() == spread_top_k(scores, engine.post_ids, posts.topic, 5).tolist()
+    assert len({engine.posts[int(p)]["topic"] for p in engine.post_ids[keep]}) == 5
+    assert keep.tolist() != engine._select(rows, scores, posts, t, 5, 0.0).tolist()  # by score: topics repeat

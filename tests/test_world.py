@@ -132,3 +132,35 @@ def test_probability_api(small_world):
     assert draws.mean() == pytest.approx(p[0, 0], abs=0.015)
     with pytest.raises(KeyError):
         world.like_probability(np.array([-5]), posts[:1], t)
+
+
+def _two_topic_world(n_users: int = 200) -> World:
+    """Posts 0 and 1 of topic 0 (appeal 0.5 and 0.4), post 2 of topic 1 (appeal 0); half of the users love
+    topic 0 and dislike topic 1 (log-odds +3 / -3), the other half the reverse; everything else zero."""
+    love = np.where(np.arange(n_users)[:, None] % 2 == 0, [3.0, -3.0], [-3.0, 3.0])
+    zeros = np.zeros(n_users, np.int64)
+    return World(seed=0, scale=0.0, start=0, end=86_400, intercept=0.0, off_gender=np.zeros(2),
+                 off_country=np.zeros(1), off_exp=np.zeros(5), off_topic=np.zeros(2), off_hour=np.zeros(24),
+                 age_slope=0.0, profile_topic=np.zeros((4, 2, 2)), drift=np.zeros(2),
+                 user_ids=np.arange(1, n_users + 1), user_gender=zeros, user_age=zeros + 24, user_country=zeros,
+                 user_exp=zeros, user_bias=np.zeros(n_users), user_topic_taste=love,
+                 user_theme_taste=np.zeros((n_users, 1)), post_ids=np.array([10, 11, 12]),
+                 post_topic=np.array([0, 0, 1]), post_appeal=np.array([0.5, 0.4, 0.0]),
+                 post_themes=np.ones((3, 1)), post_exposure=np.ones(3))
+
+
+def test_profile_best_covers_both_tastes():
+    """Ranked one by one by the mean like probability, the two topic-0 posts come first (appeal 0.5 and
+    0.4 against 0); with the user's taste unknown, the set {post 10, post 12} holds a like for either
+    half of the users (~0.96 against ~0.57), and that is the profile's best."""
+    world = _two_topic_world()
+    sample = np.arange(len(world.user_ids))
+    p = world.like_probability(world.user_ids[:, None], world.post_ids[None, :], 0)
+    assert np.argsort(-p.mean(axis=0))[:2].tolist() == [0, 1]
+    best = world.profile_best(int(world.user_ids[0]), 0, 2, sample)
+    assert sorted(best.tolist()) == [10, 12]
+    hit = {s: np.mean([world.expected_hits(int(u), 0, np.array(s)) for u in world.user_ids])
+           for s in ((10, 11), (10, 12))}
+    assert hit[(10, 12)] > 0.95 and hit[(10, 11)] < 0.6
+    # the user's own latent terms are not used: the same answer for a user of the other half
+    assert sorted(world.profile_best(int(world.user_ids[1]), 0, 2, sample).tolist()) == [10, 12]

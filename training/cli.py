@@ -113,6 +113,9 @@ def train(
     class_weights: Annotated[str, typer.Option(help="none (calibrated) or balanced")] = "none",
     cold_share: Annotated[float, typer.Option(min=0, max=1, help="Share of training rows repeated with the "
                                                                  "user's history hidden (new users)")] = 0.0,
+    cold_spread: Annotated[bool, typer.Option(help="Screens of users without history take one post per topic "
+                                                   "before a second (their tastes unknown, likes within a topic "
+                                                   "go together)")] = True,
     serve_latest: Annotated[bool, typer.Option(help="Keep events one by one only from the data end minus the "
                                                     "exclusion window (smaller; held-out replay then sees the "
                                                     "base, which includes the held-out window)")] = False,
@@ -149,7 +152,7 @@ def train(
         return
     path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
                _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest,
-               objectives=ObjectiveConfig(exposure=exposure, seed=seed))
+               objectives=ObjectiveConfig(exposure=exposure, seed=seed, cold_spread=cold_spread))
     typer.echo(f"trained: {path}")
 
 
@@ -246,8 +249,9 @@ def format_table(result: dict) -> str:
         lines.append(f"exposure: {result['exposure'].get('kind')} (detected {result['exposure'].get('detected')}); "
                      f"the protocol that fits it: {result['fitting_protocol']}")
     for name, choice in result.get("slots", {}).items():
+        cold = choice.get("cold", {})
         lines.append(f"{name} serves {choice.get('serves')} ({choice.get('reason')}); users without history: "
-                     f"{choice.get('cold', {}).get('serves')}")
+                     f"{cold.get('serves')}{', one post per topic first' if cold.get('spread') else ''}")
     lines.append(f"{'metric':<20}" + "".join(f"{short.get(n, n):>12}" for n in names))
     for key in rows:
         vals = result[key]

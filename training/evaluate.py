@@ -31,13 +31,16 @@ from tqdm import tqdm
 from app import columns as c
 from app.ab import exp_group
 from app.artifacts import LIKED_WITHIN_HORIZON
-from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, top_k
+from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, spread_top_k, top_k
 from app.features import CONTROL_FEATURES
 from training import data
 from training.metrics import ap_at, bootstrap_ci, expected_hit, hit_at, ndcg_at
 from training.world.model import World
 
 RANKERS = ("random", "popularity", "segment_popularity", "control", "test")
+# cold start under the world's truth: the best a ranker that sees the profile alone can do
+PROFILE_BEST = "profile_best"
+PROFILE_SAMPLE, PROFILE_SAMPLE_SEED = 256, 0  # the users whose tastes stand in for the unknown ones
 K_MAX = 10
 ENGINE_MODEL = {"popularity": POPULAR, "segment_popularity": SEGMENT_POPULAR, "control": "control", "test": "test"}
 # the protocol whose figures decide, by exposure kind (as training.selection chooses on validation)
@@ -179,15 +182,30 @@ def world_expectations(world: World, engine: Recommender, requests: pd.DataFrame
     return {n: np.array(v) for n, v in out.items()}
 
 
+def _first(engine: Recommender, scores: np.ndarray, rows: np.ndarray, topics: np.ndarray | None,
+           m: int) -> np.ndarray:
+    """The m best of the post `rows` by their `scores`, as the slot's screen orders them: spread over
+    the `topics` (one per topic first, `spread_top_k`) when given, else by score."""
+    ids = engine.post_ids[rows]
+    return rows[spread_top_k(scores, ids, topics[rows], m) if topics is not None else top_k(scores, ids, m)]
+
+
 def cold_start(world: World | None, engine: Recommender, requests: pd.DataFrame, truth: Truth,
                k: int = 5) -> dict:
     """The same requests with each user's history hidden, as for a user who has just signed up: every
     model sees the profile alone; popularity is unchanged. Each slot ranks as it would serve such a user
-    (`Recommender.ranker_for`). Expected hit@k under the world's truth (when known), the shown-set hit
-    rate, and the full-catalogue hit rate (the screen excluding what the real history excludes)."""
+    (`Recommender.ranker_for`, spread over topics where `Recommender.spreads`). Expected hit@k under the
+    world's truth (when known), with the best a ranker seeing the profile alone can reach
+    (`World.profile_best`, as PROFILE_BEST), the shown-set hit rate, and the full-catalogue hit rate (the
+    screen excluding what the real history excludes)."""
     state = engine.state
     rankers = ("popularity", "segment_popularity", "control", "test")
-    expected = {n: [] for n in rankers}
+    expected: dict[str, list] = {n: [] for n in (*rankers, PROFILE_BEST)}
+    # the latent tastes that stand in for a request user's unknown ones (`World.profile_best`)
+    sample = None
+    if world is not None:
+        n_users = len(world.user_ids)
+        sample = np.random.default_rng(PROFILE_SAMPLE_SEED).choice(n_users, min(PROFILE_SAMPLE, n_users), replace=False)
     shown = {n: [] for n in rankers}
     expected_users, shown_users, full_users = [], [], []  # the user of each value, for intervals clustered by user
     full = {n: [] for n in rankers}  # the full-catalogue protocol: the one that fits an organic log
@@ -205,15 +223,21 @@ def cold_start(world: World | None, engine: Recommender, requests: pd.DataFrame,
         eligible = len(cand) > k and len(liked) > 0
         p = world.all_posts_probability(u, t) if world is not None else None
         for name, s in scores.items():
-            top = engine.post_ids[top_k(s, engine.post_ids, k)]
+            # the slot's screen for such a user: one post per topic first, if its validation chose that
+            topics = posts.topic if name in ("control", "test") and engine.spreads(ENGINE_MODEL[name], cold) else None
+            every = np.arange(len(s))
+            top = engine.post_ids[_first(engine, s, every, topics, k)]
             screen = s.copy()  # the screen's exclusions, from the real history
             screen[user.liked], screen[user.viewed] = -np.inf, -np.inf
-            full[name].append(hit_at(engine.post_ids[top_k(screen, engine.post_ids, k)], truth.future_likes[i], k))
+            full[name].append(hit_at(engine.post_ids[_first(engine, screen, every, topics, k)],
+                                     truth.future_likes[i], k))
             if p is not None:
                 expected[name].append(expected_hit(p[world.post_index(top)]))
             if eligible:
-                order = cand[np.lexsort((cand, -s[state.post_rows(cand)]))]
-                shown[name].append(hit_at(order, liked, k))
+                rows = state.post_rows(cand)
+                shown[name].append(hit_at(engine.post_ids[_first(engine, s[rows], rows, topics, len(rows))], liked, k))
+        if p is not None:
+            expected[PROFILE_BEST].append(expected_hit(p[world.post_index(world.profile_best(u, t, k, sample))]))
         expected_users += [u] if p is not None else []
         shown_users += [u] if eligible else []
         full_users.append(u)

@@ -31,6 +31,7 @@ class ObjectiveConfig:
     horizon_val_requests: int = 1500
     select_requests_full: int = 300  # full-catalogue validation requests: every post is scored
     select_requests_shown: int = 1500  # shown-set validation requests: only what was shown
+    cold_spread: bool = True  # screens of users without history: one post per topic first (`selection.select`)
     seed: int = 0
 
 
@@ -76,7 +77,8 @@ def fit_and_select(prep, like_models: dict, fit: Callable, train_config, config:
     n_sel = config.select_requests_full if protocol_name == "full_catalogue" else config.select_requests_shown
     requests = sample_requests(history, split.val_start, split.test_start, n_sel, config.seed + 2)
     selection = select(history, prep.profile, prep.static, prep.priors, candidates,
-                       Protocol(protocol_name, requests, split.test_start), shares_cut=split.val_start)
+                       Protocol(protocol_name, requests, split.test_start), shares_cut=split.val_start,
+                       spread=config.cold_spread)
     selection["exposure"] = kind.describe()
     logger.info("selection: {}", selection)
     return models, meta, selection

@@ -162,7 +162,8 @@ def write_report(result: dict, details: dict, engine: Recommender, out_dir: Path
         for name, choice in result.get("slots", {}).items():
             cold = choice.get("cold", {})
             lines += [f"- slot `{name}` serves `{choice.get('serves')}`: {choice.get('reason')}; users without "
-                      f"history: `{cold.get('serves')}` (validation {cold.get('validation_hitrate@5')})"]
+                      f"history: `{cold.get('serves')}`{', one post per topic first' if cold.get('spread') else ''} "
+                      f"(validation {cold.get('validation_hitrate@5')})"]
         lines += [""]
     lines += [
         "## Hit rate at k", "", f"![hit rate at k]({plots[0]})", "",

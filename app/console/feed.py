@@ -20,7 +20,7 @@ from app import columns as c
 from app.ab import CONTROL, exp_group
 from app.artifacts import MODEL_FILES
 from app.config import Settings
-from app.engine import POPULAR, SEGMENT_POPULAR, Recommender
+from app.engine import COUNTERS, Recommender
 from app.queries import count_topics_before, read_actions_before, read_user
 
 HISTORY_ROWS = 10  # latest likes and views listed; the topic mix counts all of them
@@ -111,7 +111,7 @@ def rank_columns(recommender: Recommender, models: list[str], user_id: int, ts: 
             post = recommender.posts.get(pid, {"text": "", "topic": ""})
             elsewhere = {m: pos[pid] for m, pos in positions.items() if m != model and pid in pos}
             posts.append(RankedPost(i + 1, pid, float(score),
-                                    None if ranking.model in (POPULAR, SEGMENT_POPULAR) else _probability(score),
+                                    None if ranking.model in COUNTERS else _probability(score),
                                     post["topic"], post["text"], elsewhere))
         columns.append(Column(model, ranking.model, model == served, posts))
     return columns

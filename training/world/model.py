@@ -161,6 +161,34 @@ class World:
         top = np.argsort(-p, kind="stable")[:k]
         return self.post_ids[top]
 
+    def profile_best(self, user_id: int, ts: int, k: int, sample: np.ndarray) -> np.ndarray:
+        """The k post ids a ranker that knows everything but the user's own latent terms (bias, topic
+        and theme tastes: the history's part) would show: the set that maximises P(at least one like)
+        averaged over `sample`, row indexes of other users whose latent terms stand in for the unknown
+        ones (the world draws them independently of the profile). Chosen greedily (the objective is
+        submodular); the user's row is left out of the sample. The ceiling of a cold-start ranker: no
+        ranking of single posts by P(like | profile) reaches it, since likes within one topic or theme
+        go together for a user whose tastes are unknown."""
+        ui = self.user_index(np.array([user_id]))[0]
+        pj = np.arange(len(self.post_ids))
+        topic = self.post_topic
+        key = sample.tobytes()
+        if getattr(self, "_latent", (None,))[0] != key:  # the same sample for every request: once
+            self._latent = (key, self.user_bias[sample][:, None] + self.user_topic_taste[sample][:, topic]
+                            + self.user_theme_taste[sample] @ self.post_themes.T)
+        latent = self._latent[1][sample != ui]
+        own = self.user_bias[ui] + self.user_topic_taste[ui, topic] + self.post_themes @ self.user_theme_taste[ui]
+        known = self.logit_by_index(np.full(len(pj), ui), pj, np.full(len(pj), ts)) - own
+        p = 1.0 / (1.0 + np.exp(-(known[None, :] + latent)))
+        miss, chosen = np.ones(len(latent)), []
+        for _ in range(min(k, len(pj))):
+            gain = miss @ p
+            gain[chosen] = -np.inf
+            j = int(np.argmax(gain))
+            chosen.append(j)
+            miss *= 1.0 - p[:, j]
+        return self.post_ids[np.array(chosen, np.int64)]
+
     # ---------------------------------------------------------------- exposure
     def choice_probability(self, user_id: int, ts: int) -> np.ndarray:
         """P(a view of this user at ts is of each post), in post_ids order: the random feed's exposure
