@@ -199,3 +199,29 @@ def test_cold_spread_routing(trained, tmp_path):
     assert keep.tolist() == spread_top_k(scores, engine.post_ids, posts.topic, 5).tolist()
     assert len({engine.posts[int(p)]["topic"] for p in engine.post_ids[keep]}) == 5
     assert keep.tolist() != engine._select(rows, scores, posts, t, 5, 0.0).tolist()  # by score: topics repeat
+
+
+def test_windows_sized_by_the_data():
+    from training.train import DAY, make_split
+
+    lo = 1_600_000_000 - 1_600_000_000 % DAY + 3600  # 01:00 on a day
+    # a sparse log: 20 liked views a day for 140 days, then a busy last week of 500 a day
+    sparse = np.concatenate([lo + d * DAY + np.arange(20) * 60 for d in range(143)])
+    busy = np.concatenate([lo + d * DAY + np.arange(500) * 60 for d in range(143, 150)])
+    liked = np.sort(np.concatenate([sparse, busy]))
+    hi = int(liked[-1]) + 1  # the log ends on day 149
+    end = -(-hi // DAY) * DAY
+    split = make_split(lo, hi, window_likes=1000, liked_ts=liked, train_days=0)
+    assert split.test_start == end - 2 * DAY  # 500 a day: two days hold 1,000
+    # before it: five busy days (2,500) would do, but a window is the fewest days holding 1,000
+    assert split.val_start == split.test_start - 2 * DAY
+    assert split.train_start == -(-lo // DAY) * DAY + DAY  # every day before validation but the first
+    sparse_only = make_split(lo, int(sparse[-1]) + 1, window_likes=1000, liked_ts=sparse)
+    assert sparse_only.test_start == -(-int(sparse[-1]) // DAY) * DAY - 50 * DAY  # 20 a day: 50 days
+    assert sparse_only.val_start == sparse_only.test_start - 50 * DAY
+    assert sparse_only.train_start == sparse_only.val_start - 14 * DAY
+    # the calendar's windows when not asked: the defaults, whatever the log
+    fixed = make_split(lo, hi, liked_ts=liked)
+    assert (fixed.test_start, fixed.val_start, fixed.train_start) == (end - 7 * DAY, end - 14 * DAY, end - 28 * DAY)
+    with pytest.raises(ValueError, match="too short"):
+        make_split(lo, lo + 30 * DAY, window_likes=10_000, liked_ts=sparse)

@@ -82,10 +82,13 @@ if __name__ == "__main__":
     app()
 
 
-def _split_args(test_start: str | None, test_days: float, val_days: float, train_days: float) -> dict:
+def _split_args(test_start: str | None, test_days: float, val_days: float, train_days: float,
+                window_likes: int = 0) -> dict:
     from training.data import to_seconds
 
     args: dict = {"test_days": test_days, "val_days": val_days, "train_days": train_days}
+    if window_likes:
+        args["window_likes"] = window_likes
     if test_start:
         from datetime import datetime
 
@@ -107,7 +110,11 @@ def train(
     test_start: TestStart = None,
     test_days: Annotated[float, typer.Option(help="Held-out window length")] = 7,
     val_days: Annotated[float, typer.Option(help="Validation window (early stopping) length")] = 7,
-    train_days: Annotated[float, typer.Option(help="Training-label window length")] = 14,
+    train_days: Annotated[float, typer.Option(help="Training-label window length; 0: every day before "
+                                                   "validation")] = 14,
+    window_likes: Annotated[int, typer.Option(min=0, help="Size the held-out and validation windows by the "
+                                                          "data: each the fewest whole days holding this many "
+                                                          "liked views (0: --test-days and --val-days)")] = 0,
     max_train_rows: Annotated[int, typer.Option(help="Views sampled from the training window")] = 400_000,
     iterations: Annotated[int, typer.Option()] = 600,
     class_weights: Annotated[str, typer.Option(help="none (calibrated) or balanced")] = "none",
@@ -147,11 +154,11 @@ def train(
         raise typer.BadParameter(f"--engine {engine!r}: single or spark")
     if engine == "spark":
         path = _train_spark(parquet, master, out or settings.model_dir, config,
-                            _split_args(test_start, test_days, val_days, train_days), serve_latest)
+                            _split_args(test_start, test_days, val_days, train_days, window_likes), serve_latest)
         typer.echo(f"trained: {path}")
         return
     path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
-               _split_args(test_start, test_days, val_days, train_days), serve_latest=serve_latest,
+               _split_args(test_start, test_days, val_days, train_days, window_likes), serve_latest=serve_latest,
                objectives=ObjectiveConfig(exposure=exposure, seed=seed, cold_spread=cold_spread))
     typer.echo(f"trained: {path}")
 
@@ -395,7 +402,8 @@ def retrain(
                                                     "when it exists")] = None,
     test_days: Annotated[float, typer.Option(help="Held-out window: the last days of the data")] = 7,
     val_days: Annotated[float, typer.Option()] = 7,
-    train_days: Annotated[float, typer.Option()] = 14,
+    train_days: Annotated[float, typer.Option(help="0: every day before validation")] = 14,
+    window_likes: Annotated[int, typer.Option(min=0, help="Windows sized by the data, as in `train`")] = 0,
     auc_drop: Annotated[float, typer.Option(help="Largest ROC-AUC drop the gate accepts")] = 0.005,
     min_requests: Annotated[int, typer.Option(min=1, help="A hit rate on fewer held-out requests does not vote "
                                                           "in the gate")] = 100,
@@ -412,7 +420,7 @@ def retrain(
     try:
         result = run(_db(db), models or settings.model_dir, settings.cache_dir, settings.embedding_model, keep=keep,
                      world=path if Path(path).is_file() else None, requests=requests,
-                     split_args={"test_days": test_days, "val_days": val_days, "train_days": train_days},
+                     split_args=_split_args(None, test_days, val_days, train_days, window_likes),
                      gate=Gate(auc_drop=auc_drop, min_requests=min_requests))
     except Exception as exc:  # a scheduler reads the exit code; the reason goes to stderr
         typer.echo(f"error: retrain failed: {exc}", err=True)

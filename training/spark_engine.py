@@ -239,7 +239,12 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     lo, hi, n_events = ev.agg(F.min("ts"), F.max("ts"), F.count("*")).first()
     if not n_events:
         raise ValueError(f"{parquet_dir / 'feed_data'} holds no events of known users and posts")
-    split = make_split(int(lo), int(hi) + 1, **(split_args or {}))
+    liked_ts = None
+    if (split_args or {}).get("window_likes"):  # liked views per day: windows are whole days
+        per_day = (ev.where((F.col("kind") == int(VIEW)) & (F.col("target") > 0))
+                   .groupBy((F.floor(F.col("ts") / 86_400) * 86_400).alias("day")).count().toPandas())
+        liked_ts = np.sort(np.repeat(per_day["day"].to_numpy(np.int64), per_day["count"].to_numpy(np.int64)))
+    split = make_split(int(lo), int(hi) + 1, **(split_args or {}), liked_ts=liked_ts)
     logger.info("spark: {} events, split {}", n_events, split.describe())
 
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)

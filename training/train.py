@@ -78,14 +78,39 @@ class Split:
 
 
 def make_split(lo: int, hi: int, test_days: float = 7, val_days: float = 7, train_days: float = 14,
-               test_start: int | None = None) -> Split:
-    """Windows aligned to midnight UTC; `test_start` overrides the default (end minus test_days)."""
+               test_start: int | None = None, window_likes: int = 0, liked_ts: np.ndarray | None = None) -> Split:
+    """Windows aligned to midnight UTC; `test_start` overrides the default (end minus test_days).
+
+    Sized by the data instead of the calendar: with `window_likes` > 0 the held-out window, then the
+    validation window before it, are each the fewest whole days (one at least) that hold `window_likes`
+    liked views (`liked_ts`, sorted) — a sparse log gets weeks, a busy one a day, and each window holds
+    enough outcomes to measure; `train_days` 0 trains on every day before validation after a first day,
+    which only the priors see (rows are sampled to the row cap, their features as of their own moments).
+    """
     end_day = -(-hi // DAY) * DAY
-    ts = test_start if test_start is not None else end_day - int(test_days * DAY)
-    split = Split(lo, ts - int((val_days + train_days) * DAY), ts - int(val_days * DAY), ts, hi)
+    if window_likes > 0:
+        if liked_ts is None:
+            raise ValueError("window_likes needs the liked views' times")
+        ts = test_start if test_start is not None else end_day - _days_holding(liked_ts, end_day, window_likes, lo)
+        vs = ts - _days_holding(liked_ts, ts, window_likes, lo)
+    else:
+        ts = test_start if test_start is not None else end_day - int(test_days * DAY)
+        vs = ts - int(val_days * DAY)
+    train_start = (-(-lo // DAY) * DAY + DAY) if train_days <= 0 else vs - int(train_days * DAY)
+    split = Split(lo, train_start, vs, ts, hi)
     if not lo < split.train_start < split.val_start < split.test_start < hi:
         raise ValueError(f"data range too short for these windows: {split.describe()}")
     return split
+
+
+def _days_holding(liked_ts: np.ndarray, end: int, n: int, lo: int) -> int:
+    """Seconds of the fewest whole days before `end` holding `n` of the sorted `liked_ts` (all the days
+    back to `lo` when they hold fewer)."""
+    days = 1
+    before_end = int(np.searchsorted(liked_ts, end, side="left"))
+    while end - days * DAY > lo and before_end - int(np.searchsorted(liked_ts, end - days * DAY, side="left")) < n:
+        days += 1
+    return days * DAY
 
 
 @dataclass
@@ -126,7 +151,9 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
                            posts[c.POST_ID].to_numpy(np.int64))
     gaps = feed_events.recent_gaps(conn, history.seq)
     logger.info("read {} events of {} users", len(history.events.ts), len(history.user_ids))
-    split = make_split(history.start, history.end, **split_args)
+    ev = history.events
+    liked_ts = np.sort(ev.ts[history.views & (ev.target > 0)]) if split_args.get("window_likes") else None
+    split = make_split(history.start, history.end, **split_args, liked_ts=liked_ts)
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
     static, transforms = post_static(posts, embeddings, embedding_model)
     priors = fit_priors(history, users, static, split.train_start)
