@@ -1,6 +1,7 @@
 """The live state's goals, measured: simulation frozen vs live, freshness, apply rate, request path, memory.
 
     python -m bench.live_state simulate --db URL --models DIR --world PATH [--days 10] [--users-per-day 800]
+    python -m bench.live_state ablate --db URL --models DIR --world PATH [--sim-db URL] [--ablate-days 1,10]
     python -m bench.live_state freshness --db URL --models DIR [--trials 200]
     python -m bench.live_state apply --db URL --models DIR [--days 1]
     python -m bench.live_state serving --db URL --models DIR [--duration 30] [--workers 2]
@@ -11,7 +12,9 @@ Each command works on a copy of the database (a file copy on SQLite, `CREATE DAT
 PostgreSQL), starts the services it compares as their own processes on loopback, and appends its
 result to docs/live_state.md with the command and the machine. Events "replayed" below are the
 feed's own latest events, shifted forward in time by whole weeks: the same users, posts, hours and
-like rates as the real feed, at the real feed's rate.
+like rates as the real feed, at the real feed's rate. `ablate` runs the live simulation (or takes a
+database it ran on) and ranks the requests of chosen days again offline, each part of the state as of
+the snapshot or live in turn: what the decline of the live hit rate over the days comes from.
 """
 
 from __future__ import annotations
@@ -199,6 +202,197 @@ def cmd_simulate(args) -> None:
             f"[95% CI {lo:+.4f}, {hi:+.4f}]. Requests that waited for the live state to apply the user's "
             f"own earlier events: {live.waits}."]
     append("Simulation, frozen vs live", body)
+
+
+# ------------------------------------------------------------------ ablation
+# Each variant ranks a request of the live simulation again from a mix of two states: L, the live state
+# holding every event the simulation wrote (read as of the request), and S, the artifact's snapshot
+# alone. Unless a variant says otherwise, every variant hides the same posts (the live user's liked and
+# recently viewed ones) and is scored with the world's probabilities at the request's moment.
+ABLATION_VARIANTS = {
+    "live": "user L, post counters L: what the live service served",
+    "posts_at_snapshot": "user L, post counters S",
+    "user_at_snapshot": "user S, post counters L",
+    "live_clock_day1": "user L, post counters L, the user's days since first and last view as on day 1 "
+                       "(counted from the snapshot's last view)",
+    "depleted_day1": "user S, post counters S, the whole request on day 1's clock (same hour, the number of "
+                     "days earlier): the day-1 service, but hiding what the user liked and viewed in the simulation",
+    "as_if_day1": "the same users served by the day-1 service as if the simulation had not happened: user S, "
+                  "post counters S, the snapshot's exclusions, day 1's clock, scored on day 1's clock",
+    "posts_rate_at_snapshot": "user L, post counters L but the smoothed like rate `p_like_rate` from S",
+    "posts_counts_at_snapshot": "user L, post counters L but the counts `p_views`, `p_likes` from S",
+    "popular_live": "popularity (liked views) from L",
+    "popular_snapshot": "popularity (liked views) from S",
+}
+
+
+def _screen(model: str, user_rec: Recommender, post_rec: Recommender, row: int, ts: int, k: int,
+            hide, shift_first: int = 0, shift_last: int = 0, popular: bool = False,
+            columns_from: tuple[Recommender, list[int]] | None = None) -> np.ndarray:
+    """Post ids of one screen ranked with the user side of `user_rec` and the post side of `post_rec`;
+    `hide` (a UserAt) says what the screen leaves out. `shift_first` and `shift_last` move the user's
+    first and last view that many seconds forward (the time features only); `columns_from` takes those
+    POST_COUNTERS columns from another recommender's state."""
+    import dataclasses
+
+    from app.engine import POPULAR
+
+    user, _ = user_rec.state.at(row, ts)
+    _, posts = post_rec.state.at(row, ts)
+    if columns_from is not None:
+        other, cols = columns_from
+        counters = posts.counters.copy()
+        counters[:, cols] = other.state.at(row, ts)[1].counters[:, cols]
+        posts = dataclasses.replace(posts, counters=counters)
+    if shift_first or shift_last:
+        v = user.view
+        moved = dataclasses.replace(v, last_view=np.where(v.last_view >= 0, v.last_view + shift_last, -1),
+                                    first_view=np.where(v.first_view >= 0, v.first_view + shift_first, -1))
+        user = dataclasses.replace(user, view=moved)
+    n = len(posts.topic)
+    ranker = POPULAR if popular else post_rec.ranker_for(model, user)
+    if ranker == POPULAR:
+        rows, scores = np.arange(n), post_rec.popular_scores(ts)[:n]
+    else:
+        if post_rec.retrieval == "candidates":
+            rows = post_rec.retriever.candidates(ranker, user.view, ts, post_rec.state.timeline,
+                                                 post_rec.state.catalogue.frame)
+            rows = rows[rows < n]
+        else:
+            rows = np.arange(n)
+        scores = post_rec.model_scores(ranker, user, posts, ts, rows)
+    scores = np.where(post_rec._eligible(rows, hide, ts, n), scores, -np.inf)
+    keep = post_rec._select(rows, scores, posts, ts, k, 0.0)
+    return post_rec.state.catalogue.frame.ids[rows[keep]]
+
+
+def cmd_ablate(args) -> None:
+    from app.ab import CONTROL, exp_group
+    from app.engine import ScreenPolicy
+    from app.features import USER_NUM
+    from training import data
+    from training.metrics import bootstrap_ci, expected_hit
+    from training.simulate import DAY, SimConfig, day_requests, simulate
+    from training.world.model import World
+
+    world = World.load(args.world)
+    settings = Settings()
+    base = make_engine(args.db)
+    with base.connect() as conn:
+        _, end = data.data_range(conn)
+    base.dispose()
+    first_day = -(-end // DAY) * DAY  # as training.simulate: the next midnight after the data
+    sim_db, made, sim_days = args.sim_db, False, None
+    if sim_db is None:  # run the live simulation, as `simulate` does for its live service
+        sim_db, made = copy_database(args.db, f"ablate{args.port}"), True
+        proc, _ = _service(sim_db, args.models, args.port, state_follow="true",
+                           **dict(kv.split("=", 1) for kv in args.live_setting))
+        try:
+            engine = make_engine(sim_db)
+            with httpx.Client(base_url=f"http://127.0.0.1:{args.port}") as client:
+                summary = simulate(engine, client, world, SimConfig(days=args.days, users_per_day=args.users_per_day,
+                                                                    seed=args.seed, max_rps=args.max_rps))
+            engine.dispose()
+        finally:
+            stop(proc)
+        sim_days = [d["expected_hitrate"] for d in summary.days]
+        print("live simulation:", sim_days, "kept at", sim_db, flush=True)
+    views = USER_NUM.index("u_views")
+    chosen = list(ABLATION_VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = set(chosen) - set(ABLATION_VARIANTS)
+    if unknown:
+        sys.exit(f"error: unknown variants {sorted(unknown)}; choose from {list(ABLATION_VARIANTS)}")
+    names = [*chosen, "oracle"]
+    try:
+        def load_rec() -> Recommender:
+            return Recommender.load(args.models, settings.exclude_viewed_hours, settings.exclude_last_views,
+                                    ScreenPolicy.from_settings(settings))
+
+        live, snap = load_rec(), load_rec()
+        engine = make_engine(sim_db)
+        catch_up(engine, live.state)
+        engine.dispose()
+        plan_rng = np.random.default_rng(args.seed)  # the simulation's plan: the same users at the same moments
+        wanted = ({int(d) for d in args.ablate_days.split(",")} if args.ablate_days != "all"
+                  else set(range(1, args.days + 1)))
+        per_day: dict[int, dict[str, np.ndarray]] = {}
+        returning: dict[int, np.ndarray] = {}
+        for day in range(args.days):
+            plan = day_requests(world, first_day + day * DAY, args.users_per_day, plan_rng)
+            if day + 1 not in wanted:
+                continue
+            shift = day * DAY
+            got: dict[str, list[float]] = {k: [] for k in names}
+            back: list[bool] = []
+            for u, ts in zip(plan[c.USER_ID].to_numpy(), plan["ts"].to_numpy(), strict=True):
+                u, ts = int(u), int(ts)
+                row = live.state.user_row(u)
+                group = exp_group(u, settings.ab_salt, settings.ab_control_percent)
+                model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
+                hide, _ = live.state.at(row, ts)
+                snap_user, _ = snap.state.at(row, ts - shift)
+                last, snap_last = int(hide.view.last_view[0]), int(snap_user.view.last_view[0])
+                back.append(bool(hide.view.num[0, views] > snap_user.view.num[0, views]))  # seen in the simulation
+                day1 = ts - shift
+                specs = {  # (user side, post side, moment ranked, what is hidden, options)
+                    "live": (live, live, ts, hide, {}),
+                    "posts_at_snapshot": (live, snap, ts, hide, {}),
+                    "user_at_snapshot": (snap, live, ts, hide, {}),
+                    "live_clock_day1": (live, live, ts, hide, {"shift_first": shift,
+                                                               "shift_last": shift + snap_last - last}),
+                    "depleted_day1": (snap, snap, day1, hide, {}),
+                    "as_if_day1": (snap, snap, day1, snap_user, {}),
+                    "posts_rate_at_snapshot": (live, live, ts, hide, {"columns_from": (snap, [2])}),
+                    "posts_counts_at_snapshot": (live, live, ts, hide, {"columns_from": (snap, [0, 1])}),
+                    "popular_live": (live, live, ts, hide, {"popular": True}),
+                    "popular_snapshot": (live, snap, ts, hide, {"popular": True}),
+                }
+                for name in chosen:
+                    user_rec, post_rec, at, hidden, options = specs[name]
+                    ids = _screen(model, user_rec, post_rec, row, at, args.limit, hidden, **options)
+                    got[name].append(expected_hit(world.like_probability(np.full(len(ids), u), ids, at)))
+                truth = world.all_posts_probability(u, ts)
+                truth[world.post_index(live.state.post_ids[np.concatenate([hide.liked, hide.viewed])])] = 0.0
+                got["oracle"].append(expected_hit(np.sort(truth)[-args.limit:]))
+            per_day[day + 1] = {k: np.array(v) for k, v in got.items()}
+            returning[day + 1] = np.array(back)
+            print(day + 1, {k: round(float(np.mean(v)), 4) for k, v in got.items()}, "returning",
+                  round(float(np.mean(back)), 3), flush=True)
+    finally:
+        if made and not args.keep:
+            drop_database(sim_db)
+    body = [f"Demo world `{args.world}`, artifacts `{args.models.name}`: the live simulation of {args.days} days "
+            f"({args.users_per_day} users a day, seed {args.seed}; run here unless `--sim-db` names a database it "
+            "already ran on) replayed offline. Every request of the listed days is ranked again by each variant "
+            "and scored with the world's true like probabilities (the screen's expected hit rate, 5 posts). L: "
+            "the live state holding every simulated event, read as of the request; S: the artifact's snapshot "
+            "alone. Unless a variant says otherwise it hides the live user's liked and recently viewed posts "
+            "and is scored at the request's moment.", "",
+            *[f"- `{k}`: {ABLATION_VARIANTS[k]}" for k in chosen],
+            "- `oracle`: the world's best 5 posts the live user has not liked or recently viewed", ""]
+    if sim_days is not None:
+        body += [f"The live simulation's expected hit rate per day (through the service"
+                 f"{'; ' + ' '.join(args.live_setting) if args.live_setting else ''}): {sim_days}.", ""]
+    if per_day:
+        body += ["| day | requests | returning | " + " | ".join(f"`{n}`" for n in names) + " |",
+                 "|---|---|---|" + "---|" * len(names)]
+    for day, got in per_day.items():
+        body.append(f"| {day} | {len(got['live'])} | {returning[day].mean():.3f} | "
+                    + " | ".join(f"{got[n].mean():.4f}" for n in names) + " |")
+    if per_day and "as_if_day1" in chosen:
+        last = max(per_day)
+        got, back = per_day[last], returning[last]
+        body += ["", f"Day {last}, by whether the user was served before in the simulation (returning) or not, "
+                 "with the 95% bootstrap interval of the paired difference from `as_if_day1` (the same requests):",
+                 "", "| variant | all | returning | first visit | all minus `as_if_day1` [95% CI] |",
+                 "|---|---|---|---|---|"]
+        for n in names:
+            diff = got[n] - got["as_if_day1"]
+            lo, hi = bootstrap_ci(diff, seed=last)
+            ret = f"{got[n][back].mean():.4f}" if back.any() else "-"
+            new = f"{got[n][~back].mean():.4f}" if (~back).any() else "-"
+            body.append(f"| `{n}` | {got[n].mean():.4f} | {ret} | {new} | {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+    append("Ablation of the live decline", body)
 
 
 # ------------------------------------------------------------------ freshness
@@ -493,18 +687,25 @@ def main() -> None:
     mem = sub.add_parser("memory")
     mem.add_argument("--models", type=Path, required=True)
     mem.add_argument("--batch", type=int, default=50_000)
-    for name in ("simulate", "freshness", "apply", "serving"):
+    for name in ("simulate", "ablate", "freshness", "apply", "serving"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--models", type=Path, required=True)
         p.add_argument("--seed", type=int, default=3)
-        if name == "simulate":
+        if name in ("simulate", "ablate"):
             p.add_argument("--world", type=Path, required=True)
             p.add_argument("--days", type=int, default=10)
             p.add_argument("--users-per-day", type=int, default=800)
             p.add_argument("--max-rps", type=float, default=200.0)
             p.add_argument("--live-setting", action="append", default=[], metavar="NAME=VALUE",
                            help="a setting of the live service, e.g. EXCLUDE_LAST_VIEWS=0 (repeatable)")
+        if name == "ablate":
+            p.add_argument("--sim-db", help="a database the live simulation already ran on (else it runs here)")
+            p.add_argument("--keep", action="store_true", help="keep the simulated copy of the database")
+            p.add_argument("--ablate-days", default="1,10", help="days to re-rank (comma-separated, or all)")
+            p.add_argument("--limit", type=int, default=5)
+            p.add_argument("--port", type=int, default=8024)
+            p.add_argument("--variants", default="all", help=f"comma-separated, of {', '.join(ABLATION_VARIANTS)}")
         if name == "freshness":
             p.add_argument("--trials", type=int, default=200)
         if name == "apply":
@@ -516,7 +717,8 @@ def main() -> None:
             p.add_argument("--trickle", type=float, default=100.0)
             p.add_argument("--work", default="/tmp/bench-live")
     args = ap.parse_args()
-    commands = {"simulate": cmd_simulate, "freshness": cmd_freshness, "apply": cmd_apply, "serving": cmd_serving,
+    commands = {"simulate": cmd_simulate, "ablate": cmd_ablate, "freshness": cmd_freshness, "apply": cmd_apply,
+                "serving": cmd_serving,
                 "encoder": cmd_encoder, "memory": cmd_memory}
     commands[args.command](args)
 
