@@ -118,8 +118,11 @@ def make_scorers(history: History, profile: np.ndarray, posts: PostView, priors:
     def matrix(rows, times, post_rows, cold):
         """The shared features of every (request, post) pair: the user side once per request (as of its
         moment, or the profile alone when cold), the posts as of each moment, through `assemble`."""
+        # one batch's features serve every scorer: keyed by the batch's own array, which the cache holds
+        # (an id alone is reused by the next batch's array once the last one is freed: a stale hit)
         key = (id(post_rows), cold)
-        if key not in cache:
+        hit = cache.get(key)
+        if hit is None or hit[0] is not post_rows:
             cache.clear()
             m = post_rows.shape[1]
             view = user_views_at(history, profile, posts, priors, rows, times, np.full(len(rows), cold))
@@ -127,8 +130,8 @@ def make_scorers(history: History, profile: np.ndarray, posts: PostView, priors:
             counters = post_counters_at(history, priors, flat_posts, flat_t)
             x = assemble(view, np.repeat(np.arange(len(rows)), m), posts, flat_posts, flat_t, True,
                          counters=counters)
-            cache[key] = (x, recent_columns(history, flat_posts, flat_t))
-        return cache[key]
+            hit = cache[key] = (post_rows, x, recent_columns(history, flat_posts, flat_t))
+        return hit[1], hit[2]
 
     def model_scorer(name: str, objective: str, text: bool):
         model = models[(name, objective)]
