@@ -312,6 +312,11 @@ def cmd_ablate(args) -> None:
         engine = make_engine(sim_db)
         catch_up(engine, live.state)
         engine.dispose()
+        snap_rates = snap.state.at(-1, first_day)[1].counters[:, 2]
+        p99 = float(np.percentile(snap_rates, 99))
+        before = snap.state.counts_at(first_day)
+        feed_rate = float(before[:, 1].sum() / max(before[:, 0].sum(), 1))
+        counters: dict[int, tuple] = {}
         plan_rng = np.random.default_rng(args.seed)  # the simulation's plan: the same users at the same moments
         wanted = ({int(d) for d in args.ablate_days.split(",")} if args.ablate_days != "all"
                   else set(range(1, args.days + 1)))
@@ -323,6 +328,7 @@ def cmd_ablate(args) -> None:
                 continue
             shift = day * DAY
             got: dict[str, list[float]] = {k: [] for k in names}
+            rates: tuple[list, list] = ([], [])
             back: list[bool] = []
             for u, ts in zip(plan[c.USER_ID].to_numpy(), plan["ts"].to_numpy(), strict=True):
                 u, ts = int(u), int(ts)
@@ -351,10 +357,21 @@ def cmd_ablate(args) -> None:
                     user_rec, post_rec, at, hidden, options = specs[name]
                     ids = _screen(model, user_rec, post_rec, row, at, args.limit, hidden, **options)
                     got[name].append(expected_hit(world.like_probability(np.full(len(ids), u), ids, at)))
+                    if name == "live":  # the served posts' smoothed like rate, live and as of the snapshot
+                        served = live.state.post_rows(ids)
+                        rates[0].append(live.state.at(-1, ts)[1].counters[served, 2])
+                        rates[1].append(snap_rates[served])
                 truth = world.all_posts_probability(u, ts)
                 truth[world.post_index(live.state.post_ids[np.concatenate([hide.liked, hide.viewed])])] = 0.0
                 got["oracle"].append(expected_hit(np.sort(truth)[-args.limit:]))
             per_day[day + 1] = {k: np.array(v) for k, v in got.items()}
+            if rates[0]:
+                lr, sr = np.concatenate(rates[0]), np.concatenate(rates[1])
+                day_start = live.state.counts_at(first_day + day * DAY) - snap.state.counts_at(first_day)
+                counters[day + 1] = (float(lr.mean()), float(sr.mean()), float((lr > p99).mean()),
+                                     float((sr > p99).mean()), int(day_start[:, 0].sum()),
+                                     float(day_start[:, 1].sum() / max(day_start[:, 0].sum(), 1)),
+                                     int((day_start[:, 0] > 0).sum()))
             returning[day + 1] = np.array(back)
             print(day + 1, {k: round(float(np.mean(v)), 4) for k, v in got.items()}, "returning",
                   round(float(np.mean(back)), 3), flush=True)
@@ -392,6 +409,15 @@ def cmd_ablate(args) -> None:
             ret = f"{got[n][back].mean():.4f}" if back.any() else "-"
             new = f"{got[n][~back].mean():.4f}" if (~back).any() else "-"
             body.append(f"| `{n}` | {got[n].mean():.4f} | {ret} | {new} | {diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+    if counters:
+        body += ["", f"The posts `live` served, and the simulated views before each day (the snapshot's like rate "
+                 f"`p_like_rate` has its 99th percentile over the catalogue at {p99:.4f}; the feed before the "
+                 f"simulation was liked at {feed_rate:.4f} a view):",
+                 "", "| day | served `p_like_rate`, L | S | served above the 99th percentile, L | S | simulated views "
+                 "before the day | liked per simulated view | posts with a simulated view |",
+                 "|---|---|---|---|---|---|---|---|",
+                 *[f"| {d} | {a:.4f} | {b:.4f} | {x:.3f} | {y:.3f} | {n:,} | {r:.4f} | {k:,} |"
+                   for d, (a, b, x, y, n, r, k) in counters.items()]]
     append("Ablation of the live decline", body)
 
 
