@@ -378,6 +378,10 @@ def cmd_ablate(args) -> None:
     finally:
         if made and not args.keep:
             drop_database(sim_db)
+    if not per_day:  # the simulation alone (`--ablate-days 0`): its figures, nothing re-ranked
+        append("Live simulation", [f"The live simulation's expected hit rate per day (through the service"
+                                   f"{'; ' + ' '.join(args.live_setting) if args.live_setting else ''}): {sim_days}."])
+        return
     body = [f"Demo world `{args.world}`, artifacts `{args.models.name}`: the live simulation of {args.days} days "
             f"({args.users_per_day} users a day, seed {args.seed}; run here unless `--sim-db` names a database it "
             "already ran on) replayed offline. Every request of the listed days is ranked again by each variant "
