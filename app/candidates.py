@@ -26,7 +26,8 @@ Sources, each a handful of array operations (no model call):
 
 The union is deduplicated; liked, recently viewed and not-yet-born posts are removed by the engine.
 The popularity and fresh sources are computed from the counters as of the start of the request's hour
-(events before t only) and cached for that hour and state.
+(events before t only) and cached for that hour, proxy and catalogue size (a few hours' worth, least
+recently used out first).
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ class _Hourly:
     popular: np.ndarray
     fresh: np.ndarray
 
+    @property
+    def nbytes(self) -> int:
+        return (self.score.nbytes + sum(o.nbytes for o in self.by_topic) + self.popular.nbytes
+                + self.fresh.nbytes)
+
 
 def _nth(budget: tuple[int, ...], i: int) -> int:
     return budget[i] if i < len(budget) else 0
@@ -233,7 +239,7 @@ class Retriever:
 
     def __init__(self, proxies: dict[str, Proxy], priors: Priors, budget: Budget | None = None,
                  exact_below: int = 8_000, nprobe: int = 24, fresh_hours: float = 24.0,
-                 fresh_views: int = 20) -> None:
+                 fresh_views: int = 20, hourly_cache_mb: float = 64.0) -> None:
         self.proxies = proxies
         self.priors = priors
         self.budget = budget or Budget()
@@ -244,7 +250,13 @@ class Retriever:
         self.tfidf_topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.n = 0  # catalogue rows indexed
         self._frame: CatalogueFrame | None = None
-        self._hourly: dict[str, _Hourly] = {}
+        # (proxy, hour, catalogue size) -> its hourly sources, least recently used first, at most
+        # hourly_cache_mb (one entry at least): live requests share one hour, but requests for past
+        # moments (the serving bench's held-out window, the console) jump between hours, and each miss
+        # scores the whole catalogue with the proxy
+        self._hourly: dict[tuple, _Hourly] = {}
+        self._hourly_bytes = int(hourly_cache_mb * 2**20)
+        self._hourly_lock = threading.Lock()
         self._write = threading.Lock()
 
     def update(self, frame: CatalogueFrame) -> None:
@@ -318,15 +330,31 @@ class Retriever:
 
     def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:
         """The counter-based sources as of the start of t's hour (events before t only), computed once per
-        hour, proxy and catalogue size: O(catalogue) then, O(1) for every other request of the hour.
-        Events applied later for moments before the hour (late ones) wait for the next hour."""
+        hour, proxy and catalogue size: O(catalogue) then, O(1) for every other request of the hour (kept
+        while the cache holds it). Events applied later for moments before the hour (late ones) wait for
+        the next hour."""
         hour = (int(t) // 3600) * 3600
         frame = self._frame
         n = frame.n
-        key = (hour, n)
-        cached = self._hourly.get(name)
-        if cached is not None and cached.key == key:
-            return cached
+        key = (name, hour, n)
+        with self._hourly_lock:
+            cached = self._hourly.pop(key, None)
+            if cached is not None:
+                self._hourly[key] = cached  # the most recently used last
+                return cached
+        entry = self._compute_hour(name, hour, frame, timeline)
+        with self._hourly_lock:
+            cache = self._hourly
+            for old in [k for k in cache if k[2] != n]:  # a catalogue that grew since: never asked again
+                del cache[old]
+            cache[key] = entry  # a race computes an hour twice, harmlessly: the same entry
+            total = sum(e.nbytes for e in cache.values())
+            while total > self._hourly_bytes and len(cache) > 1:
+                total -= cache.pop(next(iter(cache))).nbytes
+        return entry
+
+    def _compute_hour(self, name: str, hour: int, frame: CatalogueFrame, timeline: PostTimeline) -> _Hourly:
+        n = frame.n
         b = self.budget
         now = timeline.counts_at(hour)[:n]
         week = timeline.counts_at(hour - POPULAR_DAYS * 86_400)[:n]
@@ -343,6 +371,4 @@ class Retriever:
         few = np.flatnonzero(now[:, 0] < self.fresh_views)
         fresh = np.concatenate([young, _best(few, score, b.fresh)])
         _, first = np.unique(fresh, return_index=True)
-        entry = _Hourly(key, score, by_topic, popular, fresh[np.sort(first)][:b.fresh])
-        self._hourly[name] = entry  # one assignment: readers see an old or a new entry, whole
-        return entry
+        return _Hourly((name, hour, n), score, by_topic, popular, fresh[np.sort(first)][:b.fresh])

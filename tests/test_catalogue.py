@@ -289,3 +289,29 @@ def test_simulation_counts_views_and_likes_of_inserted_posts():
                            c.ACTION: [c.VIEW, c.VIEW, c.VIEW, c.LIKE, c.VIEW], c.TARGET: [0, 1, 0, None, 0]})
     assert new.react(screen) == (3, 1)
     assert new.viewed == {900, 901} and new.liked == {900}
+
+
+def test_candidates_for_interleaved_hours_are_those_of_each_hour(trained):
+    """The hourly sources are kept for several hours: requests that jump between hours (past moments)
+    get the candidates a retriever holding only that hour computes, and the cache stays in its budget."""
+    from app.candidates import Retriever
+
+    cand = Recommender.load(trained["model_dir"])
+    state, kept = cand.state, cand.retriever
+    one = Retriever(kept.proxies, kept.priors, hourly_cache_mb=0)  # at most one entry: recomputed per hour
+    one.update(state.catalogue.frame)
+    snap = state.snapshot
+    hours = [snap.base_as_of + 3600 * k + 1800 for k in (0, 30, 60)]
+    rng = np.random.default_rng(5)
+    distinct = 0
+    for i in range(18):
+        user_id, t = int(rng.choice(snap.user_ids)), hours[i % 3] + int(rng.integers(0, 1800))
+        user, posts = state.at(state.user_row(user_id), t)
+        model = ("test", "control")[i % 2]
+        got = cand.candidates(model, user, t, len(posts.topic))
+        want = one.candidates(model, user.view, t, state.timeline, state.catalogue.frame)
+        np.testing.assert_array_equal(got, want)
+        distinct += not np.array_equal(kept._hour(model, hours[0], state.timeline).popular,
+                                       kept._hour(model, t, state.timeline).popular)
+    assert distinct  # the hours' sources differ: a cache answering any hour with another would fail
+    assert len(one._hourly) == 1 and len(kept._hourly) == 6  # 3 hours x 2 proxies
