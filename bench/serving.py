@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from app.config import PROJECT_ROOT
-from app.engine import Recommender, top_k
+from app.engine import Recommender
 from app.features import assemble
 
 LUA = """
@@ -107,23 +107,35 @@ def held_out_requests(engine: Recommender, n: int, seed: int = 0) -> tuple[np.nd
 
 
 def profile(engine: Recommender, pairs: list[tuple[int, int]], n: int = 200) -> dict:
-    """Median milliseconds of each part of one request, in process (one thread)."""
+    """Median milliseconds of each part of one request as the service runs it (the engine's retrieval
+    mode, the test model), in process on one thread, and of the whole `recommend`; the same requests
+    once before, as a warm-up (a service that has run a while holds the hourly retrieval sources of their
+    hours)."""
     state = engine.state
-    parts: dict[str, list[float]] = {"state as of t": [], "assemble": [], "catboost": [], "exclude+top_k": []}
+    parts: dict[str, list[float]] = {"state as of t": [], "candidates": [], "assemble": [], "catboost": [],
+                                     "exclude+top_k": [], "recommend": []}
     model = engine.models["test"]
     for user_id, ts in pairs[:n]:
+        engine.recommend("test", int(user_id), int(ts), 5)
+    for user_id, ts in pairs[:n]:
+        user_id, ts = int(user_id), int(ts)
         s0 = time.perf_counter()
-        user, posts = state.at(state.user_row(int(user_id)), int(ts))
+        user, posts = state.at(state.user_row(user_id), ts)
         a = time.perf_counter()
-        x = assemble(user.view, np.int64(0), posts, None, np.int64(ts), text=True)
+        size = len(posts.topic)
+        rows = engine.candidates("test", user, ts, size) if engine.retrieval == "candidates" else None
         b = time.perf_counter()
-        s = model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
+        x = assemble(user.view, np.int64(0), posts, rows, np.int64(ts), text=True)
         cc = time.perf_counter()
-        s[user.liked] = -np.inf
-        s[user.viewed] = -np.inf
-        top_k(s, engine.post_ids, 5)
+        s = model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
         d = time.perf_counter()
-        for key, v in zip(parts, (a - s0, b - a, cc - b, d - cc), strict=True):
+        rows = np.arange(size) if rows is None else rows
+        s = np.where(engine._eligible(rows, user, ts, size), s, -np.inf)
+        engine._select(rows, s, posts, ts, 5, 0.0)
+        e = time.perf_counter()
+        engine.recommend("test", user_id, ts, 5)
+        f = time.perf_counter()
+        for key, v in zip(parts, (a - s0, b - a, cc - b, d - cc, e - d, f - e), strict=True):
             parts[key].append(v * 1000)
     return {k: round(float(np.median(v)), 2) for k, v in parts.items()}
 
@@ -145,6 +157,7 @@ def main() -> None:
     users, times = held_out_requests(engine, 2000)
     pairs = list(zip(users.tolist(), times.tolist(), strict=True))
     prof = profile(engine, pairs)
+    retrieval = engine.retrieval
     lua_pairs = ",".join(f'{{{u},"{datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")}"}}'
                          for u, t in pairs)
     script = Path(tempfile.mkdtemp()) / "load.lua"
@@ -195,9 +208,10 @@ def main() -> None:
                      f"{r['startup_s']} |")
     lines += ["", f"Service vs reference in the same run: p50 at concurrency 1 {ratio_p50:.1f}x lower; throughput "
               f"at concurrency {c} {ratio_rps:.1f}x higher.", "",
-              f"In-process profile of one request (test model, median of 200, one thread): the state as of "
-              f"the request's moment {prof['state as of t']} ms, assemble {prof['assemble']} ms, "
-              f"CatBoost {prof['catboost']} ms, exclusion and top-k {prof['exclude+top_k']} "
+              f"In-process profile of one request (test model, retrieval {retrieval}, median of 200, one "
+              f"thread): the state as of the request's moment {prof['state as of t']} ms, candidates "
+              f"{prof['candidates']} ms, assemble {prof['assemble']} ms, CatBoost {prof['catboost']} ms, "
+              f"exclusion and top-k {prof['exclude+top_k']} ms; `recommend` as a whole {prof['recommend']} "
               "ms; the rest of the HTTP latency is the server (routing, validation, JSON) and the load "
               "generator sharing the two cores.", ""]
     text = "\n".join(lines)
