@@ -52,6 +52,7 @@ from app.features import (
     finalize_posts,
 )
 from app.post_counters import PostTimeline
+from app.rowsets import unique
 
 RETRIEVAL_FILE = "retrieval.json"
 POPULAR_DAYS = 7
@@ -303,7 +304,7 @@ class Retriever:
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
-        rows = np.unique(np.concatenate(parts).astype(np.int64))
+        rows = unique(np.concatenate(parts).astype(np.int64))
         return rows[rows < cat.n]
 
     def _blend(self, topic: int, user: UserView, w: np.ndarray, hourly: _Hourly, found: np.ndarray,
@@ -323,7 +324,7 @@ class Retriever:
             value = w[0] * score[rows[:n]] + vecs[:n] @ query + tvecs[:n] @ query_tfidf
             return _top(rows[:n], value, k)
         posts = self._frame.posts
-        pool = np.unique(np.concatenate([hourly.by_topic[topic][:self.budget.blend_pool], found]))
+        pool = unique(np.concatenate([hourly.by_topic[topic][:self.budget.blend_pool], found]))
         pool = pool[pool < len(score)]
         value = w[0] * score[pool] + posts.vec[pool] @ query + posts.tfidf_vec[pool] @ query_tfidf
         return _top(pool, value, k)

@@ -34,6 +34,7 @@ from app.candidates import RETRIEVAL_FILE, Budget, Retriever, load_proxies
 from app.features import POST_COUNTERS, USER_NUM, PostView, assemble
 from app.live_state import LiveState, UserAt
 from app.recent_popularity import RECENT_SECONDS, recent_features
+from app.rowsets import isin
 from app.segment_popularity import segment_of, segment_scores, segment_shares
 from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE, TextTransforms
@@ -287,7 +288,7 @@ class Recommender:
             ok = np.ones(n, bool)
             ok[hidden[hidden < n]] = False
             return ok
-        return ~np.isin(rows, hidden)
+        return ~isin(rows, hidden)
 
     def _fresh(self, rows: np.ndarray, posts: PostView, ts: int) -> np.ndarray:
         s = self.policy
@@ -315,13 +316,13 @@ class Recommender:
         if have >= m:
             return keep
         pool = np.flatnonzero(fresh)
-        pool = pool[~np.isin(pool, keep)]
+        pool = pool[~isin(pool, keep)]
         add = pool[top_k(scores[pool], ids[pool], m - have)]
         if not len(add):
             return keep
         # the lowest-scored non-fresh places give way to the best fresh posts not already shown
         stale = keep[~fresh[keep]][::-1][:len(add)]
-        chosen = np.concatenate([keep[~np.isin(keep, stale)], add])
+        chosen = np.concatenate([keep[~isin(keep, stale)], add])
         return chosen[np.lexsort((ids[chosen], -scores[chosen]))]
 
     def recommend(self, model: str, user_id: int, ts: int, k: int) -> Ranking:

@@ -28,6 +28,7 @@ from app.features import (
     SECONDS_PER_DAY,
     Taste,
 )
+from app.rowsets import unique
 
 VIEW, LIKE = 0, 1
 _EYE = np.eye(N_TOPICS, dtype=np.int64)
@@ -64,7 +65,7 @@ def fold_user(base: np.ndarray, base_days: np.ndarray, ts: np.ndarray, post: np.
         row[COUNT_LIKED] += int(vtarget.sum())
         row[COUNT_TOPIC_VIEWS] += np.bincount(vtopic, minlength=N_TOPICS)
         row[COUNT_TOPIC_LIKED] += np.bincount(vtopic[vtarget > 0], minlength=N_TOPICS)
-        row[COUNT_DAYS] += len(_new_days(np.unique(vts // SECONDS_PER_DAY), base_days))
+        row[COUNT_DAYS] += len(_new_days(unique(vts // SECONDS_PER_DAY), base_days))
         first, last = int(vts.min()), int(vts.max())
         row[COUNT_FIRST] = first if row[COUNT_FIRST] < 0 else min(row[COUNT_FIRST], first)
         row[COUNT_LAST] = max(row[COUNT_LAST], last)
