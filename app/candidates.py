@@ -156,7 +156,8 @@ class _TopicIndex:
 
     def nearest(self, queries: np.ndarray, ks: list[int]) -> np.ndarray:
         """The ks[i] posts nearest to each queries[i] (one matrix product or one index search for all)."""
-        keep = [i for i, k in enumerate(ks) if k > 0 and np.any(queries[i])]
+        nonzero = queries.any(axis=1)  # one reduction for all queries, not one call each
+        keep = [i for i, k in enumerate(ks) if k > 0 and nonzero[i]]
         if not keep:
             return np.empty(0, np.int64)
         q = np.ascontiguousarray(queries[keep], np.float32)
