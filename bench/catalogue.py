@@ -2,7 +2,7 @@
 new post's insert to candidate, and the fresh-post exposure sweep.
 
     python -m bench.catalogue recall --db URL --models DIR --world PATH [--requests 1000]
-    python -m bench.catalogue cost --db URL --models DIR [--posts 7023 70000 1000000] [--requests 300]
+    python -m bench.catalogue cost --db URL --models DIR [--posts 7023 70000 1000000] [--requests 300] [--at held-out]
     python -m bench.catalogue newposts --db URL --models DIR [--inserts 50]
     python -m bench.catalogue fresh --db URL --models DIR --world PATH [--shares 0 0.1 0.2 0.4]
     python -m bench.catalogue young --db URL --models DIR --world PATH [--requests 1000]
@@ -189,13 +189,17 @@ def cost(args) -> None:
             if mode == "full" and size > args.full_max:
                 continue
             out = subprocess.run([sys.executable, "-m", "bench.catalogue", "cost-one", "--models", str(args.models),
-                                  "--size", str(size), "--mode", mode, "--requests", str(args.requests)],
+                                  "--size", str(size), "--mode", mode, "--requests", str(args.requests),
+                                  "--at", args.at],
                                  check=True, capture_output=True, text=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(results[-1], flush=True)
-    lines = [f"One thread, in process, model `test`, {args.requests} requests per row at the moment after the "
-             "latest event, after 10 warm-up requests; catalogues grown in memory from the artifact's posts "
-             "(new ids, same columns and vectors); each row a process of its own (RSS after the requests).", "",
+    moments = ("at the moment after the latest event, after 10 warm-up requests" if args.at == "latest" else
+               "at random moments of the held-out window (a fresh hour's retrieval sources now and then), after "
+               "the same requests once as a warm-up")
+    lines = [f"One thread, in process, model `test`, {args.requests} requests per row {moments}; catalogues grown "
+             "in memory from the artifact's posts (new ids, same columns and vectors); each row a process of its "
+             "own (RSS after the requests).", "",
              "| posts | retrieval | p50 ms | p99 ms | candidates median | process RSS MB | grow + index s |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['candidates']} | "
@@ -223,12 +227,20 @@ def cost_one(args) -> None:
         del view, frame, reps, p
         gc.collect()
     grow = time.perf_counter() - started
-    users = np.random.default_rng(1).choice(state.snapshot.user_ids, size=args.requests)
-    t = state.latest_event + 60
-    for u in users[:10]:  # warm up (the hourly sources)
-        engine.recommend("test", int(u), t, 5)
+    rng = np.random.default_rng(1)
+    users = rng.choice(state.snapshot.user_ids, size=args.requests)
+    if args.at == "latest":
+        times = np.full(args.requests, state.latest_event + 60)
+        warm = 10
+    else:  # past moments, as bench.serving asks: the hour changes from request to request
+        split = engine.manifest.data["split"]
+        times = rng.integers(int(split["test_start"]), int(split["end"]), size=args.requests)
+        warm = args.requests
+    for u, t in zip(users[:warm], times[:warm], strict=True):  # warm up (the hourly sources)
+        engine.recommend("test", int(u), int(t), 5)
     ms, sizes = [], []
-    for u in users:
+    for u, t in zip(users, times, strict=True):
+        t = int(t)
         started = time.perf_counter()
         engine.recommend("test", int(u), t, 5)
         ms.append((time.perf_counter() - started) * 1000)
@@ -394,6 +406,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--posts", type=int, nargs="+", default=[7023, 70_000, 1_000_000])
             p.add_argument("--requests", type=int, default=300)
             p.add_argument("--full-max", type=int, default=100_000, help="largest catalogue scored in full")
+        if name in ("cost", "cost-one"):
+            p.add_argument("--at", choices=("latest", "held-out"), default="latest",
+                           help="requests at the moment after the latest event, or at moments of the held-out window")
         if name == "cost-one":
             p.add_argument("--size", type=int, required=True)
             p.add_argument("--mode", choices=("candidates", "full"), required=True)
