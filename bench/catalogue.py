@@ -199,12 +199,19 @@ def cost(args) -> None:
                "the same requests once as a warm-up")
     lines = [f"One thread, in process, model `test`, {args.requests} requests per row {moments}; catalogues grown "
              "in memory from the artifact's posts (new ids, same columns and vectors); each row a process of its "
-             "own (RSS after the requests).", "",
-             "| posts | retrieval | p50 ms | p99 ms | candidates median | process RSS MB | grow + index s |",
-             "|---|---|---|---|---|---|---|"]
+             "own (RSS after the requests). The parts: medians of the same requests again, each part timed on its "
+             "own (`bench.serving.profile`: the user as of t, candidates, assemble, CatBoost, exclusion and "
+             "top-k).", "",
+             "| posts | retrieval | p50 ms | p99 ms | candidates median | process RSS MB | grow + index s | "
+             "parts ms: user / candidates / assemble / CatBoost / exclusion |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['candidates']} | "
-              f"{r['rss_mb']:.0f} | {r['grow_s']:.1f} |" for r in results]
+              f"{r['rss_mb']:.0f} | {r['grow_s']:.1f} | {_parts(r['parts'])} |" for r in results]
     _append("Cost per request by catalogue size", "\n".join(lines))
+
+
+def _parts(p: dict) -> str:
+    return " / ".join(f"{p[k]:.2f}" for k in ("state as of t", "candidates", "assemble", "catboost", "exclude+top_k"))
 
 
 def cost_one(args) -> None:
@@ -247,8 +254,11 @@ def cost_one(args) -> None:
         if args.mode == "candidates":
             user, posts = state.at(state.user_row(int(u)), t)
             sizes.append(len(engine.candidates("test", user, t, len(posts.topic))))
+    from bench.serving import profile
+
+    parts = profile(engine, list(zip(users.tolist(), times.tolist(), strict=True)), args.requests)
     print(json.dumps({"size": args.size, "mode": args.mode, "p50": float(np.median(ms)),
-                      "p99": float(np.quantile(ms, 0.99)),
+                      "p99": float(np.quantile(ms, 0.99)), "parts": parts,
                       "candidates": int(np.median(sizes)) if sizes else state.n_posts,
                       "rss_mb": _rss_mb(), "grow_s": grow}))
 
