@@ -1,9 +1,10 @@
 """Set operations on integer arrays (post rows, days) by sorting: what `np.unique` and `np.isin` answer.
 
-NumPy 2's `np.unique` finds the distinct values with a hash table and then sorts them; on the few
-hundred to few thousand rows of one request that took about five times as long as a sort and a
-neighbour comparison, and `np.isin` calls it on both of its arguments. The request path (candidate
-union, exclusions, the user's days) runs these several times per request.
+NumPy 2's `np.unique` finds the distinct values with a hash table and then sorts them anyway; on the
+few hundred to few thousand rows of one request that cost several times a sort and a neighbour
+comparison (it showed among the largest items of a request's profile), and `np.isin` calls it on both
+of its arguments. The request path (candidate union, blend pool, exclusions, the user's days) runs
+these several times per request.
 """
 
 from __future__ import annotations
