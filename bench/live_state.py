@@ -710,6 +710,54 @@ def cmd_memory(args) -> None:
         "as the follower runs it after each batch. Each row in a process of its own.", "", *rows])
 
 
+def cmd_poll(args) -> None:
+    """CPU of one follower poll on its thread (`time.thread_time`: what it takes from the serving process,
+    whatever the machine's load), idle and with a few new rows, against the database itself; the rows it
+    writes are deleted at the end."""
+    from sqlalchemy import insert as sql_insert
+
+    from app.follower import Follower
+
+    recommender = Recommender.load(args.models)
+    engine = make_engine(args.db)
+    follower = Follower(engine, recommender.state)
+    while follower.poll():  # whatever the database holds after the artifact: applied first
+        pass
+    start_seq = _max_seq(args.db)
+    snap, rng = recommender.state.snapshot, np.random.default_rng(args.seed)
+
+    def measure(n: int, rows: int) -> dict[str, float]:
+        cpu = []
+        for i in range(n):
+            if rows:
+                moment = datetime.fromtimestamp(snap.events_until + 10 + i, tz=UTC).replace(tzinfo=None)
+                with engine.begin() as conn:
+                    conn.execute(sql_insert(feed_data), [
+                        {c.TIMESTAMP: moment, c.USER_ID: int(rng.choice(snap.user_ids)),
+                         c.POST_ID: int(rng.choice(snap.post_ids)), c.ACTION: c.VIEW, c.TARGET: 0}
+                        for _ in range(rows)])
+            before = time.thread_time()
+            follower.poll()
+            cpu.append((time.thread_time() - before) * 1000)
+            time.sleep(0.02)
+        return {"p50": float(np.percentile(cpu, 50)), "p90": float(np.percentile(cpu, 90))}
+
+    try:
+        results = {rows: measure(args.polls, rows) for rows in (0, args.rows)}
+    finally:
+        follower.stop()
+        with engine.begin() as conn:
+            conn.execute(text(f"DELETE FROM {feed_data.name} WHERE seq > :s"), {"s": start_seq})
+        engine.dispose()
+    body = [f"Artifacts `{args.models.name}` on {masked(args.db).split('@')[-1]}; {args.polls} polls each, "
+            f"the follower's own connection; CPU on the polling thread (`time.thread_time`), which the "
+            "serving process's requests wait for while the poll holds the GIL.", "",
+            "| poll | CPU p50 ms | CPU p90 ms |", "|---|---|---|"]
+    for rows, r in results.items():
+        body.append(f"| {'nothing new' if rows == 0 else f'{rows} new rows'} | {r['p50']:.3f} | {r['p90']:.3f} |")
+    append("Follower poll cost", body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.live_state")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -717,7 +765,7 @@ def main() -> None:
     mem = sub.add_parser("memory")
     mem.add_argument("--models", type=Path, required=True)
     mem.add_argument("--batch", type=int, default=50_000)
-    for name in ("simulate", "ablate", "freshness", "apply", "serving"):
+    for name in ("simulate", "ablate", "freshness", "apply", "serving", "poll"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--models", type=Path, required=True)
@@ -741,6 +789,9 @@ def main() -> None:
         if name == "apply":
             p.add_argument("--days", type=float, default=1.0)
             p.add_argument("--batch", type=int, default=50_000)
+        if name == "poll":
+            p.add_argument("--polls", type=int, default=200)
+            p.add_argument("--rows", type=int, default=20, help="rows written before each poll of the second kind")
         if name == "serving":
             p.add_argument("--duration", type=int, default=30)
             p.add_argument("--workers", type=int, default=2)
@@ -748,7 +799,7 @@ def main() -> None:
             p.add_argument("--work", default="/tmp/bench-live")
     args = ap.parse_args()
     commands = {"simulate": cmd_simulate, "ablate": cmd_ablate, "freshness": cmd_freshness, "apply": cmd_apply,
-                "serving": cmd_serving,
+                "serving": cmd_serving, "poll": cmd_poll,
                 "encoder": cmd_encoder, "memory": cmd_memory}
     commands[args.command](args)
 
