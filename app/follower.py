@@ -167,7 +167,7 @@ class Follower:
                 # nothing new, the usual case between bursts: no snapshot, no read. A poll runs on the
                 # serving process several times a second, and every statement holds the GIL a little
                 batch, found_in_gaps, database_seq = EventBatch.empty(), EventBatch.empty(), head
-                horizon_max = 0
+                horizon_max = 0  # not read: there is no batch to find gaps in
             else:
                 horizon_min, horizon_max = feed_events.pg_snapshot(conn)
                 batch = feed_events.read_after(conn, self._high, limit=self.batch_rows,
@@ -240,7 +240,11 @@ class Follower:
         rows = self.users.poll(conn)
         if rows is None:
             return
-        added = self.state.add_users(rows)
+        try:
+            added = self.state.add_users(rows)
+        except Exception:
+            self.users.forget_last()  # read them again at the next poll, as before the watch took over
+            raise
         self.status.users_added += added
         if added:
             logger.info("state follower: {} new users", added)
