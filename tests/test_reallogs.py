@@ -225,3 +225,15 @@ def test_windows_sized_by_the_data():
     assert (fixed.test_start, fixed.val_start, fixed.train_start) == (end - 7 * DAY, end - 14 * DAY, end - 28 * DAY)
     with pytest.raises(ValueError, match="too short"):
         make_split(lo, lo + 30 * DAY, window_likes=10_000, liked_ts=sparse)
+
+
+def test_train_cli_names_windows_the_log_cannot_hold(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    out = tmp_path / "models"
+    r = CliRunner().invoke(app, ["train", "--db", trained["db_url"], "--out", str(out),
+                                 "--window-likes", "1000000000"])
+    assert r.exit_code == 2 and "--window-likes 1000000000" in r.output and "too short" in r.output
+    assert not out.exists()  # refused before anything is written

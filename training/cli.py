@@ -157,9 +157,16 @@ def train(
                             _split_args(test_start, test_days, val_days, train_days, window_likes), serve_latest)
         typer.echo(f"trained: {path}")
         return
-    path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
-               _split_args(test_start, test_days, val_days, train_days, window_likes), serve_latest=serve_latest,
-               objectives=ObjectiveConfig(exposure=exposure, seed=seed, cold_spread=cold_spread))
+    from training.train import SplitError
+
+    try:
+        path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
+                   _split_args(test_start, test_days, val_days, train_days, window_likes),
+                   serve_latest=serve_latest,
+                   objectives=ObjectiveConfig(exposure=exposure, seed=seed, cold_spread=cold_spread))
+    except SplitError as exc:  # raised before anything is written: a clear error, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     typer.echo(f"trained: {path}")
 
 

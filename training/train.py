@@ -65,6 +65,10 @@ from training.retrieval import fit_proxy, write_retrieval
 DAY = 86_400
 
 
+class SplitError(ValueError):
+    """The data cannot hold the windows asked for (the CLI names the options to change)."""
+
+
 @dataclass(frozen=True)
 class Split:
     start: int
@@ -99,7 +103,8 @@ def make_split(lo: int, hi: int, test_days: float = 7, val_days: float = 7, trai
     train_start = (-(-lo // DAY) * DAY + DAY) if train_days <= 0 else vs - int(train_days * DAY)
     split = Split(lo, train_start, vs, ts, hi)
     if not lo < split.train_start < split.val_start < split.test_start < hi:
-        raise ValueError(f"data range too short for these windows: {split.describe()}")
+        held = f" (--window-likes {window_likes}: fewer liked views than two windows need)" if window_likes > 0 else ""
+        raise SplitError(f"data range too short for these windows{held}: {split.describe()}")
     return split
 
 
