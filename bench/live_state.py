@@ -513,7 +513,11 @@ def cmd_serving(args) -> None:
     latest = int(day["ts"].max())
     rng = np.random.default_rng(0)
     users = rng.choice(snap.user_ids, size=2000)
-    times = latest + 1 + rng.integers(0, 3600, size=2000)  # "now": just after the applied day
+    # "now": after every event the service holds or the trickle below writes (the day after the applied
+    # one), as in production, where a request's moment is the clock's and the events come before it. A
+    # request before applied events reads the counters' partial-block path instead (a past moment: the
+    # checker's case, costed by bench.catalogue); the runs before 2026-11-29 10:00 mixed both
+    times = latest + 86_400 + 1 + rng.integers(0, 3600, size=2000)
     pairs = ",".join(f'{{{u},"{datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")}"}}'
                      for u, t in zip(users, times, strict=True))
     script = Path(args.work) / "live_load.lua"
@@ -554,8 +558,9 @@ def cmd_serving(args) -> None:
     finally:
         drop_database(db)
     body = [f"Artifacts `{args.models.name}` ({len(snap.user_ids):,} users); {args.workers} workers per service; "
-            f"wrk on the same machine, {args.duration} s per run, limit=5, request times just after the applied "
-            f"day; the frozen service runs before and again after the live one. Frozen: `STATE_FOLLOW=false`. "
+            f"wrk on the same machine, {args.duration} s per run, limit=5, request times in the hour after the "
+            f"trickled day (after every event, as a request at the clock's moment is); the frozen service runs "
+            f"before and again after the live one. Frozen: `STATE_FOLLOW=false`. "
             f"Live: the day of events ({len(day):,}) applied at startup (and the "
             f"compaction it calls for done) before the runs, and "
             f"more written at {args.trickle} events/s during the runs for the follower to apply.", "",
