@@ -53,7 +53,7 @@ EVENTS_PER_BUCKET = 1_000_000  # a partition's events held at once by one Python
 _PANDAS_WARNING = "ignore:PySpark does not yet fully support pandas:FutureWarning"
 
 
-def spark_session(master: str = "local[2]", driver_memory: str = "1g", shuffle_partitions: int | None = None):
+def spark_session(master: str = "local[2]", driver_memory: str = "2g", shuffle_partitions: int | None = None):
     """A SparkSession for the engine. Local masters run the workers with this interpreter; on a cluster
     the code of `app` and `training` is shipped as a zip (the executors need this requirements' Python)."""
     from pyspark.sql import SparkSession
@@ -66,6 +66,7 @@ def spark_session(master: str = "local[2]", driver_memory: str = "1g", shuffle_p
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
     cores = int(master[6:-1]) if local and master[6:-1].isdigit() else 2
     spark = (SparkSession.builder.master(master).appName("post-recommendations-train")
+             # 1g ran out of heap at scale 0.5 (38 M events), loading the user stage's output batches
              .config("spark.driver.memory", driver_memory)
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.session.timeZone", "UTC")
