@@ -50,6 +50,7 @@ from training.bulk import epoch_to_datetime, write_frame
 
 OUT = PROJECT_ROOT / "docs" / "live_state.md"
 WEEK = 7 * 86_400
+TRICKLE_SHIFT = 86_400  # the trickle writes the applied day again, this many seconds later
 
 
 # ------------------------------------------------------------------ databases
@@ -517,7 +518,7 @@ def cmd_serving(args) -> None:
     # one), as in production, where a request's moment is the clock's and the events come before it. A
     # request before applied events reads the counters' partial-block path instead (a past moment: the
     # checker's case, costed by bench.catalogue); the runs before 2026-11-29 10:00 mixed both
-    times = latest + 86_400 + 1 + rng.integers(0, 3600, size=2000)
+    times = latest + TRICKLE_SHIFT + 1 + rng.integers(0, 3600, size=2000)
     pairs = ",".join(f'{{{u},"{datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")}"}}'
                      for u, t in zip(users, times, strict=True))
     script = Path(args.work) / "live_load.lua"
@@ -591,7 +592,8 @@ class _Trickle:
 
     def __init__(self, db: str, frame: pd.DataFrame, rate: float) -> None:
         self.engine = make_engine(db)
-        shifted = frame.assign(**{c.TIMESTAMP: frame[c.TIMESTAMP] + pd.Timedelta(days=1), "ts": frame["ts"] + 86_400})
+        shifted = frame.assign(**{c.TIMESTAMP: frame[c.TIMESTAMP] + pd.Timedelta(seconds=TRICKLE_SHIFT),
+                                   "ts": frame["ts"] + TRICKLE_SHIFT})
         self.frame, self.rate = shifted, rate
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
