@@ -5,7 +5,8 @@
         ──▶ Spark, partitioned by post: each row's post counters (`app.post_counters.counts_before`)
         ──▶ Spark, partitioned by user: each row's features and the served state's part of those users
             (`training.features.rows_matrix` and `build_snapshot`, i.e. `app.user_state` and `assemble`)
-        ──▶ Parquet ──▶ driver: the matrices and the snapshot, merged; CatBoost as on one machine.
+        ──▶ Parquet ──▶ driver: read batch by batch into the matrices and the snapshot, merged in place;
+            CatBoost as on one machine.
 
 No feature is computed here: each partition calls the functions the single-machine path and the
 service call, on the events of its users (or posts). A partition is a bucket of users (`user_row %
@@ -23,6 +24,7 @@ import tempfile
 import time
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,7 +38,7 @@ from app import columns as c
 from app.config import PROJECT_ROOT
 from app.features import PostView, Priors, empty_counts, feature_names, finalize_posts, profile_features
 from app.feed_events import EventBatch
-from app.snapshot import Snapshot, UserEvents, csr
+from app.snapshot import Snapshot, UserEvents
 from app.user_state import VIEW
 from training.export import read_meta
 from training.features import (
@@ -174,40 +176,97 @@ def _pack(part: Snapshot) -> bytes:
 
 
 # ------------------------------------------------------------------ driver
-def _merge_snapshots(blobs: list[bytes], ctx: _Context, end: int, meta: dict) -> Snapshot:
+_BATCH_ROWS = 32_768  # rows of the stages' output read at once on the driver (~15 MB of features)
+
+
+def _output_files(target: Path) -> list[Path]:
+    return sorted(p for p in Path(target).glob("*.parquet"))
+
+
+def _blobs(target: Path) -> Iterator[bytes]:
+    """The buckets' parts of the served state, one at a time, read from the stages' Parquet output."""
+    for path in _output_files(target):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=["row_id", "blob"]):
+            row_id = batch.column(0).to_numpy()
+            blobs = batch.column(1)
+            for i in np.flatnonzero(row_id < 0):
+                yield blobs[int(i)].as_py()
+
+
+def _read_features(target: Path, offsets: np.ndarray, n_features: int) -> list[np.ndarray]:
+    """The feature rows of each sample (rows offsets[k]..offsets[k+1] of the sampled table), read batch
+    by batch into their final column-major matrices: the driver never holds the output whole, nor a
+    second copy of the matrices."""
+    mats = [np.empty((int(offsets[k + 1] - offsets[k]), n_features), np.float32, order="F")
+            for k in range(len(offsets) - 1)]
+    seen = 0
+    cols = ["row_id", *(f"f{i}" for i in range(n_features))]
+    for path in _output_files(target):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=cols):
+            row_id = batch.column(0).to_numpy()
+            is_row = row_id >= 0
+            if not is_row.any():
+                continue
+            row_id = row_id[is_row]
+            part = np.searchsorted(offsets, row_id, side="right") - 1
+            seen += len(row_id)
+            placed = [(mat, part == k, row_id[part == k] - offsets[k]) for k, mat in enumerate(mats)]
+            for i in range(n_features):
+                values = batch.column(i + 1).to_numpy(zero_copy_only=False)[is_row]
+                for mat, mine, local in placed:
+                    mat[local, i] = values[mine]
+    if seen != offsets[-1]:
+        raise RuntimeError(f"spark returned {seen} feature rows for {int(offsets[-1])} sampled rows")
+    return mats
+
+
+def _merge_snapshots(blobs: Callable[[], Iterator[bytes]], ctx: _Context, end: int, meta: dict) -> Snapshot:
     """One snapshot from the partitions' parts: per-user arrays placed at the users' rows, post counts
-    summed. Users without any event keep the empty counts, as in the single-machine snapshot."""
+    summed. Users without any event keep the empty counts, as in the single-machine snapshot.
+
+    `blobs` is called twice (a fresh iterator each time): the first pass reads only each part's sizes,
+    so that the second writes every list straight into its final array. Each user is in exactly one
+    part, its lists already in the order of the single-machine snapshot, so placing them is the whole
+    merge; the driver holds the merged state and one part, never the parts together.
+    """
     n_users = len(ctx.user_ids)
     base = empty_counts(n_users)
     post_base = np.zeros((len(ctx.post_ids), 2), np.int64)
-    lists: dict[str, tuple[list, list]] = {k: ([], []) for k in ("days", "likes", "seen")}
-    ev_rows, ev_parts = [], []
-    for blob in blobs:
+    lists = {"days": "days_indptr", "likes": "likes_indptr", "seen": "seen_indptr", "events": "ev_indptr"}
+    sizes = {name: np.zeros(n_users, np.int64) for name in lists}
+    for blob in blobs():
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        rows = np.searchsorted(ctx.user_ids, a["user_ids"])
-        base[rows] = a["base_counts"]
-        post_base += a["post_base"]
-        for name in lists:
-            indptr = a[f"{name}_indptr"]
-            lists[name][0].append(np.repeat(rows, np.diff(indptr)))
-            lists[name][1].append(a[name])
-        ev_rows.append(np.repeat(rows, np.diff(a["ev_indptr"])))
-        ev_parts.append((a["ev_ts"], a["ev_post"], a["ev_kind"], a["ev_target"]))
-    merged = {}
-    for name, (owners, values) in lists.items():
-        dtype = np.int32
-        merged[name] = csr(np.concatenate(owners or [np.empty(0, np.int64)]).astype(np.int64),
-                           np.concatenate(values or [np.empty(0, dtype)]).astype(dtype), n_users)
-    cat = [np.concatenate([p[i] for p in ev_parts]) if ev_parts else np.empty(0) for i in range(4)]
-    events = UserEvents.build(np.concatenate(ev_rows or [np.empty(0, np.int64)]).astype(np.int64), *cat, n_users)
+            rows = np.searchsorted(ctx.user_ids, z["user_ids"])
+            base[rows] = z["base_counts"]
+            post_base += z["post_base"]
+            for name, indptr in lists.items():
+                sizes[name][rows] = np.diff(z[indptr])
+    indptr = {name: np.concatenate([[0], np.cumsum(n)]).astype(np.int64) for name, n in sizes.items()}
+    del sizes
+    out = {name: np.empty(int(indptr[name][-1]), np.int32) for name in ("days", "likes", "seen")}
+    ev_fields = {"ev_ts": np.int64, "ev_post": np.int32, "ev_kind": np.int8, "ev_target": np.int8}
+    ev_out = {k: np.empty(int(indptr["events"][-1]), dtype) for k, dtype in ev_fields.items()}
+    for blob in blobs():
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            rows = np.searchsorted(ctx.user_ids, z["user_ids"])
+            for name, part_indptr in lists.items():
+                p = z[part_indptr]
+                lengths = np.diff(p)
+                # the i-th value of a user's list goes to that user's start in the merged list plus i
+                dest = np.repeat(indptr[name][rows] - p[:-1], lengths) + np.arange(p[-1])
+                if name == "events":
+                    for k in ev_fields:
+                        ev_out[k][dest] = z[k]
+                else:
+                    out[name][dest] = z[name]
+    events = UserEvents(indptr["events"], ev_out["ev_ts"], ev_out["ev_post"], ev_out["ev_kind"], ev_out["ev_target"])
     gaps = np.asarray(meta.get("seq_gaps") or np.empty((0, 2)), np.int64).reshape(-1, 2)
     return Snapshot(
         base_as_of=int(ctx.base_as_of), events_until=int(end), seq=int(meta["seq"]), seq_gaps=gaps,
         seq_xmax=int(meta.get("seq_xmax", 0)), priors=ctx.priors, user_ids=ctx.user_ids,
         profile=profile_features(ctx.users, ctx.priors), base_counts=base,
-        days_indptr=merged["days"][0], days=merged["days"][1], likes_indptr=merged["likes"][0],
-        likes=merged["likes"][1], seen_indptr=merged["seen"][0], seen=merged["seen"][1], events=events,
+        days_indptr=indptr["days"], days=out["days"], likes_indptr=indptr["likes"],
+        likes=out["likes"], seen_indptr=indptr["seen"], seen=out["seen"], events=events,
         post_ids=ctx.post_ids, posts=ctx.posts, post_base=post_base)
 
 
@@ -333,15 +392,5 @@ def _features_and_state(spark, ev, views, rows: dict[str, pd.DataFrame], ctx: _C
     out.write.mode("overwrite").parquet(str(target))
     logger.info("spark: post and user stages in {:.1f}s", time.perf_counter() - t0)
 
-    result = pq.read_table(target)
-    row_id = result.column("row_id").to_numpy()
-    is_row = row_id >= 0
-    x = np.empty((len(table), ctx.n_features), np.float32, order="F")
-    for i in range(ctx.n_features):
-        x[row_id[is_row], i] = result.column(f"f{i}").to_numpy(zero_copy_only=False)[is_row]
-    blobs = [b for b, keep in zip(result.column("blob").to_pylist(), ~is_row, strict=True) if keep]
-    del result
-    if is_row.sum() != len(table):
-        raise RuntimeError(f"spark returned {int(is_row.sum())} feature rows for {len(table)} sampled rows")
-    matrices = {n: np.asfortranarray(x[offsets[i]:offsets[i + 1]]) for i, n in enumerate(names)}
-    return matrices, _merge_snapshots(blobs, ctx, end, meta)
+    matrices = dict(zip(names, _read_features(target, offsets, ctx.n_features), strict=True))
+    return matrices, _merge_snapshots(partial(_blobs, target), ctx, end, meta)
