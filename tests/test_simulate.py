@@ -78,6 +78,7 @@ def test_live_service_serves_nothing_stale_and_the_feed_arrives_in_time_order(tr
 
 
 def test_simulation_retrains_and_the_service_swaps(trained, tmp_path):
+    from training.objectives import ObjectiveConfig
     from training.retrain import retrain
     from training.train import TrainConfig
 
@@ -93,7 +94,8 @@ def test_simulation_retrains_and_the_service_swaps(trained, tmp_path):
         return retrain(url, models, trained["cache"], "hashing", keep=3, world=trained["world"], requests=80,
                        auc_views=2000,
                        config=TrainConfig(iterations=30, max_train_rows=20_000, max_val_rows=5_000, threads=1),
-                       split_args={"test_days": 1, "val_days": 2, "train_days": 7})
+                       split_args={"test_days": 1, "val_days": 2, "train_days": 7},
+                       objectives=ObjectiveConfig(select_requests_shown=400))  # a faster selection
 
     config = SimConfig(days=3, users_per_day=80, seed=5, retrain_every=1)
     with TestClient(app) as client:

@@ -34,6 +34,7 @@ from app.engine import Recommender
 from app.follower import catch_up
 from app.lifecycle import current_version
 from training.evaluate import EvalConfig, run_evaluation
+from training.objectives import ObjectiveConfig
 from training.train import TrainConfig, train
 
 PROMOTED, REFUSED, FAILED = 0, 3, 1
@@ -138,13 +139,14 @@ def prune(models_dir: Path, keep: int) -> list[str]:
 
 def retrain(db_url: str, models_dir: Path, cache_dir: Path, embedding_model: str, keep: int = 5,
             world: Path | None = None, requests: int = 1000, config: TrainConfig | None = None,
-            split_args: dict | None = None, gate: Gate | None = None, auc_views: int = 30_000) -> RetrainResult:
+            split_args: dict | None = None, gate: Gate | None = None, auc_views: int = 30_000,
+            objectives: ObjectiveConfig | None = None) -> RetrainResult:
     gate = gate or Gate()
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     serving = current_version(models_dir)
     candidate_dir = train(db_url, models_dir, cache_dir, embedding_model, config or TrainConfig(), split_args,
-                          promote=False)
+                          promote=False, objectives=objectives)
     candidate = candidate_dir.name
     split = json.loads((candidate_dir / MANIFEST).read_text())["split"]
     window = (int(split["test_start"]), int(split["end"]))

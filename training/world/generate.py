@@ -278,6 +278,12 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
         raise ValueError(f"exposure must be one of {EXPOSURES}, got {exposure!r}")
     if not 0 <= release_share <= 1:
         raise ValueError(f"release share must be in [0, 1], got {release_share}")
+    # refused before the minutes of building a world, not after them
+    engine = make_engine(db_url)
+    existing = set(inspect(engine).get_table_names())
+    if existing & {t.name for t in COURSE_TABLES} and not replace:
+        engine.dispose()
+        raise RuntimeError("course tables already exist: pass --replace to rebuild them")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_users = max(50, round(ref.N_USERS * scale))
@@ -304,10 +310,6 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
         posts = posts.loc[~held].reset_index(drop=True)
     logger.info("world calibrated: {} users, {} posts", n_users, len(posts))
 
-    engine = make_engine(db_url)
-    existing = set(inspect(engine).get_table_names())
-    if existing & {t.name for t in COURSE_TABLES} and not replace:
-        raise RuntimeError("course tables already exist: pass --replace to rebuild them")
     create_course_tables(engine, with_indexes=False)
     drop_feed_indexes(engine)
     n_feed = 0
