@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from loguru import logger
 
@@ -179,18 +180,18 @@ def _pack(part: Snapshot) -> bytes:
 _BATCH_ROWS = 32_768  # rows of the stages' output read at once on the driver (~15 MB of features)
 
 
-def _output_files(target: Path) -> list[Path]:
-    return sorted(p for p in Path(target).glob("*.parquet"))
+def _batches(target: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The stages' Parquet output, `_BATCH_ROWS` rows at a time, file after file (never all of it)."""
+    for path in sorted(Path(target).glob("*.parquet")):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns)
 
 
 def _blobs(target: Path) -> Iterator[bytes]:
-    """The buckets' parts of the served state, one at a time, read from the stages' Parquet output."""
-    for path in _output_files(target):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=["row_id", "blob"]):
-            row_id = batch.column(0).to_numpy()
-            blobs = batch.column(1)
-            for i in np.flatnonzero(row_id < 0):
-                yield blobs[int(i)].as_py()
+    """The buckets' parts of the served state, one at a time."""
+    for batch in _batches(target, ["row_id", "blob"]):
+        row_id, blobs = batch.column(0).to_numpy(), batch.column(1)
+        for i in np.flatnonzero(row_id < 0):
+            yield blobs[int(i)].as_py()
 
 
 def _read_features(target: Path, offsets: np.ndarray, n_features: int) -> list[np.ndarray]:
@@ -200,21 +201,20 @@ def _read_features(target: Path, offsets: np.ndarray, n_features: int) -> list[n
     mats = [np.empty((int(offsets[k + 1] - offsets[k]), n_features), np.float32, order="F")
             for k in range(len(offsets) - 1)]
     seen = 0
-    cols = ["row_id", *(f"f{i}" for i in range(n_features))]
-    for path in _output_files(target):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=cols):
-            row_id = batch.column(0).to_numpy()
-            is_row = row_id >= 0
-            if not is_row.any():
-                continue
-            row_id = row_id[is_row]
-            part = np.searchsorted(offsets, row_id, side="right") - 1
-            seen += len(row_id)
-            placed = [(mat, part == k, row_id[part == k] - offsets[k]) for k, mat in enumerate(mats)]
-            for i in range(n_features):
-                values = batch.column(i + 1).to_numpy(zero_copy_only=False)[is_row]
-                for mat, mine, local in placed:
-                    mat[local, i] = values[mine]
+    for batch in _batches(target, ["row_id", *(f"f{i}" for i in range(n_features))]):
+        row_id = batch.column(0).to_numpy()
+        is_row = row_id >= 0
+        if not is_row.any():
+            continue
+        row_id = row_id[is_row]
+        part = np.searchsorted(offsets, row_id, side="right") - 1
+        seen += len(row_id)
+        placed = [(mat, mine, row_id[mine] - offsets[k])
+                  for k, mat in enumerate(mats) if (mine := part == k).any()]
+        for i in range(n_features):
+            values = batch.column(i + 1).to_numpy(zero_copy_only=False)[is_row]
+            for mat, mine, local in placed:
+                mat[local, i] = values[mine]
     if seen != offsets[-1]:
         raise RuntimeError(f"spark returned {seen} feature rows for {int(offsets[-1])} sampled rows")
     return mats
