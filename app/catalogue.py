@@ -49,7 +49,7 @@ class CatalogueFrame:
         return np.flatnonzero(self.born > t)
 
 
-_FIELDS = ("static", "text", "vec", "tfidf_vec", "topic")
+_FIELDS = ("static", "text", "vec", "tfidf_vec", "topic", "cf")
 
 
 class Catalogue:
@@ -73,7 +73,7 @@ class Catalogue:
         ids = self._ids[:n]
         order = np.argsort(ids, kind="stable")
         view = PostView(static=a["static"], counters=np.zeros((0, len(POST_COUNTERS)), np.float32), text=a["text"],
-                        vec=a["vec"], tfidf_vec=a["tfidf_vec"], topic=a["topic"])
+                        vec=a["vec"], tfidf_vec=a["tfidf_vec"], topic=a["topic"], cf=a["cf"])
         born = self._born[:n]
         return CatalogueFrame(ids, view, born, int(born.max()) if n else ALWAYS, ids[order], order)
 

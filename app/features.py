@@ -42,7 +42,8 @@ POST_NUM = (*POST_STATIC, *POST_COUNTERS)
 EMB_COMPONENTS = 16
 POST_TEXT = tuple(f"emb_pc{i}" for i in range(EMB_COMPONENTS))
 TIME = ("hour", "weekday", "u_days_since_last_view", "u_days_since_first_view")
-CROSS = ("u_like_rate_post_topic", "u_view_share_post_topic", "u_like_lift_post_topic")
+CROSS = ("u_like_rate_post_topic", "u_view_share_post_topic", "u_like_lift_post_topic", "sim_cf")
+CF_DIM = 32  # collaborative post vectors (`training.collaborative`)
 TEXT_CROSS = ("sim_liked", "sim_contrast", "sim_liked_topic", "sim_tfidf_topic")
 
 CONTROL_FEATURES = (*USER_NUM, *POST_NUM, *TIME, *CROSS)
@@ -89,6 +90,7 @@ class Taste:
     topic_likes: np.ndarray  # (n, n_topics)
     topic_sum: np.ndarray  # (n, n_topics, d) float64, sentence space
     topic_tfidf_sum: np.ndarray  # (n, n_topics, d) float64, TF-IDF space
+    cf_sum: np.ndarray  # (n, CF_DIM) float64, collaborative space
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class UserView:
     contrast: np.ndarray  # (n, d) float32: unit (liked mean - exposure mean)
     topic_vec: np.ndarray  # (n, n_topics, d) float32: shrunk mean of liked posts' vectors per topic
     topic_tfidf: np.ndarray  # (n, n_topics, d) float32: the same in TF-IDF space
+    cf: np.ndarray  # (n, CF_DIM) float32: unit mean of liked posts' collaborative vectors
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -168,6 +171,7 @@ def finalize_users(profile: np.ndarray, counts: np.ndarray, taste: Taste, priors
         vec=_unit(mean), contrast=_unit(contrast),
         topic_vec=(taste.topic_sum / shrink).astype(np.float32),
         topic_tfidf=(taste.topic_tfidf_sum / shrink).astype(np.float32),
+        cf=_unit(taste.cf_sum),
     )
 
 
@@ -182,6 +186,7 @@ class PostView:
     vec: np.ndarray  # (P, d) float32 sentence embedding relative to its topic centre, unit length
     tfidf_vec: np.ndarray  # (P, d) float32 TF-IDF components relative to the topic centre, unit length
     topic: np.ndarray  # (P,) int64
+    cf: np.ndarray  # (P, CF_DIM) float32 collaborative vector, unit length; zero if unliked at the fit
 
 
 def finalize_posts(counts: np.ndarray, priors: Priors) -> np.ndarray:
@@ -233,13 +238,15 @@ def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, tex
         rate_t = unum[np.arange(len(ui)), _U_RATE0 + topic]
         share_t = unum[np.arange(len(ui)), _U_SHARE0 + topic]
         u_rate = unum[:, _U_RATE]
+    pcf = posts.cf[sel]
+    sim_cf = _rowwise(pcf, np.broadcast_to(user.cf[ui], pcf.shape)) if ui.ndim == 0 else _rowwise(pcf, user.cf[ui])
     post_counters = posts.counters[sel] if counters is None else counters
     blocks = [
         np.broadcast_to(unum, (n_rows, unum.shape[-1])),
         np.broadcast_to(posts.static[sel], (n_rows, posts.static.shape[1])),
         np.broadcast_to(post_counters, (n_rows, len(POST_COUNTERS))),
         np.broadcast_to(_time_block(user, ui, ts), (n_rows, len(TIME))),
-        np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate), axis=-1).reshape(n_rows, len(CROSS)),
+        np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate, sim_cf), axis=-1).reshape(n_rows, len(CROSS)),
     ]
     if text:
         pvec, tvec = posts.vec[sel], posts.tfidf_vec[sel]

@@ -174,7 +174,8 @@ class LiveState:
         times = np.array([t], dtype=np.int64)
         counts = fold_user(base, days, ts, post, kind, target, posts.topic, times)
         is_like = kind == LIKE
-        taste = taste_at(likes, ts[is_like], post[is_like], times, posts.vec, posts.tfidf_vec, posts.topic)
+        taste = taste_at(likes, ts[is_like], post[is_like], times, posts.vec, posts.tfidf_vec, posts.topic,
+                         posts.cf)
         view = finalize_users(profile, counts, taste, self.priors)
         before = ts < t
         liked = np.concatenate([likes, post[is_like & before]])
@@ -212,7 +213,7 @@ class LiveState:
             counters = finalize_posts(counts, self.priors)
             if counts is frame.current:
                 self._counters_cache = (counts, counters)
-        return PostView(p.static, counters, p.text, p.vec, p.tfidf_vec, p.topic)
+        return PostView(p.static, counters, p.text, p.vec, p.tfidf_vec, p.topic, p.cf)
 
     # ------------------------------------------------------------------ writer side
     def add_users(self, users: pd.DataFrame) -> int:

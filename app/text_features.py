@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from app import columns as c
-from app.features import EMB_COMPONENTS, POST_COUNTERS, TFIDF_CLUSTERS, TFIDF_COMPONENTS, PostView
+from app.features import CF_DIM, EMB_COMPONENTS, POST_COUNTERS, TFIDF_CLUSTERS, TFIDF_COMPONENTS, PostView
 from app.text_encoder import Encoder
 
 TRANSFORMS_FILE = "text_transforms.npz"
@@ -84,7 +84,8 @@ def topic_codes(topics) -> np.ndarray:
 
 def post_text_features(texts: list[str], topics, transforms: TextTransforms,
                        embeddings: np.ndarray | Encoder) -> PostView:
-    """Static columns, embedding components and taste vectors of posts (counters left at zero).
+    """Static columns, embedding components and taste vectors of posts (counters left at zero; the
+    collaborative vectors too: a text says nothing of who liked the post, `training.collaborative`).
     `embeddings` are the posts' sentence embeddings, or the encoder that computes them."""
     texts = [str(x) for x in texts]
     topic = topic_codes(topics)
@@ -111,5 +112,5 @@ def post_text_features(texts: list[str], topics, transforms: TextTransforms,
         tfidf_vec[lo:hi] = unit_topic_centred(np.asarray(x @ transforms.tfidf_vec_svd.T), topic[lo:hi],
                                               transforms.tfidf_vec_topic_centre)
     return PostView(static=static, counters=np.zeros((n, len(POST_COUNTERS)), np.float32), text=text, vec=vec,
-                    tfidf_vec=tfidf_vec, topic=topic)
+                    tfidf_vec=tfidf_vec, topic=topic, cf=np.zeros((n, CF_DIM), np.float32))
 

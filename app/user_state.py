@@ -2,7 +2,7 @@
 
 `fold_user` counts a user's views (per topic, liked, first, last, distinct days) strictly before each
 query moment, on top of a base (the counts of older events that are no longer kept one by one);
-`taste_at` sums the text vectors of the posts liked before each moment. Training calls them with an
+`taste_at` sums the text and collaborative vectors of the posts liked before each moment. Training calls them with an
 empty base and the user's whole history for every training row's moment; the service calls them
 with the artifact's base and the events after it for one request's moment. Nothing here looks at
 another user, so the same functions run per user partition on any engine (a pandas group, a Spark
@@ -107,14 +107,16 @@ def _new_days(days: np.ndarray, base_days: np.ndarray) -> np.ndarray:
 
 
 def taste_at(base_likes: np.ndarray, like_ts: np.ndarray, like_post: np.ndarray, times: np.ndarray,
-             post_vec: np.ndarray, post_tfidf_vec: np.ndarray, post_topic: np.ndarray) -> Taste:
+             post_vec: np.ndarray, post_tfidf_vec: np.ndarray, post_topic: np.ndarray,
+             post_cf: np.ndarray) -> Taste:
     """Vector sums over the posts liked before each moment: every post of `base_likes` (liked before
     the base's cut) and those of (`like_ts`, `like_post`) with a time before the moment. Sums are taken
     in float64, so the order in which the likes arrive does not change the float32 features."""
     times = np.atleast_1d(np.asarray(times, dtype=np.int64))
     m, d = len(times), post_vec.shape[1]
     out = Taste(likes=np.zeros(m, np.int64), vec_sum=np.zeros((m, d)), topic_likes=np.zeros((m, N_TOPICS)),
-                topic_sum=np.zeros((m, N_TOPICS, d)), topic_tfidf_sum=np.zeros((m, N_TOPICS, d)))
+                topic_sum=np.zeros((m, N_TOPICS, d)), topic_tfidf_sum=np.zeros((m, N_TOPICS, d)),
+                cf_sum=np.zeros((m, post_cf.shape[1])))
     if m == 1:  # a request: no need to order the likes
         cuts, liked = [0], [like_post[like_ts < times[0]]]
     else:
@@ -134,6 +136,7 @@ def taste_at(base_likes: np.ndarray, like_ts: np.ndarray, like_post: np.ndarray,
         out.topic_likes[i] = np.bincount(topic, minlength=N_TOPICS)
         out.topic_sum[i] = onehot @ vec
         out.topic_tfidf_sum[i] = onehot @ post_tfidf_vec[rows].astype(np.float64)
+        out.cf_sum[i] = post_cf[rows].astype(np.float64).sum(axis=0)
     return out
 
 

@@ -227,7 +227,8 @@ def cost_one(args) -> None:
     if args.size > base.n:
         reps = np.resize(np.arange(base.n), args.size - base.n)
         p = base.posts
-        view = PostView(p.static[reps], p.counters[:0], p.text[reps], p.vec[reps], p.tfidf_vec[reps], p.topic[reps])
+        view = PostView(p.static[reps], p.counters[:0], p.text[reps], p.vec[reps], p.tfidf_vec[reps], p.topic[reps],
+                        p.cf[reps])
         ids = base.ids.max() + 1 + np.arange(args.size - base.n)
         frame = pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""})
         state.add_posts(frame, view, born=state.base_as_of)  # as if there from the base cut on

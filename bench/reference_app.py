@@ -53,6 +53,7 @@ def create_app() -> FastAPI:
         df["u_like_rate_post_topic"] = df["topic"].map({k: u[f"u_like_rate_{k}"] for k in c.TOPICS})
         df["u_view_share_post_topic"] = df["topic"].map({k: u[f"u_view_share_{k}"] for k in c.TOPICS})
         df["u_like_lift_post_topic"] = df["u_like_rate_post_topic"] - df["u_like_rate"]
+        df["sim_cf"] = p.cf @ v.cf[0]
         if model == "test":
             df["sim_liked"] = p.vec @ v.vec[0]
             df["sim_contrast"] = p.vec @ v.contrast[0]

@@ -170,7 +170,7 @@ def _take(posts, rows):
     from app.features import PostView
 
     return PostView(posts.static[rows], posts.counters[:0], posts.text[rows], posts.vec[rows],
-                    posts.tfidf_vec[rows], posts.topic[rows])
+                    posts.tfidf_vec[rows], posts.topic[rows], posts.cf[rows])
 
 
 def test_catch_up_adds_posts(trained, world_db):

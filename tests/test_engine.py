@@ -46,7 +46,8 @@ def reference_features(user, posts, ts: int, text: bool) -> pd.DataFrame:
                "u_days_since_first_view": (ts - first) / 86400 if first >= 0 else np.nan,
                "u_like_rate_post_topic": u[f"u_like_rate_{topic}"],
                "u_view_share_post_topic": u[f"u_view_share_{topic}"],
-               "u_like_lift_post_topic": u[f"u_like_rate_{topic}"] - u["u_like_rate"]}
+               "u_like_lift_post_topic": u[f"u_like_rate_{topic}"] - u["u_like_rate"],
+               "sim_cf": float(np.dot(posts.cf[j], v.cf[0]))}
         if text:
             k = int(posts.topic[j])
             row.update(dict(zip(POST_TEXT, posts.text[j].tolist(), strict=True)))

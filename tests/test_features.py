@@ -1,6 +1,8 @@
 """Point-in-time features: no leakage, hand-computable values, one answer whichever way the state is
 reached (rebuilt from scratch, applied incrementally, or computed for a training row)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,10 +133,13 @@ def test_split_fold_equals_whole_fold():
     np.testing.assert_array_equal(whole, split)
     vec = rng.normal(size=(50, 8)).astype(np.float32)
     likes = kind == LIKE
-    a = taste_at(np.empty(0, np.int64), ts[likes], post[likes], times, vec, vec, topic)
-    b = taste_at(post[likes & old], ts[likes & ~old], post[likes & ~old], times, vec, vec, topic)
+    cf = rng.normal(size=(50, 4)).astype(np.float32)
+    a = taste_at(np.empty(0, np.int64), ts[likes], post[likes], times, vec, vec, topic, cf)
+    b = taste_at(post[likes & old], ts[likes & ~old], post[likes & ~old], times, vec, vec, topic, cf)
     np.testing.assert_array_equal(a.likes, b.likes)
     np.testing.assert_allclose(a.topic_sum, b.topic_sum, atol=1e-9)
+    np.testing.assert_allclose(a.cf_sum, b.cf_sum, atol=1e-9)
+    assert np.abs(a.cf_sum).sum() > 0  # the users in this draw liked posts: the sums are not trivially equal
 
 
 def _random_views(seed: int, n_posts: int, n: int):
@@ -184,15 +189,28 @@ def test_post_timeline_compaction_keeps_counts_from_the_cut():
 
 
 def test_served_request_equals_training_row(trained, prepared):
-    """What the service computes for (u, p, t) is the row training builds for (u, p, t)."""
+    """What the service computes for (u, p, t) is the row training builds for (u, p, t). Rows of the
+    held-out window read the collaborative vectors the artifact serves (fitted before its cut); rows before
+    it, those of their own period — the same function of other fitted vectors, checked with the served ones."""
     from app.engine import Recommender
 
     state = Recommender.load(trained["model_dir"]).state
     rows = _rows(prepared, 150, seed=1)
     rows = rows[rows["ts"] >= state.base_as_of]
-    trained_rows = rows_matrix(prepared.history, prepared.profile, prepared.static, prepared.priors, rows, text=True)
+    served_cf = state.catalogue.frame.posts.cf
+    schedule = prepared.schedule
+    np.testing.assert_array_equal(served_cf, schedule.vectors[schedule.period([prepared.split.test_start])[0]])
+    assert (np.abs(served_cf).sum(axis=1) > 0).sum() > (np.abs(schedule.vectors[0]).sum(axis=1) > 0).sum()
+    held = rows["ts"].to_numpy() >= prepared.split.test_start
+    assert held.sum() > 20 and (~held).sum() > 5
+    by_period = rows_matrix(prepared.history, prepared.profile, prepared.static, prepared.priors, rows, text=True,
+                            schedule=schedule)
+    trained_rows = rows_matrix(prepared.history, prepared.profile, replace(prepared.static, cf=served_cf),
+                               prepared.priors, rows, text=True)
+    np.testing.assert_array_equal(by_period[held], trained_rows[held])
     served = state.features_for(rows[c.USER_ID].to_numpy(), rows[c.POST_ID].to_numpy(), rows["ts"].to_numpy(), True)
     np.testing.assert_allclose(served, trained_rows, rtol=1e-6, atol=1e-6)
+    assert (served[:, feature_names(True).index("sim_cf")] != 0).mean() > 0.2
     counts = [i for i, n in enumerate(feature_names(True)) if n in USER_NUM[8:12] or n.startswith("p_")]
     np.testing.assert_array_equal(served[:, counts], trained_rows[:, counts])
 

@@ -95,6 +95,23 @@ def test_horizon_rows_label_the_next_likes_and_stop_at_the_window():
     assert (rows["ts"] == day).all() and (rows[c.USER_ID] == 1).all()
 
 
+def test_horizon_rows_take_opened_unliked_posts_as_negatives():
+    """Posts the user opened within the horizon and did not like are negatives (at most `viewed_negatives`,
+    the first opened first); opened before t, after the window, or opened and liked: never."""
+    day = 86_400
+    events = [(10, 1, 5, "view", 0),  # opened before t: not a viewed negative
+              (2 * day, 1, 2, "view", 1), (2 * day + 5, 1, 2, "like", 0),  # opened and liked: positive
+              (2 * day + 60, 1, 6, "view", 0), (2 * day + 90, 1, 7, "view", 0), (2 * day + 99, 1, 8, "view", 0),
+              (4 * day, 1, 9, "view", 0)]  # after `until`
+    history = _history(events, n_posts=9)
+    requests = pd.DataFrame({"user_row": [0], c.USER_ID: [1], "ts": [day]})
+    plain = horizon_rows(history, requests, until=3 * day, negatives=0, seed=0)
+    assert plain[c.TARGET].tolist() == [1]
+    rows = horizon_rows(history, requests, until=3 * day, negatives=0, seed=0, viewed_negatives=2)
+    assert rows[rows[c.TARGET] == 0][c.POST_ID].tolist() == [6, 7]
+    assert rows[rows[c.TARGET] == 1][c.POST_ID].tolist() == [2]
+
+
 def test_later_rates_by_hand():
     """Segment rates of the views in [lo, hi), shrunk to the post's rate there, itself shrunk to the
     window's: user 1 (segment 0) viewed post 1 twice in the window and liked once; user 2 (segment 5)

@@ -64,6 +64,7 @@ def test_same_feature_rows(engines):
         np.testing.assert_array_equal(x[:, exact], y[:, exact])
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
         assert np.isfinite(x[:, names.index("sim_liked")]).all() and (x[:, names.index("u_views")] > 0).any()
+        assert (x[:, names.index("sim_cf")] != 0).mean() > 0.2  # the collaborative vectors are compared too
 
 
 def _compare(a, b, path: str) -> None:
@@ -83,6 +84,7 @@ def test_same_served_state(engines):
     post counts and priors."""
     a, b = engines["single"].snapshot, engines["spark"].snapshot
     assert len(b.events.ts) > 0 and b.base_counts[:, 0].sum() > 0
+    assert (np.abs(b.posts.cf).sum(axis=1) > 0).sum() > 100  # refitted collaborative vectors, compared below
     _compare(a, b, "snapshot")
 
 

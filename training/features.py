@@ -44,6 +44,7 @@ from app.post_counters import ViewIndex
 from app.snapshot import LAST_VIEWS_KEPT, Snapshot, UserEvents, csr
 from app.text_features import TextTransforms, post_text_features, tfidf_matrix, topic_codes
 from app.user_state import LIKE, VIEW, fold_user, taste_at
+from training.collaborative import Schedule
 
 VEC_DIM = 64  # text space of user vectors and similarities
 EXCLUDE_WINDOW_SECONDS = 72 * 3600  # events kept one by one before the snapshot's cut (exclusion window)
@@ -274,7 +275,8 @@ def user_views_at(history: History, profile: np.ndarray, posts: PostView, priors
     taste = Taste(likes=np.zeros(len(user_rows), np.int64), vec_sum=np.zeros((len(user_rows), d)),
                   topic_likes=np.zeros((len(user_rows), N_TOPICS)),
                   topic_sum=np.zeros((len(user_rows), N_TOPICS, d)),
-                  topic_tfidf_sum=np.zeros((len(user_rows), N_TOPICS, d)))
+                  topic_tfidf_sum=np.zeros((len(user_rows), N_TOPICS, d)),
+                  cf_sum=np.zeros((len(user_rows), posts.cf.shape[1])))
     sorted_rows = user_rows[order]
     starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]) if len(order) else np.empty(0, int)
     ends = np.r_[starts[1:], len(order)] if len(order) else np.empty(0, int)
@@ -285,8 +287,9 @@ def user_views_at(history: History, profile: np.ndarray, posts: PostView, priors
         ts, post, kind, target = ev.ts[lo:hi], ev.post[lo:hi], ev.kind[lo:hi], ev.target[lo:hi]
         counts[idx] = fold_user(empty_counts()[0], no_days, ts, post, kind, target, posts.topic, times[idx])
         is_like = kind == LIKE
-        part = taste_at(no_likes, ts[is_like], post[is_like], times[idx], posts.vec, posts.tfidf_vec, posts.topic)
-        for name in ("likes", "vec_sum", "topic_likes", "topic_sum", "topic_tfidf_sum"):
+        part = taste_at(no_likes, ts[is_like], post[is_like], times[idx], posts.vec, posts.tfidf_vec, posts.topic,
+                        posts.cf)
+        for name in ("likes", "vec_sum", "topic_likes", "topic_sum", "topic_tfidf_sum", "cf_sum"):
             getattr(taste, name)[idx] = getattr(part, name)
     return finalize_users(profile[user_rows], counts, taste, priors)
 
@@ -297,12 +300,14 @@ def post_counters_at(history: History, priors: Priors, post_rows: np.ndarray, ti
 
 
 def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: Priors, rows: pd.DataFrame,
-                text: bool, chunk: int = 20_000, counters: np.ndarray | None = None) -> np.ndarray:
+                text: bool, chunk: int = 20_000, counters: np.ndarray | None = None,
+                schedule: Schedule | None = None) -> np.ndarray:
     """Training rows through the same `assemble` the service uses for requests, each row as of its own
     moment (a `cold` column, when present, hides the history of the rows it marks). Rows are processed in
     chunks of whole users to bound the memory of the taste vectors. `counters` (n, 3), when given, are
     the rows' POST_COUNTERS computed elsewhere (a Spark stage partitioned by post, whose `history` then
-    holds only some users)."""
+    holds only some users). `schedule`, when given, holds the collaborative vectors of each row's period
+    (`training.collaborative`); without it every row reads `posts.cf`."""
     names = feature_names(text)
     if rows.empty:
         return np.empty((0, len(names)), np.float32)
@@ -313,6 +318,13 @@ def rows_matrix(history: History, profile: np.ndarray, posts: PostView, priors: 
     cold = rows["cold"].to_numpy(bool) if "cold" in rows else np.zeros(len(rows), bool)
     if counters is None:
         counters = post_counters_at(history, priors, post_rows, ts)
+    if schedule is not None:
+        period = schedule.period(ts)
+        for k in np.unique(period):
+            sel = np.flatnonzero(period == k)
+            out[sel] = rows_matrix(history, profile, schedule.posts(posts, int(k)), priors, rows.iloc[sel], text,
+                                   chunk, counters[sel])
+        return out
     order = np.argsort(user_rows, kind="stable")
     i = 0
     while i < len(order):

@@ -20,7 +20,7 @@ from app.artifacts import LIKE_GIVEN_SHOWN, LIKED_WITHIN_HORIZON, MODEL_FILES, M
 from app.features import CONTROL_FEATURES
 from app.recent_popularity import RECENT_FEATURES
 from training.exposure_kind import detect
-from training.horizon import NEGATIVES_PER_REQUEST, horizon_matrix, horizon_rows, sample_requests
+from training.horizon import NEGATIVES_PER_REQUEST, VIEWED_NEGATIVES, horizon_matrix, horizon_rows, sample_requests
 from training.selection import Protocol, protocol_for, select
 
 
@@ -32,6 +32,9 @@ class ObjectiveConfig:
     select_requests_full: int = 300  # full-catalogue validation requests: every post is scored
     select_requests_shown: int = 1500  # shown-set validation requests: only what was shown
     cold_spread: bool = True  # screens of users without history: one post per topic first (`selection.select`)
+    # per request, up to this many posts the user opened within the horizon and did not like, as negatives
+    # beside the uniform ones (`training.horizon.horizon_rows`)
+    viewed_negatives: int = VIEWED_NEGATIVES
     seed: int = 0
 
 
@@ -53,13 +56,13 @@ def fit_and_select(prep, like_models: dict, fit: Callable, train_config, config:
     n_train = max(100, min(config.horizon_requests, train_config.max_train_rows // per_request))
     n_val = max(100, min(config.horizon_val_requests, train_config.max_val_rows // per_request))
     tr = horizon_rows(history, sample_requests(history, split.train_start, split.val_start, n_train, config.seed),
-                      until=split.val_start, seed=config.seed)
+                      until=split.val_start, seed=config.seed, viewed_negatives=config.viewed_negatives)
     va = horizon_rows(history, sample_requests(history, split.val_start, split.test_start, n_val, config.seed + 1),
-                      until=split.test_start, seed=config.seed + 1)
+                      until=split.test_start, seed=config.seed + 1, viewed_negatives=config.viewed_negatives)
     logger.info("horizon rows: train {} ({} liked), validation {} ({} liked)", len(tr), int(tr[c.TARGET].sum()),
                 len(va), int(va[c.TARGET].sum()))
-    x_tr = horizon_matrix(history, prep.profile, prep.static, prep.priors, tr, text=True)
-    x_va = horizon_matrix(history, prep.profile, prep.static, prep.priors, va, text=True)
+    x_tr = horizon_matrix(history, prep.profile, prep.static, prep.priors, tr, text=True, schedule=prep.schedule)
+    x_va = horizon_matrix(history, prep.profile, prep.static, prep.priors, va, text=True, schedule=prep.schedule)
     models, meta = {}, {}
     for name in MODEL_FILES:
         text = MODEL_USES_TEXT[name]
@@ -78,7 +81,7 @@ def fit_and_select(prep, like_models: dict, fit: Callable, train_config, config:
     requests = sample_requests(history, split.val_start, split.test_start, n_sel, config.seed + 2)
     selection = select(history, prep.profile, prep.static, prep.priors, candidates,
                        Protocol(protocol_name, requests, split.test_start), shares_cut=split.val_start,
-                       spread=config.cold_spread)
+                       spread=config.cold_spread, schedule=prep.schedule)
     selection["exposure"] = kind.describe()
     logger.info("selection: {}", selection)
     return models, meta, selection

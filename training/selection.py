@@ -32,6 +32,7 @@ from app.engine import spread_top_k
 from app.features import CONTROL_FEATURES, POST_COUNTERS, PostView, Priors, assemble
 from app.segment_popularity import N_SEGMENTS, segment_of, segment_scores, segment_shares
 from app.user_state import LIKE, VIEW
+from training.collaborative import Schedule
 from training.features import History, post_counters_at, user_views_at
 from training.horizon import recent_columns
 
@@ -96,7 +97,7 @@ Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray, bool], np.ndarray]
 
 
 def make_scorers(history: History, profile: np.ndarray, posts: PostView, priors: Priors, models: dict,
-                 shares: np.ndarray) -> dict[str, Scorer]:
+                 shares: np.ndarray, schedule: Schedule | None = None) -> dict[str, Scorer]:
     """Scorers of every candidate ranker over the same feature rows (built once per batch of requests)."""
     index = history.view_index
 
@@ -125,11 +126,21 @@ def make_scorers(history: History, profile: np.ndarray, posts: PostView, priors:
         if hit is None or hit[0] is not post_rows:
             cache.clear()
             m = post_rows.shape[1]
-            view = user_views_at(history, profile, posts, priors, rows, times, np.full(len(rows), cold))
             flat_posts, flat_t = post_rows.ravel(), np.repeat(times, m)
             counters = post_counters_at(history, priors, flat_posts, flat_t)
-            x = assemble(view, np.repeat(np.arange(len(rows)), m), posts, flat_posts, flat_t, True,
-                         counters=counters)
+            # each request with the collaborative vectors of its period (all of them one period, usually)
+            period = np.zeros(len(rows), np.int64) if schedule is None else schedule.period(times)
+            x = None
+            for k in np.unique(period):
+                req = np.flatnonzero(period == k)
+                flat = (req[:, None] * m + np.arange(m)).ravel()
+                p = posts if schedule is None else schedule.posts(posts, int(k))
+                view = user_views_at(history, profile, p, priors, rows[req], times[req], np.full(len(req), cold))
+                part = assemble(view, np.repeat(np.arange(len(req)), m), p, flat_posts[flat], flat_t[flat], True,
+                                counters=counters[flat])
+                if x is None:
+                    x = np.empty((len(flat_posts), part.shape[1]), np.float32, order="F")
+                x[flat] = part
             hit = cache[key] = (post_rows, x, recent_columns(history, flat_posts, flat_t))
         return hit[1], hit[2]
 
@@ -246,7 +257,7 @@ def choose(metric: dict[str, float], order: list[str]) -> str:
 
 
 def select(history: History, profile: np.ndarray, posts: PostView, priors: Priors, models: dict,
-           protocol: Protocol, shares_cut: int, spread: bool = True) -> dict:
+           protocol: Protocol, shares_cut: int, spread: bool = True, schedule: Schedule | None = None) -> dict:
     """The manifest's "selection": per slot what serves users with history and users without, with the
     validation figures each choice rests on. `spread`: the screens of users without history take one post
     per topic before a second, whichever ranker serves them. Validation cannot decide it: a spread screen
@@ -260,7 +271,7 @@ def select(history: History, profile: np.ndarray, posts: PostView, priors: Prior
     owner = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))
     liked = (ev.kind == LIKE) & (ev.ts < shares_cut)
     shares = segment_shares(segment_of(profile[owner[liked]]), ev.post[liked], len(history.post_ids))
-    scorers = make_scorers(history, profile, posts, priors, models, shares)
+    scorers = make_scorers(history, profile, posts, priors, models, shares, schedule)
     truth = request_truth(history, protocol)
     slots = sorted({name for name, _ in models})
     warm_names = [POPULAR] + [f"{s}:{o}" for s in slots for o in (LIKE_GIVEN_SHOWN, LIKED_WITHIN_HORIZON)

@@ -25,7 +25,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -40,7 +40,8 @@ from app.config import PROJECT_ROOT
 from app.features import PostView, Priors, empty_counts, feature_names, finalize_posts, profile_features
 from app.feed_events import EventBatch
 from app.snapshot import Snapshot, UserEvents
-from app.user_state import VIEW
+from app.user_state import LIKE, VIEW
+from training.collaborative import Schedule, fit_schedule, refit_moments, served_vectors
 from training.export import read_meta
 from training.features import (
     EXCLUDE_WINDOW_SECONDS,
@@ -105,6 +106,12 @@ class _Context:
     priors: Priors
     base_as_of: int
     n_features: int
+    schedule: Schedule  # the rows' collaborative vectors by period
+    served_cf: np.ndarray  # the served state's collaborative vectors, fitted up to its cut
+
+    @property
+    def served_posts(self) -> PostView:
+        return replace(self.posts, cf=self.served_cf)
 
 
 def _feature_schema(n: int) -> str:
@@ -151,13 +158,13 @@ def _user_stage(ctx: _Context, key, events: pd.DataFrame, rows: pd.DataFrame) ->
                               "cold": rows["cold"].to_numpy(bool)})
         counters = finalize_posts(rows[["p_views", "p_liked"]].to_numpy(np.int64), ctx.priors)
         x = rows_matrix(history, ctx.profile[global_rows], ctx.posts, ctx.priors, local, text=True,
-                        counters=counters)
+                        counters=counters, schedule=ctx.schedule)
         frame = pd.DataFrame(np.ascontiguousarray(x), columns=cols)
         frame.insert(0, "row_id", rows["row_id"].to_numpy(np.int64))
         frame["blob"] = None
         parts.append(frame)
     users = ctx.users.iloc[global_rows]
-    part = build_snapshot(history, users, ctx.posts, ctx.priors, ctx.base_as_of)
+    part = build_snapshot(history, users, ctx.served_posts, ctx.priors, ctx.base_as_of)
     blob = pd.DataFrame({"row_id": [-1], **{k: [np.nan] for k in cols}, "blob": [_pack(part)]})
     parts.append(blob.astype({k: np.float32 for k in cols}))
     return pd.concat(parts, ignore_index=True)
@@ -267,7 +274,7 @@ def _merge_snapshots(blobs: Callable[[], Iterator[bytes]], ctx: _Context, end: i
         profile=profile_features(ctx.users, ctx.priors), base_counts=base,
         days_indptr=indptr["days"], days=out["days"], likes_indptr=indptr["likes"],
         likes=out["likes"], seen_indptr=indptr["seen"], seen=out["seen"], events=events,
-        post_ids=ctx.post_ids, posts=ctx.posts, post_base=post_base)
+        post_ids=ctx.post_ids, posts=ctx.served_posts, post_base=post_base)
 
 
 def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str, config: TrainConfig,
@@ -330,8 +337,17 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
 
     rows = _sample(views, windows, {n: int(per_user[n].sum()) for n in windows}, config)
     cut = split.end if serve_latest else split.test_start
+    # the collaborative vectors: the like pairs handed to the driver, fitted there as on one machine
+    likes = (ev.where((F.col("kind") == int(LIKE)) & (F.col("ts") < cut))
+             .select(F.col("user_row").cast("int"), F.col("post_row").cast("int"), "ts").toPandas())
+    like = (likes["user_row"].to_numpy(np.int64), likes["post_row"].to_numpy(np.int64), likes["ts"].to_numpy(np.int64))
+    del likes
+    schedule = fit_schedule(*like, refit_moments(split.train_start, split.val_start, split.test_start),
+                            len(user_ids), len(post_ids))
+    served_cf = served_vectors(schedule, like, cut, len(user_ids), len(post_ids))
+    del like
     ctx = _Context(user_ids, post_ids, users, profile_features(users, priors), static, priors,
-                   cut - EXCLUDE_WINDOW_SECONDS, len(feature_names(True)))
+                   cut - EXCLUDE_WINDOW_SECONDS, len(feature_names(True)), schedule, served_cf)
     matrices, snapshot = _features_and_state(spark, ev, views, rows, ctx, int(hi) + 1, meta,
                                              buckets or max(4, -(-int(n_events) // EVENTS_PER_BUCKET)),
                                              work_dir or parquet_dir.parent / f"{parquet_dir.name}_work")

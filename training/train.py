@@ -18,7 +18,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,10 +43,11 @@ from app.artifacts import (
 )
 from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
-from app.features import CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
+from app.features import CF_DIM, CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
 from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE, TextTransforms
 from training import data
+from training.collaborative import REFIT_DAYS, Schedule, fit_schedule, history_likes, refit_moments, served_vectors
 from training.embeddings import embed_texts
 from training.features import (
     EXCLUDE_WINDOW_SECONDS,
@@ -147,6 +148,8 @@ class Prepared:
     seq_gaps: np.ndarray
     seq_xmax: int
     transforms: TextTransforms
+    schedule: Schedule  # the training, validation and held-out rows' collaborative vectors by period
+    likes: tuple[np.ndarray, np.ndarray, np.ndarray]  # (user rows, post rows, times) of every like event
 
 
 def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model: str) -> Prepared:
@@ -162,8 +165,11 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
     static, transforms = post_static(posts, embeddings, embedding_model)
     priors = fit_priors(history, users, static, split.train_start)
+    likes = history_likes(history)
+    schedule = fit_schedule(*likes, refit_moments(split.train_start, split.val_start, split.test_start),
+                            len(history.user_ids), len(history.post_ids))
     return Prepared(split, users, posts, static, history, priors, profile_features(users, priors), gaps,
-                    xmax if len(gaps) else 0, transforms)
+                    xmax if len(gaps) else 0, transforms, schedule, likes)
 
 
 def with_cold_rows(rows: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -243,12 +249,14 @@ def build_training_set(db_url: str, cache_dir: Path, embedding_model: str, confi
     t1 = time.perf_counter()
     rows = sample_rows(lambda lo, hi, n, salt: sample_views(history, lo, hi, n, salt=salt), split, config)
     # the control features are the first columns of the test model's: build each row once
-    matrices = {name: rows_matrix(history, prep.profile, prep.static, prep.priors, part, text=True)
-                for name, part in rows.items()}
+    matrices = {name: rows_matrix(history, prep.profile, prep.static, prep.priors, part, text=True,
+                                  schedule=prep.schedule) for name, part in rows.items()}
     logger.info("point-in-time rows built after {:.0f}s", time.perf_counter() - t0)
     # exact answers from the base cut on: the held-out window and the exclusion window before it
     cut = split.end if serve_latest else split.test_start
-    snapshot = build_snapshot(history, prep.users, prep.static, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
+    served = replace(prep.static, cf=served_vectors(prep.schedule, prep.likes, cut, len(history.user_ids),
+                                                    len(history.post_ids)))
+    snapshot = build_snapshot(history, prep.users, served, prep.priors, cut - EXCLUDE_WINDOW_SECONDS,
                               prep.seq_gaps, prep.seq_xmax)
     t2 = time.perf_counter()
     return TrainingSet(split, prep.posts, prep.transforms, prep.priors, rows, matrices, snapshot, "single",
@@ -338,6 +346,10 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                   "events": len(snapshot.events.ts)},
         "priors": {"fitted_before": split.train_start, "global_rate": round(tset.priors.global_rate, 6),
                    "cities": len(tset.priors.city_names)},
+        # training rows read the vectors of their period (refitted every refit_days), the state those before its cut
+        "collaborative": {"dim": CF_DIM, "refit_days": REFIT_DAYS,
+                          "served_fitted_before": split.end if serve_latest else split.test_start,
+                          "served_posts_with_vector": int(np.abs(snapshot.posts.cf).sum(axis=1).astype(bool).sum())},
         "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
         "exposure": selection["exposure"], "selection": selection,

@@ -39,6 +39,7 @@ _MEANINGS = (
     ("p_", "post: views, likes or like rate before the moment"),
     ("tfidf_", "post: TF-IDF text component or cluster distance"),
     ("emb_", "post: sentence-embedding component"),
+    ("sim_cf", "user × post: how close the post is to what the user liked, by who else liked them"),
     ("sim_", "user × post: text similarity to what the user liked"),
     ("hour", "time: hour of the request (UTC)"),
     ("weekday", "time: day of the week (Monday = 0)"),
