@@ -21,7 +21,8 @@ Sources, each a handful of array operations (no model call):
   the posts the taste searches found.
 - **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
 - **collaborative**: the posts nearest to the mean collaborative vector of the posts the user liked
-  (`training.collaborative`: posts liked by the same users point the same way), over the catalogue.
+  (`training.collaborative`: posts liked by the same users point the same way), among the posts that have
+  one (the artifact's posts liked before its fit), exact or by a faiss IVF index like the taste source.
 - **recent popularity**: the most liked posts of the last `POPULAR_DAYS` days.
 - **fresh**: posts younger than `fresh_hours` (the newest first), then posts with fewer than
   `fresh_views` views (the proxy's best).
@@ -253,6 +254,7 @@ class Retriever:
         self.fresh_views = int(fresh_views)
         self.topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.tfidf_topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
+        self.cf = _TopicIndex(exact_below, nprobe)  # the posts with a collaborative vector, every topic
         self.n = 0  # catalogue rows indexed
         self._frame: CatalogueFrame | None = None
         # (proxy, hour, catalogue size) -> its hourly sources, least recently used first, at most
@@ -278,6 +280,9 @@ class Retriever:
                 if len(sel):
                     self.topics[t].add(sel, posts.vec[sel])
                     self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
+            has = posts.cf[lo:hi].any(axis=1)  # posts liked by nobody before the fit have none
+            if has.any():
+                self.cf.add(rows[has], posts.cf[lo:hi][has])
             self._frame = frame
             self.n = hi  # the hourly entries carry n in their key: they are recomputed
 
@@ -308,10 +313,7 @@ class Retriever:
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
-        query = user.cf[0]
-        if b.cf and query.any():
-            # exact: one (P, CF_DIM) product, under a millisecond at 100k posts (posts without a vector score 0)
-            parts.append(_top(np.arange(cat.n, dtype=np.int64), cat.posts.cf @ query, b.cf))
+        parts.append(self.cf.nearest(user.cf, [b.cf]))  # nothing for a user without likes
         rows = unique(np.concatenate(parts).astype(np.int64))
         return rows[rows < cat.n]
 

@@ -279,6 +279,33 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
             assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
 
 
+def test_collaborative_source_is_the_best_by_sim_cf(trained):
+    """The collaborative source's posts are the best of the catalogue by the `sim_cf` column `assemble`
+    gives every model, among the posts with a vector; a user without likes gets none from it."""
+    from app.features import assemble, feature_names
+
+    cand = Recommender.load(trained["model_dir"])
+    retriever, snap = cand.retriever, cand.state.snapshot
+    col = feature_names(False).index("sim_cf")
+    k = retriever.budget.cf
+    checked = 0
+    for user_id in snap.user_ids[:40]:
+        t = snap.events_until + 3600
+        user, posts = cand.state.at(cand.state.user_row(int(user_id)), t)
+        got = retriever.cf.nearest(user.view.cf, [k])
+        if not user.view.cf.any():
+            assert len(got) == 0
+            continue
+        value = assemble(user.view, np.int64(0), posts, None, np.int64(t), text=False)[:, col]
+        has = np.flatnonzero(posts.cf.any(axis=1))
+        assert len(got) == k and np.isin(got, has).all()
+        assert value[got].min() >= np.sort(value[has])[-k] - 1e-5
+        rows = retriever.candidates("control", user.view, t, cand.state.timeline, cand.state.catalogue.frame)
+        assert np.isin(got, rows).all()
+        checked += 1
+    assert checked >= 10
+
+
 def test_simulation_counts_views_and_likes_of_inserted_posts():
     """`simulate --new-posts-per-day` reports how many inserted posts were viewed and liked, once each."""
     from training.simulate import _NewPosts
