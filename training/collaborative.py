@@ -87,10 +87,14 @@ class Schedule:
         return self.vectors[-1]
 
 
+MAX_TRAINING_REFITS = 12  # a long training window (`--train-days 0`) gets longer periods, not more fits
+
+
 def refit_moments(train_start: int, val_start: int, test_start: int, refit_days: int = REFIT_DAYS) -> np.ndarray:
-    """The period starts of the training rows (every `refit_days` from `train_start`) and of the
-    validation and held-out windows."""
-    every = np.arange(train_start, test_start, refit_days * DAY, dtype=np.int64)
+    """The period starts of the training rows (every `refit_days` from `train_start`, or longer periods
+    when that would take more than MAX_TRAINING_REFITS fits) and of the validation and held-out windows."""
+    days = max(refit_days, -(-(val_start - train_start) // (MAX_TRAINING_REFITS * DAY)))
+    every = np.arange(train_start, val_start, days * DAY, dtype=np.int64)
     return np.unique(np.concatenate([every, [val_start, test_start]]).astype(np.int64))
 
 
