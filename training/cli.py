@@ -123,6 +123,11 @@ def train(
     cold_spread: Annotated[bool, typer.Option(help="Screens of users without history take one post per topic "
                                                    "before a second (their tastes unknown, likes within a topic "
                                                    "go together)")] = True,
+    viewed_negatives: Annotated[int | None, typer.Option(min=0, help="The liked-within-7-days models: per "
+                                                                     "request, up to this many posts the user "
+                                                                     "opened and did not like as negatives beside "
+                                                                     "40 uniform ones (0: uniform only, what users "
+                                                                     "come to open; default 5)")] = None,
     serve_latest: Annotated[bool, typer.Option(help="Keep events one by one only from the data end minus the "
                                                     "exclusion window (smaller; held-out replay then sees the "
                                                     "base, which includes the held-out window)")] = False,
@@ -163,7 +168,9 @@ def train(
         path = run(_db(db), out or settings.model_dir, settings.cache_dir, settings.embedding_model, config,
                    _split_args(test_start, test_days, val_days, train_days, window_likes),
                    serve_latest=serve_latest,
-                   objectives=ObjectiveConfig(exposure=exposure, seed=seed, cold_spread=cold_spread))
+                   objectives=ObjectiveConfig(exposure=exposure, seed=seed, cold_spread=cold_spread,
+                                              **({} if viewed_negatives is None else
+                                                 {"viewed_negatives": viewed_negatives})))
     except SplitError as exc:  # raised before anything is written: a clear error, no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
