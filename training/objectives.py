@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from loguru import logger
 
 from app import columns as c
@@ -35,6 +36,7 @@ class ObjectiveConfig:
     # per request, up to this many posts the user opened within the horizon and did not like, as negatives
     # beside the uniform ones (`training.horizon.horizon_rows`)
     viewed_negatives: int = VIEWED_NEGATIVES
+    horizon_cold_share: float = 0.25  # of the requests, repeated with the history hidden (`request_rows`)
     seed: int = 0
 
 
@@ -43,6 +45,22 @@ def slot_columns(x: np.ndarray, uses_text: bool) -> np.ndarray:
     if uses_text:
         return x
     return np.asfortranarray(np.column_stack([x[:, :len(CONTROL_FEATURES)], x[:, -len(RECENT_FEATURES):]]))
+
+
+def request_rows(history, requests: pd.DataFrame, until: int, seed: int, config: ObjectiveConfig) -> pd.DataFrame:
+    """The horizon rows of `requests`, then those of a `horizon_cold_share` of them again with the user's
+    history hidden (`cold`) and uniform negatives only. A user without history is ranked by the same model
+    on the profile alone; with no taste to tell apart what the user would open from what the user would
+    like, those rows learn what new users of the profile open and like. (Without them, the opened-and-
+    unliked negatives left the model no better than segment popularity for new users on the organic demo
+    worlds, logged 0.09-0.10 against 0.09-0.11, where uniform negatives alone had reached 0.15-0.23.)"""
+    warm = horizon_rows(history, requests, until=until, seed=seed,
+                        viewed_negatives=config.viewed_negatives).assign(cold=False)
+    if config.horizon_cold_share <= 0 or requests.empty:
+        return warm
+    picked = requests.sample(frac=min(config.horizon_cold_share, 1.0), random_state=seed)
+    cold = horizon_rows(history, picked, until=until, seed=seed + 7919).assign(cold=True)
+    return pd.concat([warm, cold], ignore_index=True)
 
 
 def fit_and_select(prep, like_models: dict, fit: Callable, train_config, config: ObjectiveConfig
@@ -55,10 +73,10 @@ def fit_and_select(prep, like_models: dict, fit: Callable, train_config, config:
     per_request = NEGATIVES_PER_REQUEST + 2
     n_train = max(100, min(config.horizon_requests, train_config.max_train_rows // per_request))
     n_val = max(100, min(config.horizon_val_requests, train_config.max_val_rows // per_request))
-    tr = horizon_rows(history, sample_requests(history, split.train_start, split.val_start, n_train, config.seed),
-                      until=split.val_start, seed=config.seed, viewed_negatives=config.viewed_negatives)
-    va = horizon_rows(history, sample_requests(history, split.val_start, split.test_start, n_val, config.seed + 1),
-                      until=split.test_start, seed=config.seed + 1, viewed_negatives=config.viewed_negatives)
+    tr = request_rows(history, sample_requests(history, split.train_start, split.val_start, n_train, config.seed),
+                      split.val_start, config.seed, config)
+    va = request_rows(history, sample_requests(history, split.val_start, split.test_start, n_val, config.seed + 1),
+                      split.test_start, config.seed + 1, config)
     logger.info("horizon rows: train {} ({} liked), validation {} ({} liked)", len(tr), int(tr[c.TARGET].sum()),
                 len(va), int(va[c.TARGET].sum()))
     x_tr = horizon_matrix(history, prep.profile, prep.static, prep.priors, tr, text=True, schedule=prep.schedule)
