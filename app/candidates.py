@@ -82,7 +82,7 @@ class Budget:
     blend_pool: int = 400  # above exact_below: the proxy's best this many, with the taste results, re-scored
     popular: int = 40
     fresh: int = 30
-    cf: int = 100  # nearest by the collaborative vectors, among the posts that have one
+    cf: int = 50  # nearest by the collaborative vectors, among the posts that have one
 
 
 # the sizes before the blend: a text model's artifact trained without blend weights keeps them

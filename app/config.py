@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         description="Share of a screen given to the best fresh posts (fewer than FRESH_VIEWS views or younger than "
                     "FRESH_HOURS) when the ranking holds fewer.",
     )
+    retrieval_collaborative: int = Field(
+        default=50, ge=0, le=10_000,
+        description="Posts the collaborative candidate source contributes (nearest by the collaborative vectors; "
+                    "0: off).",
+    )
     fresh_hours: float = Field(default=24.0, gt=0, le=24 * 30, description="A post younger than this is fresh.")
     fresh_views: int = Field(default=20, ge=0, description="A post with fewer views than this is fresh.")
     console_enabled: bool = Field(

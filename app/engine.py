@@ -51,7 +51,8 @@ RETRIEVAL_MODES = ("candidates", "full")
 
 @dataclass(frozen=True)
 class ScreenPolicy:
-    """How a screen is made: retrieval mode and fresh-post exposure (settings RETRIEVAL, FRESH_*)."""
+    """How a screen is made: retrieval mode, the collaborative source's size and fresh-post exposure
+    (settings RETRIEVAL, RETRIEVAL_COLLABORATIVE, FRESH_*)."""
 
     retrieval: str = "candidates"
     fresh_share: float = 0.0
@@ -62,7 +63,8 @@ class ScreenPolicy:
     @classmethod
     def from_settings(cls, settings) -> ScreenPolicy:
         return cls(retrieval=settings.retrieval, fresh_share=settings.fresh_share,
-                   fresh_hours=settings.fresh_hours, fresh_views=settings.fresh_views)
+                   fresh_hours=settings.fresh_hours, fresh_views=settings.fresh_views,
+                   budget=Budget(cf=settings.retrieval_collaborative))
 
 
 class UnknownModel(ValueError):
