@@ -114,6 +114,21 @@ def test_refuses_to_overwrite_without_replace(tmp_path):
     generate_world(url, scale=0.0005, seed=1, world_path=tmp_path / "w.npz")
     with pytest.raises(RuntimeError, match="--replace"):
         generate_world(url, scale=0.0005, seed=1, world_path=tmp_path / "w.npz")
+    # the command says it in one line naming the database, exit 2, the tables as they were
+    from typer.testing import CliRunner
+
+    from training.cli import app as cli
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(feed_data)).scalar_one()
+    result = CliRunner().invoke(cli, ["generate", "--scale", "0.0005", "--seed", "3", "--db", url,
+                                      "--world", str(tmp_path / "other.npz")])
+    assert result.exit_code == 2 and "--replace" in result.output and "w.db" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "other.npz").exists()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(feed_data)).scalar_one() == before
+    engine.dispose()
     generate_world(url, scale=0.0005, seed=2, world_path=tmp_path / "w.npz", replace=True)
 
 

@@ -67,14 +67,18 @@ def generate(
                                                    "users choose by popularity, recency and taste")] = "random",
 ) -> None:
     """Build the demo world and write its three tables."""
-    from training.world.generate import EXPOSURES, generate_world
+    from training.world.generate import EXPOSURES, TablesExist, generate_world
 
     if exposure not in EXPOSURES:
         raise typer.BadParameter(f"--exposure must be one of {', '.join(EXPOSURES)}, got {exposure!r}")
-    summary = generate_world(
-        _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
-        n_posts=posts, release_share=release_share, held_back=held_back, exposure=exposure,
-    )
+    try:
+        summary = generate_world(
+            _db(db), scale=scale, seed=seed, world_path=world or get_settings().world_path, replace=replace,
+            n_posts=posts, release_share=release_share, held_back=held_back, exposure=exposure,
+        )
+    except TablesExist as exc:  # refused before anything was built or written: one line, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     typer.echo(summary)
 
 

@@ -263,6 +263,10 @@ def feed_chunk(world: World, ui: np.ndarray, views: np.ndarray, start: np.ndarra
 
 
 # ------------------------------------------------------------------ entry point
+class TablesExist(RuntimeError):
+    """The database already holds course tables and --replace was not given (nothing was written)."""
+
+
 def generate_world(db_url: str, scale: float, seed: int, world_path: Path, replace: bool = False,
                    exposure: str = "random", n_posts: int | None = None, release_share: float = 0.0,
                    held_back: int = 0) -> str:
@@ -283,7 +287,8 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     existing = set(inspect(engine).get_table_names())
     if existing & {t.name for t in COURSE_TABLES} and not replace:
         engine.dispose()
-        raise RuntimeError("course tables already exist: pass --replace to rebuild them")
+        raise TablesExist(f"{engine.url.render_as_string(hide_password=True)} already holds course tables: "
+                          "pass --replace to rebuild them")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_users = max(50, round(ref.N_USERS * scale))
