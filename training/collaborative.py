@@ -6,7 +6,7 @@ service never runs the factorisation: the post vectors are columns of the catalo
 length, zero for a post nobody had liked before the fit) and the user side is the mean of the vectors of
 the posts the user liked before the request's moment — summed by `app.user_state.taste_at` like the text
 taste vectors, so it follows every new like live and needs no state of its own. The feature `sim_cf` is
-the inner product of the two (`app.features.assemble`); the candidate source `cf` takes the nearest posts
+the inner product of the two (`app.features.assemble`); the candidate source "collaborative" takes the nearest posts
 (`app.candidates`).
 
 Point in time, like every other feature: the service's vectors are those of its artifact, fitted on the
