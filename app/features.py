@@ -239,7 +239,7 @@ def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, tex
         share_t = unum[np.arange(len(ui)), _U_SHARE0 + topic]
         u_rate = unum[:, _U_RATE]
     pcf = posts.cf[sel]
-    sim_cf = _rowwise(pcf, np.broadcast_to(user.cf[ui], pcf.shape)) if ui.ndim == 0 else _rowwise(pcf, user.cf[ui])
+    sim_cf = _rowwise(pcf, np.broadcast_to(user.cf[ui], pcf.shape))  # one user: its row against every post
     post_counters = posts.counters[sel] if counters is None else counters
     blocks = [
         np.broadcast_to(unum, (n_rows, unum.shape[-1])),

@@ -40,6 +40,7 @@ def fit_post_vectors(user_rows: np.ndarray, post_rows: np.ndarray, n_users: int,
     a like gets zeros. Deterministic for the same pairs in any order (one fixed seed, a canonical
     matrix), so that every engine that hands over the same likes gets the same vectors."""
     from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     out = np.zeros((n_posts, dim), np.float32)
     user_rows = np.asarray(user_rows, np.int64)
@@ -53,14 +54,12 @@ def fit_post_vectors(user_rows: np.ndarray, post_rows: np.ndarray, n_users: int,
     matrix.sum_duplicates()
     matrix.data[:] = ALPHA
     matrix.sort_indices()
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's on top oversubscribe them
         model = AlternatingLeastSquares(factors=dim, regularization=REGULARIZATION, alpha=1.0,
                                         iterations=ITERATIONS, random_state=seed, num_threads=threads)
         model.fit(matrix, show_progress=False)
     vecs = np.asarray(model.item_factors, np.float64)[:, :dim]
-    liked = np.diff(matrix.tocsc().indptr) > 0
+    liked = matrix.getnnz(axis=0) > 0
     norm = np.linalg.norm(vecs, axis=1)
     ok = liked & (norm > 0)
     out[ok] = (vecs[ok] / norm[ok, None]).astype(np.float32)
@@ -82,9 +81,6 @@ class Schedule:
 
     def posts(self, posts: PostView, k: int) -> PostView:
         return replace(posts, cf=self.vectors[k])
-
-    def last(self) -> np.ndarray:
-        return self.vectors[-1]
 
 
 MAX_TRAINING_REFITS = 12  # a long training window (`--train-days 0`) gets longer periods, not more fits

@@ -53,17 +53,15 @@ def sample_requests(history: History, lo: int, hi: int, n: int, seed: int) -> pd
 
 def likes_of(history: History, row: int) -> tuple[np.ndarray, np.ndarray]:
     """(times, post rows) of one user's likes, in time order."""
-    lo, hi = history.events.indptr[row], history.events.indptr[row + 1]
-    is_like = history.events.kind[lo:hi] == LIKE
-    return history.events.ts[lo:hi][is_like], history.events.post[lo:hi][is_like]
+    ts, post, kind, _ = history.events.of(row)
+    return ts[kind == LIKE], post[kind == LIKE]
 
 
 def unliked_views_of(history: History, row: int) -> tuple[np.ndarray, np.ndarray]:
     """(times, post rows) of one user's views that no like followed, in time order."""
-    ev = history.events
-    lo, hi = ev.indptr[row], ev.indptr[row + 1]
-    sel = (ev.kind[lo:hi] != LIKE) & (ev.target[lo:hi] == 0)
-    return ev.ts[lo:hi][sel], ev.post[lo:hi][sel]
+    ts, post, kind, target = history.events.of(row)
+    sel = (kind != LIKE) & (target == 0)
+    return ts[sel], post[sel]
 
 
 def horizon_rows(history: History, requests: pd.DataFrame, until: int, horizon: int = HORIZON_SECONDS,

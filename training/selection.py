@@ -61,18 +61,12 @@ def protocol_for(kind: str) -> str:
     return "full_catalogue" if kind == "organic" else "shown_set"
 
 
-def _user_events(history: History, row: int):
-    ev = history.events
-    lo, hi = ev.indptr[row], ev.indptr[row + 1]
-    return ev.ts[lo:hi], ev.post[lo:hi], ev.kind[lo:hi], ev.target[lo:hi]
-
-
 def request_truth(history: History, protocol: Protocol) -> list[tuple[np.ndarray, set, np.ndarray]]:
     """Per request: (candidate post rows, liked post rows that count as hits, post rows to exclude)."""
     out = []
     for row, t in zip(protocol.requests["user_row"].to_numpy(), protocol.requests["ts"].to_numpy(np.int64),
                       strict=True):
-        ts, post, kind, target = _user_events(history, int(row))
+        ts, post, kind, target = history.events.of(int(row))
         liked_before = post[(kind == LIKE) & (ts < t)]
         if protocol.name == "shown_set":
             m = (kind == VIEW) & (ts >= t) & (ts < t + SHOWN_WINDOW)

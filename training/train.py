@@ -349,7 +349,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
         # training rows read the vectors of their period (refitted every refit_days), the state those before its cut
         "collaborative": {"dim": CF_DIM, "refit_days": REFIT_DAYS,
                           "served_fitted_before": split.end if serve_latest else split.test_start,
-                          "served_posts_with_vector": int(np.abs(snapshot.posts.cf).sum(axis=1).astype(bool).sum())},
+                          "served_posts_with_vector": int(snapshot.posts.cf.any(axis=1).sum())},
         "split": asdict(split), "split_iso": split.describe(), "features_as_of": snapshot.base_as_of,
         "serves": "latest" if serve_latest else "test_start",
         "exposure": selection["exposure"], "selection": selection,
