@@ -12,13 +12,16 @@ Sources, each a handful of array operations (no model call):
 - **favourite topics**: the best posts of the user's top topics by a *proxy* of the model's score on
   the post's own columns (a small CatBoost regressor fitted at training on the model's own scores,
   listed in `retrieval.json`), with the counters as of the start of the request's hour.
-- **blend** (text models): per favourite topic, the best posts by a linear stand-in for the model,
-  proxy plus the four similarities the model reads, with weights fitted at training (`retrieval.json`,
-  `training.retrieval.fit_blend`). The model's favourites are posts both liked by many and near the
-  user's taste; each alone misses them (on the demo world the test model's top 5 ranked at the median
-  689th of their topic by the proxy, 116th by the TF-IDF taste). The blend is one matrix product over
-  the topic's vectors while it is held exactly; above `exact_below`, it re-scores the proxy's best and
-  the posts the taste searches found.
+- **blend**: per favourite topic, the best posts by a linear stand-in for the model, proxy plus the
+  similarities the model reads (the four text ones for a text model, and the collaborative `sim_cf` for
+  both), with weights fitted at training (`retrieval.json`, `training.retrieval.fit_blend`). The
+  model's favourites are posts both liked by many and near the user's taste; each alone misses them
+  (on the demo world the test model's top 5 ranked at the median 689th of their topic by the proxy,
+  116th by the TF-IDF taste; on a scale-1.0 world the control model's misses, before it had a blend,
+  at the median 182nd by the proxy). The blend is one product per vector space over the topic's
+  vectors while it is held exactly (shared with the taste lists); above `exact_below`, it re-scores
+  the proxy's best and the posts the taste searches found. A model without text has no taste lists:
+  it reads none of the text similarities.
 - **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
 - **collaborative**: the posts nearest to the mean collaborative vector of the posts the user liked
   (`training.collaborative`: posts liked by the same users point the same way), among the posts that have
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +63,12 @@ from app.rowsets import unique
 RETRIEVAL_FILE = "retrieval.json"
 POPULAR_DAYS = 7
 # the blend's terms, in the order of its weights: the proxy, then the similarities of `assemble`
-BLEND_TERMS = ("proxy", "sim_liked", "sim_contrast", "sim_liked_topic", "sim_tfidf_topic")
+BLEND_TERMS = ("proxy", "sim_liked", "sim_contrast", "sim_liked_topic", "sim_tfidf_topic", "sim_cf")
+
+
+def blend_terms(text: bool) -> tuple[str, ...]:
+    """The terms a model's blend can have: a model without text reads no text similarity."""
+    return BLEND_TERMS if text else ("proxy", "sim_cf")
 _RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
 
 
@@ -99,8 +107,9 @@ class Proxy:
     def __init__(self, model, text: bool, blend: dict[str, float] | None = None) -> None:
         self.model = model
         self.text = text
-        # weights of (proxy, sim_liked, sim_contrast, sim_liked_topic, sim_tfidf_topic), or None
-        self.blend = None if blend is None else np.array([blend[k] for k in BLEND_TERMS], np.float32)
+        # weights of BLEND_TERMS, or None; a term the artifact's blend lacks weighs 0 (a model without
+        # text has no text terms; artifacts before the collaborative term have no sim_cf)
+        self.blend = None if blend is None else np.array([blend.get(k, 0.0) for k in BLEND_TERMS], np.float32)
 
     def score(self, static: np.ndarray, counters: np.ndarray, text: np.ndarray, chunk: int = 100_000) -> np.ndarray:
         out = np.empty(len(static), np.float64)
@@ -255,6 +264,9 @@ class Retriever:
         self.topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.tfidf_topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.cf = _TopicIndex(exact_below, nprobe)  # the posts with a collaborative vector, every topic
+        # per topic, the collaborative vectors in the order of `topics[t]` while that topic is held
+        # exactly (the blend's sim_cf term); a topic in a faiss index reads them from the catalogue
+        self._cf_exact = [np.empty((0, 0), np.float32) for _ in range(N_TOPICS)]
         self.n = 0  # catalogue rows indexed
         self._frame: CatalogueFrame | None = None
         # (proxy, hour, catalogue size) -> its hourly sources, least recently used first, at most
@@ -280,6 +292,10 @@ class Retriever:
                 if len(sel):
                     self.topics[t].add(sel, posts.vec[sel])
                     self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
+                    held = self._cf_exact[t]
+                    vecs = np.ascontiguousarray(posts.cf[sel], np.float32)
+                    self._cf_exact[t] = (np.empty((0, vecs.shape[1]), np.float32) if self.topics[t].index is not None
+                                         else vecs if not len(held) else np.concatenate([held, vecs]))
             has = posts.cf[lo:hi].any(axis=1)  # posts liked by nobody before the fit have none
             if has.any():
                 self.cf.add(rows[has], posts.cf[lo:hi][has])
@@ -300,16 +316,22 @@ class Retriever:
         hourly = self._hour(name, t, timeline)
         proxy = self.proxies[name]
         weights = proxy.blend
-        b = NO_BLEND if proxy.text and weights is None else self.budget
+        b = self.budget_for(proxy)
         for i, topic in enumerate(self.favourite_topics(user)):
             topic = int(topic)
-            taste = self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]),
-                                               [_nth(b.taste_topic, i), _nth(b.taste_all, i)])
-            tfidf = self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :], [_nth(b.taste_tfidf, i)])
-            parts += [taste, tfidf, hourly.by_topic[topic][:_nth(b.proxy_topic, i)]]
-            if weights is not None and _nth(b.blend, i):
-                parts.append(self._blend(topic, user, weights, hourly, np.concatenate([taste, tfidf]),
-                                         _nth(b.blend, i)))
+            ks = (_nth(b.taste_topic, i), _nth(b.taste_all, i), _nth(b.taste_tfidf, i),
+                  _nth(b.blend, i) if weights is not None else 0)
+            parts.append(hourly.by_topic[topic][:_nth(b.proxy_topic, i)])
+            if not any(ks):
+                continue
+            if self.topics[topic].index is None and self.tfidf_topics[topic].index is None:
+                parts += self._exact_topic(topic, user, weights, hourly.score, ks)
+                continue
+            taste = self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]), list(ks[:2]))
+            tfidf = self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :], [ks[2]])
+            parts += [taste, tfidf]
+            if ks[3]:
+                parts.append(self._blend(topic, user, weights, hourly, np.concatenate([taste, tfidf]), ks[3]))
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
@@ -317,26 +339,69 @@ class Retriever:
         rows = unique(np.concatenate(parts).astype(np.int64))
         return rows[rows < cat.n]
 
+    def budget_for(self, proxy: Proxy) -> Budget:
+        """A text model's artifact without blend weights keeps the sizes from before the blend; a model
+        without text, given a blend, needs no taste list: it reads none of the text similarities, so the
+        blend (proxy and `sim_cf`) orders its topics."""
+        if proxy.text:
+            return self.budget if proxy.blend is not None else NO_BLEND
+        if proxy.blend is not None:
+            return replace(self.budget, taste_topic=(), taste_all=(), taste_tfidf=())
+        return self.budget
+
+    def _exact_topic(self, topic: int, user: UserView, w: np.ndarray | None, score: np.ndarray,
+                     ks: tuple[int, int, int, int]) -> list[np.ndarray]:
+        """The taste lists and the blend of one topic held exactly, from one product per vector space:
+        the nearest `ks[0]` to the topic's taste vector, `ks[1]` to the overall one, `ks[2]` to the
+        TF-IDF taste (none for a zero taste), and the blend's best `ks[3]` (weights `w`)."""
+        sent, tf_index = self.topics[topic], self.tfidf_topics[topic]
+        rows, vecs, tvecs = sent.rows, sent.vecs, tf_index.vecs  # one order; readers pair by length
+        cf = self._cf_exact[topic]
+        n = min(len(rows), len(vecs), len(tvecs), len(cf))
+        if n == 0:
+            return []
+        rows = rows[:n]
+        kt, ka, kf, kb = ks
+        w = np.zeros(len(BLEND_TERMS), np.float32) if w is None else w
+        topic_vec, vec, tfidf_q = user.topic_vec[0, topic], user.vec[0], user.topic_tfidf[0, topic]
+        out = []
+        sims = tfs = None
+        if kt or ka or (kb and w[1:4].any()):
+            q = np.stack([topic_vec, vec, user.contrast[0]], axis=1)
+            sims = vecs[:n] @ q  # (n, 3): the topic's taste, the overall taste, the contrast
+            if kt and topic_vec.any():
+                out.append(_top(rows, sims[:, 0], kt))
+            if ka and vec.any():
+                out.append(_top(rows, sims[:, 1], ka))
+        if kf or (kb and w[4]):
+            tfs = tvecs[:n] @ tfidf_q
+            if kf and tfidf_q.any():
+                out.append(_top(rows, tfs, kf))
+        if kb:
+            m = int(np.searchsorted(rows, len(score)))  # rows only grow; rows added after the hour wait
+            value = w[0] * score[rows[:m]]
+            if sims is not None:
+                value = value + sims[:m] @ np.array([w[3], w[1], w[2]], np.float32)
+            if tfs is not None:
+                value = value + w[4] * tfs[:m]
+            if w[5]:
+                value = value + cf[:m] @ (w[5] * user.cf[0])
+            out.append(_top(rows[:m], value, kb))
+        return out
+
     def _blend(self, topic: int, user: UserView, w: np.ndarray, hourly: _Hourly, found: np.ndarray,
                k: int) -> np.ndarray:
-        """The k posts of `topic` best by w . (proxy, sim_liked, sim_contrast, sim_liked_topic,
-        sim_tfidf_topic): the three sentence-space terms fold into one query vector. Every post of the
-        topic while it is held exactly; above, the proxy's best `blend_pool` and the taste results
-        `found`."""
+        """The k posts of a topic held in a faiss index best by w . BLEND_TERMS, among the proxy's best
+        `blend_pool` and the taste results `found` (`_exact_topic` scores every post of a topic held
+        exactly): the three sentence-space terms fold into one query vector."""
         query = w[1] * user.vec[0] + w[2] * user.contrast[0] + w[3] * user.topic_vec[0, topic]
         query_tfidf = w[4] * user.topic_tfidf[0, topic]
-        sent, tfidf, score = self.topics[topic], self.tfidf_topics[topic], hourly.score
-        if sent.index is None and tfidf.index is None:
-            rows, vecs, tvecs = sent.rows, sent.vecs, tfidf.vecs  # both indexes hold the topic's rows in one order
-            n = min(len(rows), len(vecs), len(tvecs))
-            rows = rows[:n]
-            n = int(np.searchsorted(rows, len(score)))  # rows only grow; rows added after the hour wait
-            value = w[0] * score[rows[:n]] + vecs[:n] @ query + tvecs[:n] @ query_tfidf
-            return _top(rows[:n], value, k)
+        score = hourly.score
         posts = self._frame.posts
         pool = unique(np.concatenate([hourly.by_topic[topic][:self.budget.blend_pool], found]))
         pool = pool[pool < len(score)]
-        value = w[0] * score[pool] + posts.vec[pool] @ query + posts.tfidf_vec[pool] @ query_tfidf
+        value = (w[0] * score[pool] + posts.vec[pool] @ query + posts.tfidf_vec[pool] @ query_tfidf
+                 + posts.cf[pool] @ (w[5] * user.cf[0]))
         return _top(pool, value, k)
 
     def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     ab_test_model: str = Field(default="test", pattern="^(control|test|popular)$")
     scoring_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1,
-        description="Requests scored at once per process; more than the cores only adds contention.",
+        description="Requests scored at once per process; more than the cores only adds contention "
+                    "(`python -m app --workers N` defaults it to the cores / N).",
     )
     exclude_viewed_hours: float = Field(
         default=72.0, ge=0, le=24 * 365,

@@ -232,43 +232,59 @@ def test_fit_blend_recovers_the_weights_within_groups():
     rng = np.random.default_rng(0)
     n, groups = 5000, 200
     group = rng.integers(0, groups, size=n)
-    proxy, sims = rng.normal(size=n), rng.normal(size=(n, 4))
-    truth = np.array([1.5, 0.5, -0.3, 0.0, 2.0])
+    proxy, sims = rng.normal(size=n), rng.normal(size=(n, 5))
+    truth = np.array([1.5, 0.5, -0.3, 0.0, 2.0, 0.8])
     y = np.column_stack([proxy, sims]) @ truth + rng.normal(scale=5.0, size=groups)[group] + rng.normal(0, 0.1, n)
     blend = fit_blend(proxy, sims, y, group)
-    from app.candidates import BLEND_TERMS
+    from app.candidates import BLEND_TERMS, blend_terms
 
     np.testing.assert_allclose([blend[k] for k in BLEND_TERMS], truth, atol=0.02)
     assert blend["r2"] > 0.99
+    # a model without text: the proxy and sim_cf alone
+    y = 1.5 * proxy + 0.8 * sims[:, 4] + rng.normal(scale=5.0, size=groups)[group] + rng.normal(0, 0.1, n)
+    blend = fit_blend(proxy, sims[:, 4:], y, group, blend_terms(False))
+    assert set(blend) == {"proxy", "sim_cf", "r2"}
+    np.testing.assert_allclose([blend["proxy"], blend["sim_cf"]], [1.5, 0.8], atol=0.02)
 
 
 @pytest.mark.parametrize("exact_below", [8_000, 50])
-def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_below):
-    """The blend source's posts are a topic's best by w . (proxy, the four similarities `assemble` gives
-    the test model), computed here from the feature matrix itself; above exact_below (faiss) it picks
-    from the proxy's best and the taste results, by the same formula."""
-    from app.candidates import Retriever
-    from app.features import TEXT_CROSS, assemble, feature_names
+@pytest.mark.parametrize("model", ["control", "test"])
+def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_below, model):
+    """The blend source's posts are a topic's best by w . (proxy, the similarities `assemble` gives the
+    model: the four text ones and sim_cf for test, sim_cf for control), computed here from the feature
+    matrix itself; above exact_below (faiss) it picks from the proxy's best and the taste results, by
+    the same formula."""
+    from app.artifacts import MODEL_USES_TEXT
+    from app.candidates import BLEND_TERMS, Retriever, blend_terms
+    from app.features import assemble, feature_names
 
+    text = MODEL_USES_TEXT[model]
     cand = Recommender.load(trained["model_dir"])
     retriever = cand.retriever
-    weights = retriever.proxies["test"].blend
-    assert weights is not None  # training wrote the blend for the text model
-    assert retriever.proxies["control"].blend is None
+    weights = retriever.proxies[model].blend
+    assert weights is not None  # training wrote the blend for both models
+    terms = blend_terms(text)
+    assert not weights[[BLEND_TERMS.index(k) for k in BLEND_TERMS if k not in terms]].any()
+    if not text:
+        assert retriever.budget_for(retriever.proxies[model]).taste_topic == ()  # no taste lists
     retriever = Retriever(retriever.proxies, retriever.priors, exact_below=exact_below, nprobe=4)
     retriever.update(cand.state.catalogue.frame)
     snap = cand.state.snapshot
-    names = feature_names(True)
-    sims = [names.index(k) for k in TEXT_CROSS]
+    names = feature_names(text)
+    sims = [names.index(k) for k in terms[1:]]
+    w = weights[[BLEND_TERMS.index(k) for k in terms[1:]]]
     for user_id in snap.user_ids[:5]:
         t = snap.events_until + 3600
         user, posts = cand.state.at(cand.state.user_row(int(user_id)), t)
-        hourly = retriever._hour("test", t, cand.state.timeline)
-        x = assemble(user.view, np.int64(0), posts, None, np.int64(t), text=True)
-        value = weights[0] * hourly.score + x[:, sims].astype(np.float64) @ weights[1:]
+        hourly = retriever._hour(model, t, cand.state.timeline)
+        x = assemble(user.view, np.int64(0), posts, None, np.int64(t), text=text)
+        value = weights[0] * hourly.score + x[:, sims].astype(np.float64) @ w
         topic = int(retriever.favourite_topics(user.view)[0])
         in_topic = np.flatnonzero(posts.topic == topic)
-        got = retriever._blend(topic, user.view, weights, hourly, np.empty(0, np.int64), 10)
+        if exact_below > len(in_topic):
+            (got,) = retriever._exact_topic(topic, user.view, weights, hourly.score, (0, 0, 0, 10))
+        else:
+            got = retriever._blend(topic, user.view, weights, hourly, np.empty(0, np.int64), 10)
         assert len(got) == 10 and (posts.topic[got] == topic).all()
         if exact_below > len(in_topic):
             want = in_topic[np.argsort(-value[in_topic], kind="stable")[:10]]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from catboost import CatBoostRegressor
 
-from app.candidates import BLEND_TERMS, RETRIEVAL_FILE, proxy_columns
-from app.features import TEXT_CROSS, feature_names
+from app.candidates import BLEND_TERMS, RETRIEVAL_FILE, blend_terms, proxy_columns
+from app.features import feature_names
 
 
 def _centred(values: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -37,10 +37,11 @@ def fit_proxy(matrix: np.ndarray, scores: np.ndarray, text: bool, users: np.ndar
     it: neither is the business of a proxy that orders posts inside a topic. The scores are centred per
     (user, topic) (`users`: a user key per row) before the fit.
 
-    For a text model, `blend` holds the weights of the proxy and of the four similarities (`TEXT_CROSS`)
-    in a least-squares fit of the same centred scores (`fit_blend`): the model's favourites of a topic
-    are posts both liked by many and near the user's taste, which neither the proxy's nor the taste
-    vectors' own top lists hold (the retrieval's "blend" source, `app.candidates`)."""
+    `blend` holds the weights of the proxy and of the similarities the model reads (`blend_terms`: the
+    four text ones and `sim_cf` for a text model, `sim_cf` alone otherwise) in a least-squares fit of
+    the same centred scores (`fit_blend`): the model's favourites of a topic are posts both liked by
+    many and near the user's taste, which neither the proxy's nor the taste vectors' own top lists hold
+    (the retrieval's "blend" source, `app.candidates`)."""
     names = feature_names(True)
     cols = [names.index(n) for n in proxy_columns(text)]
     x = np.asfortranarray(matrix[:, cols], dtype=np.float32)
@@ -52,11 +53,13 @@ def fit_proxy(matrix: np.ndarray, scores: np.ndarray, text: bool, users: np.ndar
     model.fit(x, y)
     pred = model.predict(x)
     r2 = 1.0 - float(((y - pred) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12))
-    blend = fit_blend(pred, matrix[:, [names.index(n) for n in TEXT_CROSS]], y, group) if text else None
+    terms = blend_terms(text)
+    blend = fit_blend(pred, matrix[:, [names.index(n) for n in terms[1:]]], y, group, terms)
     return model, r2, blend
 
 
-def fit_blend(proxy: np.ndarray, sims: np.ndarray, y: np.ndarray, group: np.ndarray) -> dict[str, float]:
+def fit_blend(proxy: np.ndarray, sims: np.ndarray, y: np.ndarray, group: np.ndarray,
+              terms: tuple[str, ...] = BLEND_TERMS) -> dict[str, float]:
     """Least-squares weights of (proxy, similarities) for the scores `y`, all centred per group: a
     linear stand-in that one matrix product per topic evaluates (the similarities are inner products of
     the post's vectors with the user's), and its R^2 within groups."""
@@ -64,7 +67,7 @@ def fit_blend(proxy: np.ndarray, sims: np.ndarray, y: np.ndarray, group: np.ndar
     y = _centred(y, group)
     w, *_ = np.linalg.lstsq(x, y, rcond=None)
     r2 = 1.0 - float(((y - x @ w) ** 2).sum() / max((y ** 2).sum(), 1e-12))
-    return {**{name: round(float(v), 6) for name, v in zip(BLEND_TERMS, w, strict=True)}, "r2": round(r2, 4)}
+    return {**{name: round(float(v), 6) for name, v in zip(terms, w, strict=True)}, "r2": round(r2, 4)}
 
 
 def write_retrieval(version_dir: Path,

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response as JSONBytes
+from pydantic_core import to_json
 
 from app.ab import CONTROL, exp_group
 from app.api.deps import RecommenderDep, SettingsDep, WriterDep
@@ -42,5 +44,9 @@ async def recommended_posts(
     features_as_of = datetime.fromtimestamp(ranking.features_as_of, tz=UTC).replace(tzinfo=None)
     writer.submit(Exposure(str(uuid.uuid4()), id, at, served_at, group, ranking.model, recommender.version,
                            tuple(post_ids), features_as_of))
-    return {"exp_group": group, "model": ranking.model, "model_version": recommender.version,
+    # serialised here, by pydantic's own encoder, rather than validated against `Response` and then
+    # serialised: the body is built from the artifact's posts and the engine's fields, already of the
+    # declared types (the response model stays declared for the OpenAPI schema and its tests)
+    body = {"exp_group": group, "model": ranking.model, "model_version": recommender.version,
             "features_as_of": features_as_of, "recommendations": [recommender.posts[p] for p in post_ids]}
+    return JSONBytes(to_json(body), media_type="application/json")
