@@ -295,6 +295,35 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
             assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
 
 
+def test_taste_lists_are_the_nearest_posts_of_the_topic(trained):
+    """A topic held exactly gives the taste lists from one product per vector space: the k posts with
+    the largest inner product with the topic's taste vector, the overall taste vector and the TF-IDF
+    taste, each computed here from the catalogue's vectors directly; a zero taste gives nothing."""
+    cand = Recommender.load(trained["model_dir"])
+    retriever, snap = cand.retriever, cand.state.snapshot
+    checked = 0
+    for user_id in snap.user_ids[:20]:
+        t = snap.events_until + 3600
+        user, posts = cand.state.at(cand.state.user_row(int(user_id)), t)
+        view = user.view
+        topic = int(retriever.favourite_topics(view)[0])
+        members = np.flatnonzero(posts.topic == topic)
+        queries = [(view.topic_vec[0, topic], posts.vec), (view.vec[0], posts.vec),
+                   (view.topic_tfidf[0, topic], posts.tfidf_vec)]
+        got = retriever._exact_topic(topic, view, None, np.zeros(len(posts.topic)), (7, 5, 6, 0))
+        lists = iter(got)
+        for (query, vecs), k in zip(queries, (7, 5, 6), strict=True):
+            if not query.any():
+                continue
+            found = next(lists)
+            value = vecs[members] @ query
+            assert len(found) == k and np.isin(found, members).all()
+            assert (vecs[found] @ query).min() >= np.sort(value)[-k] - 1e-5
+            checked += 1
+        assert next(lists, None) is None  # no list for a zero taste, and no blend asked for
+    assert checked >= 20
+
+
 def test_collaborative_source_is_the_best_by_sim_cf(trained):
     """The collaborative source's posts are the best of the catalogue by the `sim_cf` column `assemble`
     gives every model, among the posts with a vector; a user without likes gets none from it."""
