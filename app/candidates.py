@@ -342,10 +342,10 @@ class Retriever:
     def budget_for(self, proxy: Proxy) -> Budget:
         """A text model's artifact without blend weights keeps the sizes from before the blend. A model
         without text gets half the blend sizes beside the taste lists: on a scale-1.0 world (seed 11,
-        1,000 held-out requests) its blend of proxy and `sim_cf` took recall of its full top 5 from 0.863
-        to 0.902 at 721 candidates (0.916 at 900 with the whole blend); without the taste lists, 0.909 at
-        757, but the served screen's expected hitrate fell 0.0036 below full scoring's rather than 0.0021,
-        since posts near the user's taste are the best stand-ins for the favourites retrieval misses."""
+        1,000 held-out requests, docs/catalogue.md) its blend of proxy and `sim_cf` took recall of its
+        full top 5 from 0.863 to 0.902 at 721 candidates; without the taste lists, 0.909 at 757, but the
+        served screen's expected hitrate fell 0.0036 below full scoring's rather than 0.0021, since posts
+        near the user's taste are the best stand-ins for the favourites retrieval misses."""
         if proxy.text:
             return self.budget if proxy.blend is not None else NO_BLEND
         if proxy.blend is not None:
