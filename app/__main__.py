@@ -71,8 +71,8 @@ def main() -> None:
           else "console: off (CONSOLE_ENABLED=false)")
     print(f"database: {masked(settings.database_url)}", flush=True)  # never the password
     if args.workers > 1:
-        # each worker's share of the cores: two workers of two scoring threads each on two cores spent
-        # a fifth more CPU per request at concurrency 8 than with one each (GIL hand-offs, switches)
+        # each worker's share of the cores: scoring threads beyond it only add GIL hand-offs and
+        # context switches between workers that already keep every core busy
         if "scoring_threads" not in settings.model_fields_set:  # not set in the environment or .env
             os.environ["SCORING_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
         _multiprocess_metrics()

@@ -20,8 +20,8 @@ Sources, each a handful of array operations (no model call):
   116th by the TF-IDF taste; on a scale-1.0 world the control model's misses, before it had a blend,
   at the median 182nd by the proxy). The blend is one product per vector space over the topic's
   vectors while it is held exactly (shared with the taste lists); above `exact_below`, it re-scores
-  the proxy's best and the posts the taste searches found. A model without text has no taste lists:
-  it reads none of the text similarities.
+  the proxy's best and the posts the taste searches found. A model without text gets half the sizes
+  (`Retriever.budget_for`).
 - **every topic**: the proxy's best few of each topic, so that a user's taste can be wrong.
 - **collaborative**: the posts nearest to the mean collaborative vector of the posts the user liked
   (`training.collaborative`: posts liked by the same users point the same way), among the posts that have
@@ -64,12 +64,12 @@ RETRIEVAL_FILE = "retrieval.json"
 POPULAR_DAYS = 7
 # the blend's terms, in the order of its weights: the proxy, then the similarities of `assemble`
 BLEND_TERMS = ("proxy", "sim_liked", "sim_contrast", "sim_liked_topic", "sim_tfidf_topic", "sim_cf")
+_RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
 
 
 def blend_terms(text: bool) -> tuple[str, ...]:
     """The terms a model's blend can have: a model without text reads no text similarity."""
     return BLEND_TERMS if text else ("proxy", "sim_cf")
-_RATE0 = USER_NUM.index(f"u_like_rate_{c.TOPICS[0]}")
 
 
 @dataclass(frozen=True)
