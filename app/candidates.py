@@ -292,10 +292,12 @@ class Retriever:
                 if len(sel):
                     self.topics[t].add(sel, posts.vec[sel])
                     self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
-                    held = self._cf_exact[t]
                     vecs = np.ascontiguousarray(posts.cf[sel], np.float32)
-                    self._cf_exact[t] = (np.empty((0, vecs.shape[1]), np.float32) if self.topics[t].index is not None
-                                         else vecs if not len(held) else np.concatenate([held, vecs]))
+                    if self.topics[t].index is not None:  # in faiss now: `_blend` reads the catalogue's
+                        self._cf_exact[t] = vecs[:0]
+                    else:
+                        held = self._cf_exact[t]
+                        self._cf_exact[t] = vecs if not len(held) else np.concatenate([held, vecs])
             has = posts.cf[lo:hi].any(axis=1)  # posts liked by nobody before the fit have none
             if has.any():
                 self.cf.add(rows[has], posts.cf[lo:hi][has])

@@ -48,16 +48,27 @@ end
 """
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants."""
-    total, todo = 0, [pid]
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (those alive now)."""
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
         try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        out.append(p)
+        todo.extend(int(x) for x in children)
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
             status = Path(f"/proc/{p}/status").read_text()
             total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-            todo.extend(int(x) for x in children)
         except (OSError, StopIteration):
             continue
     return total / 1024

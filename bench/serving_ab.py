@@ -23,22 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.engine import Recommender
-from bench.serving import LUA, held_out_requests, load, start, stop
+from bench.serving import LUA, held_out_requests, load, start, stop, tree_pids
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    out = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == pid:
-                out += _children(int(entry.name))
-    return out
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -63,7 +50,7 @@ def run_side(checkout: Path, models: Path, python: str, db: str, script: Path, d
         os.chdir(cwd)
     try:
         load(8013, script, 5, 8)  # warm-up: the hourly retrieval sources, the caches
-        pids = _children(proc.pid)
+        pids = tree_pids(proc.pid)
         out = {}
         for concurrency in (1, 8):
             before = _cpu_seconds(pids)

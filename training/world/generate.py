@@ -19,7 +19,7 @@ from sqlalchemy import delete, inspect
 from tqdm import tqdm
 
 from app import columns as c
-from app.db import create_course_tables, create_feed_indexes, drop_feed_indexes, make_engine
+from app.db import create_course_tables, create_feed_indexes, drop_feed_indexes, make_engine, masked
 from app.tables import COURSE_TABLES, feed_data, post_text_df, recommendation_log, user_data
 from training.bulk import epoch_to_datetime, write_frame
 from training.world import reference as ref
@@ -287,7 +287,7 @@ def generate_world(db_url: str, scale: float, seed: int, world_path: Path, repla
     existing = set(inspect(engine).get_table_names())
     if existing & {t.name for t in COURSE_TABLES} and not replace:
         engine.dispose()
-        raise TablesExist(f"{engine.url.render_as_string(hide_password=True)} already holds course tables: "
+        raise TablesExist(f"{masked(db_url)} already holds course tables: "
                           "pass --replace to rebuild them")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
