@@ -9,7 +9,7 @@ both sides keep into feature values, with the artifact's fitted `Priors`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,10 @@ PRIOR_VIEWS_USER = 20  # toward the global like rate
 PRIOR_VIEWS_TOPIC = 10  # toward the user's own rate
 PRIOR_VIEWS_POST = 200
 PRIOR_VIEWS_CITY = 2000
+# A view's weight in the post's like rate (`Priors.view_weight`), in thousandths, capped so that a
+# weight fits 14 bits of `app.post_counters.ViewIndex`'s sort key.
+WEIGHT_UNIT = 1000
+MAX_WEIGHT = 16_383
 TOPIC_VEC_PRIOR = 2.0  # pseudo-likes pulling a user's per-topic taste vector toward zero
 
 
@@ -105,6 +109,24 @@ class Priors:
     city_names: tuple[str, ...]
     city_rate: np.ndarray  # smoothed like rate per city
     city_users_log: np.ndarray  # log1p(users) per city
+    # Each view's weight in its post's like rate, in WEIGHT_UNITs: the viewer's smoothed like rate in the
+    # post's topic over the topic's view-weighted mean rate (1 on average over the views it was fitted
+    # on). A post shown to the users who like its topic most is liked more often than under the feed the
+    # model learnt from; dividing its likes by these weighted views keeps `p_like_rate` the post's appeal
+    # to that feed's audience, instead of a rate the service's own choices inflate (docs/live_state.md).
+    # Constants of the artifact, so the post counters stay sums over views, exact under late rows.
+    view_weight: np.ndarray = field(default_factory=lambda: np.zeros((0, N_TOPICS), np.int16))  # (U, topics)
+    # users unknown at the fit (no row in view_weight): the global rate over the topic's mean; older
+    # artifacts have neither array, and every view weighs one unit (their models' plain rate)
+    view_weight_new: np.ndarray = field(default_factory=lambda: np.full(N_TOPICS, WEIGHT_UNIT, np.int16))
+
+    def view_weights(self, user_rows: np.ndarray, topics: np.ndarray) -> np.ndarray:
+        """The weights (int64, WEIGHT_UNITs) of views by `user_rows` of posts of `topics`."""
+        user_rows, topics = np.asarray(user_rows, np.int64), np.asarray(topics, np.int64)
+        out = self.view_weight_new[topics].astype(np.int64)
+        known = user_rows < len(self.view_weight)
+        out[known] = self.view_weight[user_rows[known], topics[known]]
+        return out
 
     def city_features(self, cities: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """(like rate, log users) per city; an unseen city gets the global rate and no users."""
@@ -190,10 +212,12 @@ class PostView:
 
 
 def finalize_posts(counts: np.ndarray, priors: Priors) -> np.ndarray:
-    """POST_COUNTERS (n, 3) float32 from (views, liked views) counts (n, 2)."""
+    """POST_COUNTERS (n, 3) float32 from (views, liked views, weighted views) counts (n, 3): the like
+    rate is liked views over weighted views (`Priors.view_weight`), shrunk to the global rate."""
     out = np.empty((len(counts), len(POST_COUNTERS)), dtype=np.float32)
-    out[:, :2] = counts
-    out[:, 2] = (counts[:, 1] + PRIOR_VIEWS_POST * priors.global_rate) / (counts[:, 0] + PRIOR_VIEWS_POST)
+    out[:, :2] = counts[:, :2]
+    weighted = counts[:, 2] / WEIGHT_UNIT
+    out[:, 2] = (counts[:, 1] + PRIOR_VIEWS_POST * priors.global_rate) / (weighted + PRIOR_VIEWS_POST)
     return out
 
 

@@ -79,7 +79,9 @@ class LiveState:
         self.timeline = PostTimeline(snapshot.post_base)
         ev = snapshot.events
         views = ev.kind == VIEW
-        self.timeline.add(ev.ts[views], ev.post[views], ev.target[views])
+        viewer = np.repeat(np.arange(len(snapshot.user_ids)), np.diff(ev.indptr))[views]
+        self.timeline.add(ev.ts[views], ev.post[views], ev.target[views],
+                          self.priors.view_weights(viewer, snapshot.posts.topic[ev.post[views]]))
         self._n_base_users = len(snapshot.user_ids)
         self._tails: dict[int, np.ndarray] = {}
         self._new_rows: dict[int, int] = {}  # user id -> row, for users added after the snapshot
@@ -284,7 +286,8 @@ class LiveState:
         with self._lock:
             tails.update(updates)
             # the timeline publishes its own frame; under the lock so that user and post sides move together
-            self.timeline.add(batch.ts[views], prows[views], batch.target[views])
+            self.timeline.add(batch.ts[views], prows[views], batch.target[views],
+                              self.priors.view_weights(rows[views], self.posts.topic[prows[views]]))
         self.events_applied += len(batch)
         self.late_events += int((batch.ts < latest).sum())
         self.latest_event = max(latest, int(batch.ts.max()))

@@ -1,4 +1,6 @@
-"""Per-post counters (views, liked views) as of any moment: the post-side partition of the state.
+"""Per-post counters (views, liked views, weighted views) as of any moment: the post-side partition of
+the state. A view's weight (`app.features.Priors.view_weight`, an integer number of thousandths) is
+fixed when the view is applied, so every counter is a sum over views.
 
 `PostTimeline` keeps the base counts (events before the artifact's base cut) and every later view in
 time order, cut into sealed blocks of `block` views with the counts before each block (a checkpoint).
@@ -25,38 +27,43 @@ class _Views:
     ts: np.ndarray  # int64, sorted
     post: np.ndarray  # int32 post rows
     target: np.ndarray  # int8
+    weight: np.ndarray  # int16 (`Priors.view_weight`)
 
     def __len__(self) -> int:
         return len(self.ts)
 
     @staticmethod
     def empty() -> _Views:
-        return _Views(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int8))
+        return _Views(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int16))
 
     @staticmethod
     def merged(parts: list[_Views]) -> _Views:
         ts = np.concatenate([p.ts for p in parts])
         order = np.argsort(ts, kind="stable")
         return _Views(ts[order], np.concatenate([p.post for p in parts])[order],
-                      np.concatenate([p.target for p in parts])[order])
+                      np.concatenate([p.target for p in parts])[order],
+                      np.concatenate([p.weight for p in parts])[order])
 
     def __getitem__(self, s: slice) -> _Views:
-        return _Views(self.ts[s], self.post[s], self.target[s])
+        return _Views(self.ts[s], self.post[s], self.target[s], self.weight[s])
 
 
 def _bincount(views: _Views, n_posts: int) -> np.ndarray:
-    """(views, liked views) per post in one pass: views are counted by (post, target)."""
+    """(views, liked views, weighted views) per post: views are counted by (post, target) in one pass."""
     key = views.post.astype(np.int64) * 2 + (views.target > 0)
-    both = np.bincount(key, minlength=2 * n_posts)[:2 * n_posts].reshape(n_posts, 2)
-    both[:, 0] += both[:, 1]
-    return both
+    out = np.empty((n_posts, 3), np.int64)
+    out[:, :2] = np.bincount(key, minlength=2 * n_posts)[:2 * n_posts].reshape(n_posts, 2)
+    out[:, 0] += out[:, 1]
+    # float64 sums of integers below 2**53 are exact
+    out[:, 2] = np.bincount(views.post, weights=views.weight, minlength=n_posts)[:n_posts]
+    return out
 
 
 def _sized(counts: np.ndarray, n_posts: int) -> np.ndarray:
     """Counts of a smaller catalogue, padded with zeros for the posts added since (no views before)."""
     if len(counts) >= n_posts:
         return counts
-    return np.concatenate([counts, np.zeros((n_posts - len(counts), 2), counts.dtype)])
+    return np.concatenate([counts, np.zeros((n_posts - len(counts), counts.shape[1]), counts.dtype)])
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class _Frame:
 
 
 class PostTimeline:
-    """(views, liked views) per post row as of any moment after the base cut."""
+    """(views, liked views, weighted views) per post row as of any moment after the base cut."""
 
     def __init__(self, base: np.ndarray, block: int | None = None) -> None:
         self.block = block  # views per sealed block; None: adaptive (`block_size`)
@@ -108,7 +115,7 @@ class PostTimeline:
         return self._frame
 
     def counts_at(self, t: int, frame: _Frame | None = None) -> np.ndarray:
-        """(P, 2) counts of the views strictly before t (never modify the result: it may be shared)."""
+        """(P, 3) counts of the views strictly before t (never modify the result: it may be shared)."""
         f = self._frame if frame is None else frame  # one read: a batch meanwhile publishes a new frame
         n = f.n_posts
         if f.floor is not None and t < f.floor:
@@ -131,12 +138,12 @@ class PostTimeline:
         n = f.n_posts + k
         self._frame = _Frame(f.blocks, f.last_ts, f.checkpoints, f.head, _sized(f.current, n), n, f.floor)
 
-    def add(self, ts: np.ndarray, post: np.ndarray, target: np.ndarray) -> None:
-        """Apply views (any order). Only the writer thread calls this."""
+    def add(self, ts: np.ndarray, post: np.ndarray, target: np.ndarray, weight: np.ndarray) -> None:
+        """Apply views (any order) with their weights. Only the writer thread calls this."""
         if not len(ts):
             return
         new = _Views.merged([_Views(np.asarray(ts, np.int64), np.asarray(post, np.int32),
-                                    np.asarray(target, np.int8))])
+                                    np.asarray(target, np.int8), np.asarray(weight, np.int16))])
         f = self._frame
         n = f.n_posts
         size = self.block_size(n)
@@ -163,39 +170,56 @@ class PostTimeline:
         self._frame = _Frame(f.blocks[k:], f.last_ts[k:], f.checkpoints[k:], f.head, f.current, f.n_posts, floor)
 
 
+_WEIGHT_BITS = 14  # `app.features.MAX_WEIGHT` < 2**14
+
+
 class ViewIndex:
     """Views sorted once by (post, time): the counts before any number of (post, moment) pairs, each by
     binary search. Training asks for counters batch after batch (model selection scores ~1,000 requests
     in batches of 8); sorting the whole log per batch cost minutes per batch at scale 1.0 (76 M events).
     """
 
-    def __init__(self, view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray) -> None:
-        # one in-place sort of (post, time, target) packed in an int64: no index array, no sorted copies
-        # (posts below 2**22, non-negative times below 2**40)
-        key = np.asarray(view_post, np.int64) << 41
-        key |= np.asarray(view_ts, np.int64) << 1
-        key |= np.asarray(view_target, np.int64) > 0
+    def __init__(self, view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray,
+                 view_weight: np.ndarray) -> None:
+        # one in-place sort of (post, time, target, weight) packed in an int64: no index array, no sorted
+        # copies. Times are counted from the first view, in as many bits as their span needs.
+        view_ts = np.asarray(view_ts, np.int64)
+        self.t0 = int(view_ts.min()) if len(view_ts) else 0
+        self.time_bits = int(view_ts.max() - self.t0).bit_length() if len(view_ts) else 0
+        self.shift = self.time_bits + 1 + _WEIGHT_BITS  # where the post row starts
+        n_posts = int(np.max(view_post)) + 1 if len(view_post) else 1
+        if self.shift + int(n_posts).bit_length() > 63:
+            raise ValueError(f"{n_posts} posts over {2 ** self.time_bits} seconds do not fit the view index's key")
+        key = np.asarray(view_post, np.int64) << self.shift
+        key |= (view_ts - self.t0) << (1 + _WEIGHT_BITS)
+        key |= (np.asarray(view_target, np.int64) > 0) << _WEIGHT_BITS
+        key |= np.asarray(view_weight, np.int64)
         key.sort()
         self.key = key
         self.cum_target = np.zeros(len(key) + 1, np.int32)
-        np.cumsum(key & 1, out=self.cum_target[1:])
+        np.cumsum((key >> _WEIGHT_BITS) & 1, out=self.cum_target[1:])
+        self.cum_weight = np.zeros(len(key) + 1, np.int64)
+        np.cumsum(key & ((1 << _WEIGHT_BITS) - 1), out=self.cum_weight[1:])
 
     def counts(self, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """(views, liked views) of post `post_rows[i]` strictly before `times[i]`."""
+        """(views, liked views, weighted views) of post `post_rows[i]` strictly before `times[i]`."""
         post_rows = np.asarray(post_rows, np.int64)
-        times = np.clip(np.asarray(times, np.int64), 0, None)
-        lo = np.searchsorted(self.key, post_rows << 41, side="left")
-        pos = np.searchsorted(self.key, (post_rows << 41) | (times << 1), side="left")
-        return np.column_stack([pos - lo, self.cum_target[pos] - self.cum_target[lo]]).astype(np.int64)
+        # a time past the last view is its post's end: 2**time_bits carries into the next post row
+        times = np.clip(np.asarray(times, np.int64) - self.t0, 0, 1 << self.time_bits)
+        lo = np.searchsorted(self.key, post_rows << self.shift, side="left")
+        pos = np.searchsorted(self.key, (post_rows << self.shift) + (times << (1 + _WEIGHT_BITS)), side="left")
+        return np.column_stack([pos - lo, self.cum_target[pos] - self.cum_target[lo],
+                                self.cum_weight[pos] - self.cum_weight[lo]]).astype(np.int64)
 
 
-def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, post_rows: np.ndarray,
-                  times: np.ndarray) -> np.ndarray:
-    """(views, liked views) of post `post_rows[i]` strictly before `times[i]`, for many pairs at once
-    (views of any order). The same numbers as `PostTimeline(zeros).counts_at(times[i])[post_rows[i]]`.
+def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, view_weight: np.ndarray,
+                  post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(views, liked views, weighted views) of post `post_rows[i]` strictly before `times[i]`, for many
+    pairs at once (views of any order). The same numbers as
+    `PostTimeline(zeros).counts_at(times[i])[post_rows[i]]`.
 
-    >>> counts_before(np.array([0, 0, 1]), np.array([10, 20, 5]), np.array([1, 0, 1]),
+    >>> counts_before(np.array([0, 0, 1]), np.array([10, 20, 5]), np.array([1, 0, 1]), np.array([900, 1200, 1000]),
     ...               np.array([0, 0, 1]), np.array([20, 21, 5])).tolist()
-    [[1, 1], [2, 1], [0, 0]]
+    [[1, 1, 900], [2, 1, 2100], [0, 0, 0]]
     """
-    return ViewIndex(view_post, view_ts, view_target).counts(post_rows, times)
+    return ViewIndex(view_post, view_ts, view_target, view_weight).counts(post_rows, times)

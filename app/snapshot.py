@@ -28,6 +28,7 @@ from app.features import (
     N_COUNTS,
     N_TOPICS,
     SECONDS_PER_DAY,
+    WEIGHT_UNIT,
     PostView,
     Priors,
     empty_counts,
@@ -99,7 +100,7 @@ class Snapshot:
     events: UserEvents  # every event from base_as_of on, per user
     post_ids: np.ndarray  # (P,) int64, sorted
     posts: PostView  # counters left empty: they come from the timeline
-    post_base: np.ndarray  # (P, 2) int64 (views, liked views) before base_as_of
+    post_base: np.ndarray  # (P, 3) int64 (views, liked views, weighted views) before base_as_of
 
     def __post_init__(self) -> None:
         if self.base_counts.shape[1] != N_COUNTS:
@@ -124,12 +125,16 @@ class Snapshot:
             arrays = {k: data[k] for k in data.files}
 
         def group(name: str, kind: type) -> object:
-            kwargs = {g.name: arrays[f"{name}.{g.name}"] for g in fields(kind)}
+            # fields an older artifact lacks keep their defaults
+            kwargs = {g.name: arrays[f"{name}.{g.name}"] for g in fields(kind) if f"{name}.{g.name}" in arrays}
             return kind(**kwargs)
 
         priors = group("priors", Priors)
-        priors = Priors(float(priors.global_rate), priors.exposure_mean,
-                        tuple(str(x) for x in priors.city_names), priors.city_rate, priors.city_users_log)
+        priors = replace(priors, global_rate=float(priors.global_rate),
+                         city_names=tuple(str(x) for x in priors.city_names))
+        if arrays["post_base"].shape[1] == 2:  # an older artifact: every view weighed one unit
+            views = arrays["post_base"][:, :1]
+            arrays["post_base"] = np.hstack([arrays["post_base"], views * WEIGHT_UNIT])
         kwargs: dict = {}
         for f in fields(cls):
             if f.name == "priors":

@@ -133,22 +133,23 @@ def test_candidates_hold_the_full_rankings_top(trained, model):
 def test_timeline_grows_with_the_catalogue():
     """Posts added between batches start with no views and count from then on, as the direct count does."""
     rng = np.random.default_rng(2)
-    base = rng.integers(0, 5, size=(10, 2))
+    base = rng.integers(0, 5, size=(10, 3))
     base[:, 1] = np.minimum(base[:, 1], base[:, 0])
     timeline = PostTimeline(base, block=50)
-    post, ts, target = [], [], []
+    post, ts, target, weight = [], [], [], []
     n = 10
     for step in range(6):
         if step % 2:
             timeline.add_posts(7)
             n += 7
         p, t, y = rng.integers(0, n, 120), rng.integers(0, 5_000, 120), (rng.random(120) < 0.3).astype(np.int8)
-        timeline.add(t, p, y)
-        post.append(p), ts.append(t), target.append(y)
-    post, ts, target = (np.concatenate(x) for x in (post, ts, target))
-    padded = np.vstack([base, np.zeros((n - 10, 2), np.int64)])
+        w = rng.integers(1, 3000, 120)
+        timeline.add(t, p, y, w)
+        post.append(p), ts.append(t), target.append(y), weight.append(w)
+    post, ts, target, weight = (np.concatenate(x) for x in (post, ts, target, weight))
+    padded = np.vstack([base, np.zeros((n - 10, 3), np.int64)])
     for t in (0, 100, 2500, 4999, 5000, 10**6):
-        expected = padded + counts_before(post, ts, target, np.arange(n), np.full(n, t))
+        expected = padded + counts_before(post, ts, target, weight, np.arange(n), np.full(n, t))
         np.testing.assert_array_equal(timeline.counts_at(t), expected)
 
 

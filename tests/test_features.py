@@ -15,15 +15,20 @@ from app.features import (
     COUNT_LAST,
     COUNT_LIKED,
     COUNT_VIEWS,
+    MAX_WEIGHT,
+    N_TOPICS,
     USER_NUM,
+    WEIGHT_UNIT,
+    Priors,
     empty_counts,
     feature_names,
+    finalize_posts,
 )
 from app.feed_events import EventBatch
 from app.live_state import LiveState
 from app.post_counters import PostTimeline, counts_before
 from app.user_state import LIKE, VIEW, fold_user, taste_at
-from training.features import History, build_snapshot, history_from, rows_matrix, sample_views
+from training.features import History, build_snapshot, history_from, rows_matrix, sample_views, view_weight_table
 from training.train import prepare
 
 DAY = 86_400
@@ -65,9 +70,11 @@ def test_rows_see_exactly_the_events_before_their_moment(prepared):
         t = int(r["ts"])
         cut = History(h.user_ids, h.post_ids, _subset(ev, ev.ts < t, len(h.user_ids)), h.user_id_of_event[ev.ts < t],
                       h.seq, h.start, t)
+        cut.weigh(prepared.priors, prepared.static.topic)
         extra = EventBatch(np.array([t, t]), np.array([r[c.USER_ID]] * 2), np.array([r[c.POST_ID]] * 2),
                            np.array([VIEW, LIKE], np.int8), np.array([1, 0], np.int8))
         at_moment = _with_events(cut, extra)
+        at_moment.weigh(prepared.priors, prepared.static.topic)
         for history in (cut, at_moment):
             one = rows_matrix(history, prepared.profile, prepared.static, prepared.priors, rows.iloc[[i]], text=True)
             np.testing.assert_array_equal(one[0], full[i])
@@ -143,23 +150,24 @@ def test_split_fold_equals_whole_fold():
 
 
 def _random_views(seed: int, n_posts: int, n: int):
-    """n views (times, posts, liked) of n_posts posts in random order, and a base of earlier counts."""
+    """n views (times, posts, liked, weight) of n_posts posts in random order, and a base of earlier counts."""
     rng = np.random.default_rng(seed)
     ts = rng.integers(0, 10_000, size=n)
     post = rng.integers(0, n_posts, size=n)
     target = (rng.random(n) < 0.3).astype(np.int8)
-    return ts, post, target, rng.integers(0, 9, size=(n_posts, 2))
+    weight = rng.integers(1, MAX_WEIGHT + 1, size=n)
+    return ts, post, target, weight, rng.integers(0, 9, size=(n_posts, 3))
 
 
 def test_post_timeline_equals_counts_before():
     """Blocks, checkpoints and late views: the timeline answers as the straightforward count does."""
     n_posts, n = 30, 3000
-    ts, post, target, base = _random_views(5, n_posts, n)
+    ts, post, target, weight, base = _random_views(5, n_posts, n)
     timeline = PostTimeline(base, block=97)
     for part in np.array_split(np.arange(n), 17):  # batches in arrival order, many late
-        timeline.add(ts[part], post[part], target[part])
+        timeline.add(ts[part], post[part], target[part], weight[part])
     for t in (-1, 0, 17, 5000, 9999, 10_000, 20_000):
-        expected = base + counts_before(post, ts, target, np.arange(n_posts), np.full(n_posts, t))
+        expected = base + counts_before(post, ts, target, weight, np.arange(n_posts), np.full(n_posts, t))
         np.testing.assert_array_equal(timeline.counts_at(t), expected)
 
 
@@ -167,22 +175,23 @@ def test_post_timeline_compaction_keeps_counts_from_the_cut():
     """Forgetting the blocks before a cut changes no count from the cut on; earlier moments read as of the
     cut; late views and new batches after a compaction still land in place."""
     n_posts, n = 30, 4000
-    ts, post, target, base = _random_views(6, n_posts, n)
+    ts, post, target, weight, base = _random_views(6, n_posts, n)
     timeline = PostTimeline(base, block=97)
     first, second = np.arange(n) < 3000, np.arange(n) >= 3000
     late = second & (ts < 4000)  # the second part holds views from before the cut
-    timeline.add(ts[first], post[first], target[first])
+    timeline.add(ts[first], post[first], target[first], weight[first])
     blocks = len(timeline.frame.blocks)
     timeline.compact(4000)
     assert 0 < len(timeline.frame.blocks) < blocks
 
     def expected(t, seen):
-        return base + counts_before(post[seen], ts[seen], target[seen], np.arange(n_posts), np.full(n_posts, t))
+        return base + counts_before(post[seen], ts[seen], target[seen], weight[seen], np.arange(n_posts),
+                                    np.full(n_posts, t))
 
     for t in (4000, 4001, 7777, 20_000):
         np.testing.assert_array_equal(timeline.counts_at(t), expected(t, first))
     np.testing.assert_array_equal(timeline.counts_at(17), expected(4000, first))  # before the cut: as of it
-    timeline.add(ts[second], post[second], target[second])
+    timeline.add(ts[second], post[second], target[second], weight[second])
     assert late.any()
     for t in (4000, 4001, 7777, 20_000):
         np.testing.assert_array_equal(timeline.counts_at(t), expected(t, first | second))
@@ -225,6 +234,7 @@ def test_incremental_state_equals_rebuilt_state(prepared):
     rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
     early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
                             h.seq, h.start, early)
+    early_history.weigh(prepared.priors, prepared.static.topic)
     state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
                                      early - 3 * DAY), 72 * 3600)
     later = np.flatnonzero(~old)
@@ -267,6 +277,7 @@ def test_compacted_state_equals_uncompacted_and_rebuilt(prepared):
     old = ev.ts < early
     early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
                             h.seq, h.start, early)
+    early_history.weigh(prepared.priors, prepared.static.topic)
 
     def fresh() -> LiveState:
         state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
@@ -324,3 +335,36 @@ def _subset(ev, mask, n_users):
 
     rows = np.repeat(np.arange(n_users), np.diff(ev.indptr))
     return UserEvents.build(rows[mask], ev.ts[mask], ev.post[mask], ev.kind[mask], ev.target[mask], n_users)
+
+
+def test_view_weights_keep_the_like_rate_of_a_post_shown_to_its_fans():
+    """Fans of a topic like its posts five times as often as the others. With each view weighted by the
+    viewer's fitted affinity, a post's like rate is the same whether the feed shows it to anyone or to
+    fans only, where the plain rate more than doubles; over the views they were fitted on, the weights
+    average one unit."""
+    rng = np.random.default_rng(0)
+    n_users, fans = 2000, 400
+    p_like = np.where(np.arange(n_users) < fans, 0.5, 0.1)
+    topic_views = np.zeros((n_users, N_TOPICS))
+    topic_views[:, 0] = 100  # the fit: every user viewed 100 posts of topic 0, chosen at random
+    topic_liked = np.zeros_like(topic_views)
+    topic_liked[:, 0] = rng.binomial(100, p_like)
+    rate = topic_liked.sum() / topic_views.sum()
+    weight, new = view_weight_table(topic_views, topic_liked, rate)
+    assert abs(weight[:, 0].mean() / WEIGHT_UNIT - 1) < 0.01
+    assert np.median(weight[:fans, 0]) > 2 * WEIGHT_UNIT > WEIGHT_UNIT > np.median(weight[fans:, 0])
+    priors = Priors(rate, np.zeros(4), (), np.zeros(0), np.zeros(0), weight, new)
+    no_weights = Priors(rate, np.zeros(4), (), np.zeros(0), np.zeros(0))
+
+    def like_rate(viewers: np.ndarray, p: Priors) -> float:
+        liked = int((rng.random(len(viewers)) < p_like[viewers]).sum())
+        w = p.view_weights(viewers, np.zeros(len(viewers), np.int64))
+        return float(finalize_posts(np.array([[len(viewers), liked, w.sum()]]), p)[0, 2])
+
+    anyone, to_fans = rng.integers(0, n_users, 20_000), rng.integers(0, fans, 20_000)
+    assert abs(like_rate(to_fans, priors) / like_rate(anyone, priors) - 1) < 0.1
+    assert like_rate(to_fans, no_weights) > 2 * like_rate(anyone, no_weights)
+    # a viewer unknown at the fit weighs as a user with no history: the global rate over the topic's mean
+    # rate, about one unit here (topic 0 holds every view); topics never viewed weigh one unit
+    assert priors.view_weights(np.array([n_users + 5]), np.array([0]))[0] == new[0]
+    assert abs(new[0] / WEIGHT_UNIT - 1) < 0.02 and (new[1:] == WEIGHT_UNIT).all()

@@ -23,11 +23,15 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from app import columns as c
 from app.features import (
     EMB_COMPONENTS,
+    MAX_WEIGHT,
     N_TOPICS,
     PRIOR_VIEWS_CITY,
+    PRIOR_VIEWS_TOPIC,
+    PRIOR_VIEWS_USER,
     SECONDS_PER_DAY,
     TFIDF_CLUSTERS,
     TFIDF_COMPONENTS,
+    WEIGHT_UNIT,
     PostView,
     Priors,
     Taste,
@@ -112,16 +116,34 @@ class History:
     seq: int  # highest insertion sequence read
     start: int  # first event second
     end: int  # the second after the last event
+    weight: np.ndarray | None = None  # (events,) int16: each view's weight in its post's like rate (`weigh`)
 
     @property
     def views(self) -> np.ndarray:
         return self.events.kind == VIEW
 
+    @property
+    def rows_of_event(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.user_ids), dtype=np.int32), np.diff(self.events.indptr))
+
+    def weigh(self, priors: Priors, topic: np.ndarray, global_rows: np.ndarray | None = None) -> None:
+        """Give every event its view weight (`Priors.view_weight`): once the priors are fitted, before any
+        post counter is read. `global_rows` maps this history's user rows to the priors' (a Spark bucket
+        holds only some users)."""
+        rows = self.rows_of_event if global_rows is None else np.asarray(global_rows)[self.rows_of_event]
+        self.weight = priors.view_weights(rows, np.asarray(topic)[self.events.post]).astype(np.int16)
+        self.__dict__.pop("view_index", None)
+
+    def view_weights(self, mask: np.ndarray) -> np.ndarray:
+        if self.weight is None:
+            raise RuntimeError("the history's views have no weights yet: call History.weigh after fitting the priors")
+        return self.weight[mask]
+
     @cached_property
     def view_index(self) -> ViewIndex:
         """The views sorted by (post, time) once, for every post-counter lookup of this history."""
         ev, views = self.events, self.views
-        return ViewIndex(ev.post[views], ev.ts[views], ev.target[views])
+        return ViewIndex(ev.post[views], ev.ts[views], ev.target[views], self.view_weights(views))
 
 
 def history_from(batch: EventBatch, user_ids: np.ndarray, post_ids: np.ndarray) -> History:
@@ -147,28 +169,48 @@ def history_from(batch: EventBatch, user_ids: np.ndarray, post_ids: np.ndarray) 
 
 # --------------------------------------------------------------------------------------- priors
 def fit_priors(history: History, users: pd.DataFrame, posts: PostView, cutoff: int) -> Priors:
-    """Global like rate, city rates and the feed's mean sentence vector, from views before `cutoff`."""
+    """Global like rate, city rates, the views' weights and the feed's mean sentence vector, from views
+    before `cutoff`."""
     ev = history.events
     before = history.views & (ev.ts < cutoff)
-    rows_of_event = np.repeat(np.arange(len(history.user_ids), dtype=np.int32), np.diff(ev.indptr))
     n_users = len(history.user_ids)
-    user_views = np.bincount(rows_of_event[before], minlength=n_users)
-    user_liked = np.bincount(rows_of_event[before], weights=ev.target[before], minlength=n_users)
+    key = history.rows_of_event[before].astype(np.int64) * N_TOPICS + posts.topic[ev.post[before]]
+    topic_views = np.bincount(key, minlength=n_users * N_TOPICS).reshape(n_users, N_TOPICS)
+    topic_liked = np.bincount(key, weights=ev.target[before], minlength=n_users * N_TOPICS).reshape(n_users, N_TOPICS)
     post_views = np.bincount(ev.post[before], minlength=len(posts.topic))
-    return priors_from_counts(user_views, user_liked, post_views, users, posts)
+    return priors_from_counts(topic_views, topic_liked, post_views, users, posts)
 
 
-def priors_from_counts(user_views: np.ndarray, user_liked: np.ndarray, post_views: np.ndarray,
+def view_weight_table(topic_views: np.ndarray, topic_liked: np.ndarray,
+                      rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """`Priors.view_weight` and `view_weight_new` from per-user, per-topic (views, liked views): the
+    user's like rate in the topic, smoothed as the features smooth it (`finalize_users`), over the topic's
+    mean of it weighted by those views, so that the weights of the views they were fitted on average 1."""
+    views, liked = topic_views.sum(axis=1), topic_liked.sum(axis=1)
+    u_rate = (liked + PRIOR_VIEWS_USER * rate) / (views + PRIOR_VIEWS_USER)
+    r = (topic_liked + PRIOR_VIEWS_TOPIC * u_rate[:, None]) / (topic_views + PRIOR_VIEWS_TOPIC)
+    seen = topic_views.sum(axis=0)
+    mean = np.where(seen > 0, (topic_views * r).sum(axis=0) / np.maximum(seen, 1), rate)
+
+    def units(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(x * WEIGHT_UNIT), 1, MAX_WEIGHT).astype(np.int16)
+
+    return units(r / mean), units(rate / mean)
+
+
+def priors_from_counts(topic_views: np.ndarray, topic_liked: np.ndarray, post_views: np.ndarray,
                        users: pd.DataFrame, posts: PostView) -> Priors:
-    """The priors from per-user (views, liked views) and per-post views before the cut-off: sums, so any
-    engine that can count per user and per post (SQL, Spark) hands them over. `users` are user_data rows
-    in the order of `user_views` (by id)."""
-    user_views = np.asarray(user_views, np.float64)
-    user_liked = np.asarray(user_liked, np.float64)
+    """The priors from per-user, per-topic (views, liked views) (U, topics) and per-post views before the
+    cut-off: sums, so any engine that can count per user and per post (SQL, Spark) hands them over.
+    `users` are user_data rows in the order of the counts' rows (by id)."""
+    topic_views = np.asarray(topic_views, np.float64)
+    topic_liked = np.asarray(topic_liked, np.float64)
+    user_views, user_liked = topic_views.sum(axis=1), topic_liked.sum(axis=1)
     views, liked = int(user_views.sum()), int(user_liked.sum())
     if views == 0:
         raise ValueError("no views before the first training row to fit the priors on: move the windows later")
     rate = liked / views
+    view_weight, view_weight_new = view_weight_table(topic_views, topic_liked, rate)
     city_codes, city_names = pd.factorize(users[c.CITY].astype(str), sort=True)
     n_cities = len(city_names)
     city_views = np.bincount(city_codes, weights=user_views, minlength=n_cities)
@@ -179,7 +221,8 @@ def priors_from_counts(user_views: np.ndarray, user_liked: np.ndarray, post_view
     exposure = post_views @ posts.vec.astype(np.float64) / max(post_views.sum(), 1.0)
     return Priors(global_rate=float(rate), exposure_mean=exposure.astype(np.float64),
                   city_names=tuple(str(x) for x in city_names), city_rate=city_rate.astype(np.float64),
-                  city_users_log=np.log1p(city_users).astype(np.float64))
+                  city_users_log=np.log1p(city_users).astype(np.float64), view_weight=view_weight,
+                  view_weight_new=view_weight_new)
 
 
 # --------------------------------------------------------------------------------------- snapshot
@@ -223,7 +266,8 @@ def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, prior
     views_old = old & (ev.kind == VIEW)
     post_base = np.column_stack([
         np.bincount(ev.post[views_old], minlength=len(posts.topic)),
-        np.bincount(ev.post[views_old], weights=ev.target[views_old], minlength=len(posts.topic)).astype(np.int64),
+        np.bincount(ev.post[views_old], weights=ev.target[views_old], minlength=len(posts.topic)),
+        np.bincount(ev.post[views_old], weights=history.view_weights(views_old), minlength=len(posts.topic)),
     ]).astype(np.int64)
     users = users.set_index(c.USER_ID).loc[history.user_ids].reset_index()
     return Snapshot(

@@ -37,9 +37,10 @@ from loguru import logger
 
 from app import columns as c
 from app.config import PROJECT_ROOT
-from app.features import PostView, Priors, empty_counts, feature_names, finalize_posts, profile_features
+from app.features import N_TOPICS, PostView, Priors, empty_counts, feature_names, finalize_posts, profile_features
 from app.feed_events import EventBatch
 from app.snapshot import Snapshot, UserEvents
+from app.text_features import topic_codes
 from app.user_state import LIKE, VIEW
 from training.collaborative import Schedule, fit_schedule, refit_moments, served_vectors
 from training.export import read_meta
@@ -119,16 +120,19 @@ def _feature_schema(n: int) -> str:
 
 
 # ------------------------------------------------------------------ partition functions (run on workers)
-def _post_counters(_key, views: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows of some posts with their post's (views, liked views) strictly before each row's moment."""
+def _post_counters(ctx: _Context, _key, views: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of some posts with their post's (views, liked views, weighted views) strictly before each
+    row's moment."""
     if rows.empty:
-        return rows.assign(p_views=np.empty(0, np.int64), p_liked=np.empty(0, np.int64))
+        return rows.assign(p_views=np.empty(0, np.int64), p_liked=np.empty(0, np.int64),
+                           p_weighted=np.empty(0, np.int64))
     from app.post_counters import counts_before
 
-    counts = counts_before(views["post_row"].to_numpy(np.int64), views["ts"].to_numpy(np.int64),
-                           views["target"].to_numpy(np.int64), rows["post_row"].to_numpy(np.int64),
-                           rows["ts"].to_numpy(np.int64))
-    return rows.assign(p_views=counts[:, 0], p_liked=counts[:, 1])
+    post = views["post_row"].to_numpy(np.int64)
+    weight = ctx.priors.view_weights(views["user_row"].to_numpy(np.int64), ctx.posts.topic[post])
+    counts = counts_before(post, views["ts"].to_numpy(np.int64), views["target"].to_numpy(np.int64), weight,
+                           rows["post_row"].to_numpy(np.int64), rows["ts"].to_numpy(np.int64))
+    return rows.assign(p_views=counts[:, 0], p_liked=counts[:, 1], p_weighted=counts[:, 2])
 
 
 def _local_history(ctx: _Context, events: pd.DataFrame):
@@ -151,12 +155,13 @@ def _user_stage(ctx: _Context, key, events: pd.DataFrame, rows: pd.DataFrame) ->
                              "blob": np.empty(0, object)})
     history = _local_history(ctx, events)
     global_rows = np.searchsorted(ctx.user_ids, history.user_ids)
+    history.weigh(ctx.priors, ctx.posts.topic, global_rows)
     parts = []
     if not rows.empty:
         local = pd.DataFrame({"user_row": np.searchsorted(history.user_ids, rows["user_id"].to_numpy(np.int64)),
                               "post_row": rows["post_row"].to_numpy(np.int64), "ts": rows["ts"].to_numpy(np.int64),
                               "cold": rows["cold"].to_numpy(bool)})
-        counters = finalize_posts(rows[["p_views", "p_liked"]].to_numpy(np.int64), ctx.priors)
+        counters = finalize_posts(rows[["p_views", "p_liked", "p_weighted"]].to_numpy(np.int64), ctx.priors)
         x = rows_matrix(history, ctx.profile[global_rows], ctx.posts, ctx.priors, local, text=True,
                         counters=counters, schedule=ctx.schedule)
         frame = pd.DataFrame(np.ascontiguousarray(x), columns=cols)
@@ -238,7 +243,7 @@ def _merge_snapshots(blobs: Callable[[], Iterator[bytes]], ctx: _Context, end: i
     """
     n_users = len(ctx.user_ids)
     base = empty_counts(n_users)
-    post_base = np.zeros((len(ctx.post_ids), 2), np.int64)
+    post_base = np.zeros((len(ctx.post_ids), 3), np.int64)
     lists = {"days": "days_indptr", "likes": "likes_indptr", "seen": "seen_indptr", "events": "ev_indptr"}
     sizes = {name: np.zeros(n_users, np.int64) for name in lists}
     for blob in blobs():
@@ -298,9 +303,10 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     urows = spark.createDataFrame(pd.DataFrame({"user_id": user_ids.astype(np.int32),
                                                 "user_row": np.arange(len(user_ids))}))
     prows = spark.createDataFrame(pd.DataFrame({"post_id": post_ids.astype(np.int32),
-                                                "post_row": np.arange(len(post_ids))}))
+                                                "post_row": np.arange(len(post_ids)),
+                                                "topic": topic_codes(posts[c.TOPIC])}))
     ev = (feed.join(F.broadcast(urows), "user_id").join(F.broadcast(prows), "post_id")
-          .select("seq", "user_id", "post_id", "user_row", "post_row", "ts", "kind", "target"))
+          .select("seq", "user_id", "post_id", "user_row", "post_row", "topic", "ts", "kind", "target"))
     # not cached: each pass below re-reads the columns it needs from Parquet, so that the JVM holds no
     # copy of the feed whatever its size
     lo, hi, n_events = ev.agg(F.min("ts"), F.max("ts"), F.count("*")).first()
@@ -319,19 +325,20 @@ def build_training_set(parquet_dir: Path, cache_dir: Path, embedding_model: str,
     views = ev.where(F.col("kind") == VIEW)
     early = F.col("ts") < split.train_start
     windows = sample_windows(split, config)
-    # per user: the priors' counts, and the views of each sampled window (summed into the keep rule)
+    # per user: the views of each sampled window (summed into the keep rule)
     per_user = views.groupBy("user_row").agg(
-        F.sum(F.when(early, 1).otherwise(0)).alias("n"),
-        F.sum(F.when(early, F.col("target")).otherwise(0)).alias("liked"),
         *(F.sum(F.when((F.col("ts") >= a) & (F.col("ts") < b), 1).otherwise(0)).alias(name)
           for name, (a, b, _, _) in windows.items())).toPandas()
     per_post = views.where(early).groupBy("post_row").agg(F.count("*").alias("n")).toPandas()
-    user_views, user_liked = np.zeros(len(user_ids)), np.zeros(len(user_ids))
-    user_views[per_user["user_row"]] = per_user["n"]
-    user_liked[per_user["user_row"]] = per_user["liked"]
+    per_topic = (views.where(early).groupBy("user_row", "topic")
+                 .agg(F.count("*").alias("n"), F.sum("target").alias("liked")).toPandas())
+    topic_views, topic_liked = np.zeros((len(user_ids), N_TOPICS)), np.zeros((len(user_ids), N_TOPICS))
+    at = (per_topic["user_row"].to_numpy(np.int64), per_topic["topic"].to_numpy(np.int64))
+    topic_views[at] = per_topic["n"]
+    topic_liked[at] = per_topic["liked"]
     post_views = np.zeros(len(post_ids))
     post_views[per_post["post_row"]] = per_post["n"]
-    priors = priors_from_counts(user_views, user_liked, post_views, users, static)
+    priors = priors_from_counts(topic_views, topic_liked, post_views, users, static)
     logger.info("spark: priors' counts after {:.1f}s", time.perf_counter() - t0)
     t1 = time.perf_counter()
 
@@ -395,10 +402,11 @@ def _features_and_state(spark, ev, views, rows: dict[str, pd.DataFrame], ctx: _C
     sampled = spark.createDataFrame(table)
     post_key, user_key = (F.col("post_row") % buckets).alias("b"), (F.col("user_row") % buckets).alias("b")
     # only the columns each partition function reads cross the shuffle
-    with_counters = (views.select(post_key, "post_row", "ts", "target").groupBy("b")
+    with_counters = (views.select(post_key, "user_row", "post_row", "ts", "target").groupBy("b")
                      .cogroup(sampled.groupBy(post_key))
-                     .applyInPandas(_post_counters, "row_id long, user_id long, user_row long, post_row long, "
-                                                    "ts long, cold boolean, p_views long, p_liked long"))
+                     .applyInPandas(partial(_post_counters, ctx),
+                                    "row_id long, user_id long, user_row long, post_row long, ts long, "
+                                    "cold boolean, p_views long, p_liked long, p_weighted long"))
     out = (ev.select(user_key, "seq", "user_id", "post_id", "ts", "kind", "target").groupBy("b")
            .cogroup(with_counters.groupBy(user_key))
            .applyInPandas(partial(_user_stage, ctx), _feature_schema(ctx.n_features)))

@@ -165,6 +165,7 @@ def prepare(conn: Connection, split_args: dict, cache_dir: Path, embedding_model
     embeddings = embed_texts(posts[c.TEXT].astype(str).tolist(), embedding_model, cache_dir)
     static, transforms = post_static(posts, embeddings, embedding_model)
     priors = fit_priors(history, users, static, split.train_start)
+    history.weigh(priors, static.topic)
     likes = history_likes(history)
     schedule = fit_schedule(*likes, refit_moments(split.train_start, split.val_start, split.test_start),
                             len(history.user_ids), len(history.post_ids))
