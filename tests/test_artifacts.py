@@ -9,7 +9,7 @@ import pytest
 from app.artifacts import CURRENT, MANIFEST, POSTS_FILE, STATE_FILE, ArtifactsInvalid, load_manifest
 from app.candidates import RETRIEVAL_FILE
 from app.engine import Recommender
-from app.features import feature_names
+from app.features import PRIOR_VIEWS_POST, WEIGHT_UNIT, feature_names, finalize_posts
 from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE
 
@@ -48,6 +48,26 @@ def test_state_round_trip(trained, tmp_path):
                 np.testing.assert_array_equal(v, w, err_msg=f"{name}.{key}")
             else:
                 assert v == w, f"{name}.{key}"
+
+
+def test_a_state_without_view_weights_reads_the_plain_like_rate(trained, tmp_path):
+    """An artifact written before the views had weights (two post counters, no weight table) loads with
+    every view weighing one unit: its models get the plain like rate they were trained on."""
+    snap = Snapshot.load(trained["version_dir"] / STATE_FILE)
+    assert snap.post_base.shape[1] == 3 and len(snap.priors.view_weight) == len(snap.user_ids)
+    with np.load(trained["version_dir"] / STATE_FILE) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("priors.view_weight")}
+    arrays["post_base"] = arrays["post_base"][:, :2]
+    with open(tmp_path / "old.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    old = Snapshot.load(tmp_path / "old.npz")
+    np.testing.assert_array_equal(old.post_base[:, 2], old.post_base[:, 0] * WEIGHT_UNIT)
+    users = np.arange(len(old.user_ids))
+    assert (old.priors.view_weights(users, np.zeros(len(users), np.int64)) == WEIGHT_UNIT).all()
+    counters = finalize_posts(old.post_base, old.priors)
+    g = old.priors.global_rate
+    plain = (old.post_base[:, 1] + PRIOR_VIEWS_POST * g) / (old.post_base[:, 0] + PRIOR_VIEWS_POST)
+    np.testing.assert_allclose(counters[:, 2], plain, rtol=1e-6)
 
 
 def test_engine_loads_current(models_copy):
