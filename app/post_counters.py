@@ -171,35 +171,56 @@ class PostTimeline:
 
 
 _WEIGHT_BITS = 14  # `app.features.MAX_WEIGHT` < 2**14
+_BLOCK_BITS = 16  # prefix sums of weights kept as int32 within blocks of 2**16 views (< 2**30 each)
 
 
 class ViewIndex:
     """Views sorted once by (post, time): the counts before any number of (post, moment) pairs, each by
     binary search. Training asks for counters batch after batch (model selection scores ~1,000 requests
     in batches of 8); sorting the whole log per batch cost minutes per batch at scale 1.0 (76 M events).
+    Memory: 16 bytes a view (the sorted keys and two int32 prefix sums).
     """
 
     def __init__(self, view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray,
                  view_weight: np.ndarray) -> None:
         # one in-place sort of (post, time, target, weight) packed in an int64: no index array, no sorted
         # copies. Times are counted from the first view, in as many bits as their span needs.
-        view_ts = np.asarray(view_ts, np.int64)
-        self.t0 = int(view_ts.min()) if len(view_ts) else 0
-        self.time_bits = int(view_ts.max() - self.t0).bit_length() if len(view_ts) else 0
+        self.t0 = int(np.min(view_ts)) if len(view_ts) else 0
+        self.time_bits = int(np.max(view_ts) - self.t0).bit_length() if len(view_ts) else 0
         self.shift = self.time_bits + 1 + _WEIGHT_BITS  # where the post row starts
         n_posts = int(np.max(view_post)) + 1 if len(view_post) else 1
         if self.shift + int(n_posts).bit_length() > 63:
             raise ValueError(f"{n_posts} posts over {2 ** self.time_bits} seconds do not fit the view index's key")
         key = np.asarray(view_post, np.int64) << self.shift
-        key |= (view_ts - self.t0) << (1 + _WEIGHT_BITS)
-        key |= (np.asarray(view_target, np.int64) > 0) << _WEIGHT_BITS
+        part = np.asarray(view_ts, np.int64) - self.t0
+        part <<= 1 + _WEIGHT_BITS
+        key |= part
+        del part
+        key |= (np.asarray(view_target) > 0).astype(np.int64) << _WEIGHT_BITS
         key |= np.asarray(view_weight, np.int64)
         key.sort()
         self.key = key
-        self.cum_target = np.zeros(len(key) + 1, np.int32)
-        np.cumsum((key >> _WEIGHT_BITS) & 1, out=self.cum_target[1:])
-        self.cum_weight = np.zeros(len(key) + 1, np.int64)
-        np.cumsum(key & ((1 << _WEIGHT_BITS) - 1), out=self.cum_weight[1:])
+        # prefix sums block by block (no full-size temporaries): liked views, and weights within each
+        # block of 2**_BLOCK_BITS positions plus the total before the block
+        n, step = len(key), 1 << _BLOCK_BITS
+        self.cum_target = np.zeros(n + 1, np.int32)
+        self.cum_weight = np.zeros(n + 1, np.int32)
+        self.block_weight = np.zeros((n >> _BLOCK_BITS) + 1, np.int64)
+        liked = weight = 0
+        for b, lo in enumerate(range(0, n + 1, step)):
+            self.block_weight[b] = weight
+            part = key[lo:lo + step]
+            if not len(part):
+                continue
+            liked_sum = np.cumsum((part >> _WEIGHT_BITS) & 1) + liked
+            self.cum_target[lo + 1:lo + 1 + len(part)] = liked_sum
+            weight_sum = np.cumsum(part & ((1 << _WEIGHT_BITS) - 1))
+            inside = min(len(part), step - 1)  # position lo + step starts the next block
+            self.cum_weight[lo + 1:lo + 1 + inside] = weight_sum[:inside]
+            liked, weight = int(liked_sum[-1]), weight + int(weight_sum[-1])
+
+    def _weight_before(self, pos: np.ndarray) -> np.ndarray:
+        return self.block_weight[pos >> _BLOCK_BITS] + self.cum_weight[pos]
 
     def counts(self, post_rows: np.ndarray, times: np.ndarray) -> np.ndarray:
         """(views, liked views, weighted views) of post `post_rows[i]` strictly before `times[i]`."""
@@ -209,7 +230,7 @@ class ViewIndex:
         lo = np.searchsorted(self.key, post_rows << self.shift, side="left")
         pos = np.searchsorted(self.key, (post_rows << self.shift) + (times << (1 + _WEIGHT_BITS)), side="left")
         return np.column_stack([pos - lo, self.cum_target[pos] - self.cum_target[lo],
-                                self.cum_weight[pos] - self.cum_weight[lo]]).astype(np.int64)
+                                self._weight_before(pos) - self._weight_before(lo)]).astype(np.int64)
 
 
 def counts_before(view_post: np.ndarray, view_ts: np.ndarray, view_target: np.ndarray, view_weight: np.ndarray,

@@ -368,3 +368,20 @@ def test_view_weights_keep_the_like_rate_of_a_post_shown_to_its_fans():
     # rate, about one unit here (topic 0 holds every view); topics never viewed weigh one unit
     assert priors.view_weights(np.array([n_users + 5]), np.array([0]))[0] == new[0]
     assert abs(new[0] / WEIGHT_UNIT - 1) < 0.02 and (new[1:] == WEIGHT_UNIT).all()
+
+
+def test_view_index_counts_across_its_prefix_blocks(monkeypatch):
+    """The weights' prefix sums are kept per block of positions: with blocks of 16 views, counts whose
+    range starts or ends on either side of a block boundary equal the direct count."""
+    import app.post_counters as post_counters
+
+    monkeypatch.setattr(post_counters, "_BLOCK_BITS", 4)
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 15, 16, 17, 32, 33, 1000):
+        post, ts = rng.integers(0, 7, n), rng.integers(0, 500, n)
+        target, weight = rng.integers(0, 2, n), rng.integers(1, MAX_WEIGHT + 1, n)
+        at_post, at_time = rng.integers(0, 7, 300), rng.integers(-5, 520, 300)
+        got = post_counters.ViewIndex(post, ts, target, weight).counts(at_post, at_time)
+        for (p, t), row in zip(zip(at_post, at_time, strict=True), got, strict=True):
+            seen = (post == p) & (ts < t)
+            assert row.tolist() == [seen.sum(), (seen & (target > 0)).sum(), weight[seen].sum()], (n, p, t)

@@ -130,8 +130,15 @@ class History:
         """Give every event its view weight (`Priors.view_weight`): once the priors are fitted, before any
         post counter is read. `global_rows` maps this history's user rows to the priors' (a Spark bucket
         holds only some users)."""
-        rows = self.rows_of_event if global_rows is None else np.asarray(global_rows)[self.rows_of_event]
-        self.weight = priors.view_weights(rows, np.asarray(topic)[self.events.post]).astype(np.int16)
+        ev, topic = self.events, np.asarray(topic)
+        weight = np.empty(len(ev.ts), np.int16)
+        users = np.asarray(global_rows) if global_rows is not None else np.arange(len(self.user_ids))
+        step = 1 << 16  # users at a time: the per-event temporaries stay small at any scale
+        for lo in range(0, len(self.user_ids), step):
+            a, b = ev.indptr[lo], ev.indptr[min(lo + step, len(self.user_ids))]
+            rows = np.repeat(users[lo:lo + step], np.diff(ev.indptr[lo:lo + step + 1]))
+            weight[a:b] = priors.view_weights(rows, topic[ev.post[a:b]])
+        self.weight = weight
         self.__dict__.pop("view_index", None)
 
     def view_weights(self, mask: np.ndarray) -> np.ndarray:
