@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_SCALE ?= 0.03
 DEMO_SEED ?= 11
 HOST ?= 127.0.0.1
+TEST_WORKERS ?= 2
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
@@ -53,7 +54,7 @@ nginx: ## Install Debian's nginx for the replicas' load balancer and its test (w
 	command -v nginx >/dev/null || (apt-get update -q && apt-get install -y -q nginx-light)
 
 test: $(STAMP) lint browser wrk java nginx ## Lint and run the whole test suite (SQLite, PostgreSQL, headless Chromium)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 screenshots: $(STAMP) browser ## Browser test of the console, saving its screenshots into docs/ (README shows them)
 	CONSOLE_SCREENSHOT_DIR=docs $(BIN)/python -m pytest -q tests/test_console_browser.py
