@@ -309,7 +309,8 @@ def cmd_simulate(args) -> None:
             f"versions): median {np.median(timings):.0f}, max {np.max(timings):.0f}.", "",
             "<details><summary>Per day, retrained</summary>", "", day_table(daily), "", "</details>", "",
             "<details><summary>Per day, never retrained</summary>", "", day_table(never), "", "</details>"]
-    append("Weeks of daily retraining", body)
+    every = "daily" if args.retrain_every == 1 else f"every {args.retrain_every} days"
+    append(f"Weeks of retraining {every}", body)
 
 
 def cmd_daily(args) -> None:
