@@ -79,9 +79,8 @@ class LiveState:
         self.timeline = PostTimeline(snapshot.post_base)
         ev = snapshot.events
         views = ev.kind == VIEW
-        viewer = np.repeat(np.arange(len(snapshot.user_ids)), np.diff(ev.indptr))[views]
         self.timeline.add(ev.ts[views], ev.post[views], ev.target[views],
-                          self.priors.view_weights(viewer, snapshot.posts.topic[ev.post[views]]))
+                          self.priors.view_weights(ev.rows()[views], snapshot.posts.topic[ev.post[views]]))
         self._n_base_users = len(snapshot.user_ids)
         self._tails: dict[int, np.ndarray] = {}
         self._new_rows: dict[int, int] = {}  # user id -> row, for users added after the snapshot

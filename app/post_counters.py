@@ -209,13 +209,13 @@ class ViewIndex:
         liked = weight = 0
         for b, lo in enumerate(range(0, n + 1, step)):
             self.block_weight[b] = weight
-            part = key[lo:lo + step]
-            if not len(part):
+            block = key[lo:lo + step]
+            if not len(block):
                 continue
-            liked_sum = np.cumsum((part >> _WEIGHT_BITS) & 1) + liked
-            self.cum_target[lo + 1:lo + 1 + len(part)] = liked_sum
-            weight_sum = np.cumsum(part & ((1 << _WEIGHT_BITS) - 1))
-            inside = min(len(part), step - 1)  # position lo + step starts the next block
+            liked_sum = np.cumsum((block >> _WEIGHT_BITS) & 1) + liked
+            self.cum_target[lo + 1:lo + 1 + len(block)] = liked_sum
+            weight_sum = np.cumsum(block & ((1 << _WEIGHT_BITS) - 1))
+            inside = min(len(block), step - 1)  # position lo + step starts the next block
             self.cum_weight[lo + 1:lo + 1 + inside] = weight_sum[:inside]
             liked, weight = int(liked_sum[-1]), weight + int(weight_sum[-1])
 

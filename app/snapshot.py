@@ -60,6 +60,10 @@ class UserEvents:
         return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ts[order].astype(np.int64),
                    post[order].astype(np.int32), kind[order].astype(np.int8), target[order].astype(np.int8))
 
+    def rows(self) -> np.ndarray:
+        """The user row of every event (int32), in the events' order."""
+        return np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int32), np.diff(self.indptr))
+
     def of(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = self.indptr[row], self.indptr[row + 1]
         return self.ts[lo:hi], self.post[lo:hi], self.kind[lo:hi], self.target[lo:hi]

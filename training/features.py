@@ -122,10 +122,6 @@ class History:
     def views(self) -> np.ndarray:
         return self.events.kind == VIEW
 
-    @property
-    def rows_of_event(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.user_ids), dtype=np.int32), np.diff(self.events.indptr))
-
     def weigh(self, priors: Priors, topic: np.ndarray, global_rows: np.ndarray | None = None) -> None:
         """Give every event its view weight (`Priors.view_weight`): once the priors are fitted, before any
         post counter is read. `global_rows` maps this history's user rows to the priors' (a Spark bucket
@@ -141,7 +137,8 @@ class History:
         self.weight = weight
         self.__dict__.pop("view_index", None)
 
-    def view_weights(self, mask: np.ndarray) -> np.ndarray:
+    def weights_of(self, mask: np.ndarray) -> np.ndarray:
+        """The weights of the events `mask` selects."""
         if self.weight is None:
             raise RuntimeError("the history's views have no weights yet: call History.weigh after fitting the priors")
         return self.weight[mask]
@@ -150,7 +147,7 @@ class History:
     def view_index(self) -> ViewIndex:
         """The views sorted by (post, time) once, for every post-counter lookup of this history."""
         ev, views = self.events, self.views
-        return ViewIndex(ev.post[views], ev.ts[views], ev.target[views], self.view_weights(views))
+        return ViewIndex(ev.post[views], ev.ts[views], ev.target[views], self.weights_of(views))
 
 
 def history_from(batch: EventBatch, user_ids: np.ndarray, post_ids: np.ndarray) -> History:
@@ -181,7 +178,7 @@ def fit_priors(history: History, users: pd.DataFrame, posts: PostView, cutoff: i
     ev = history.events
     before = history.views & (ev.ts < cutoff)
     n_users = len(history.user_ids)
-    key = history.rows_of_event[before].astype(np.int64) * N_TOPICS + posts.topic[ev.post[before]]
+    key = ev.rows()[before].astype(np.int64) * N_TOPICS + posts.topic[ev.post[before]]
     topic_views = np.bincount(key, minlength=n_users * N_TOPICS).reshape(n_users, N_TOPICS)
     topic_liked = np.bincount(key, weights=ev.target[before], minlength=n_users * N_TOPICS).reshape(n_users, N_TOPICS)
     post_views = np.bincount(ev.post[before], minlength=len(posts.topic))
@@ -251,7 +248,7 @@ def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, prior
         days = np.unique(ts[(kind == VIEW) & (ts < base_as_of)] // SECONDS_PER_DAY)
         day_parts.append(days)
         day_rows.append(np.full(len(days), row))
-    rows_of_event = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(ev.indptr))
+    rows_of_event = ev.rows()
     days_indptr, days = csr(np.concatenate(day_rows or [np.empty(0, np.int64)]).astype(np.int64),
                             np.concatenate(day_parts or [np.empty(0, np.int64)]).astype(np.int32), n_users)
     old = ev.ts < base_as_of
@@ -274,7 +271,7 @@ def build_snapshot(history: History, users: pd.DataFrame, posts: PostView, prior
     post_base = np.column_stack([
         np.bincount(ev.post[views_old], minlength=len(posts.topic)),
         np.bincount(ev.post[views_old], weights=ev.target[views_old], minlength=len(posts.topic)),
-        np.bincount(ev.post[views_old], weights=history.view_weights(views_old), minlength=len(posts.topic)),
+        np.bincount(ev.post[views_old], weights=history.weights_of(views_old), minlength=len(posts.topic)),
     ]).astype(np.int64)
     users = users.set_index(c.USER_ID).loc[history.user_ids].reset_index()
     return Snapshot(
@@ -302,7 +299,7 @@ def sample_views(history: History, lo: int, hi: int, max_rows: int, salt: int = 
     bucket = (history.user_id_of_event[idx].astype(np.int64) * 7919
               + history.post_ids[ev.post[idx]].astype(np.int64) * 104_729 + salt) % buckets
     pick = idx[bucket < keep]
-    rows_of_event = np.repeat(np.arange(len(history.user_ids), dtype=np.int32), np.diff(ev.indptr))
+    rows_of_event = ev.rows()
     return pd.DataFrame({
         "user_row": rows_of_event[pick].astype(np.int64), "post_row": ev.post[pick].astype(np.int64),
         c.USER_ID: history.user_id_of_event[pick].astype(np.int64), c.POST_ID: history.post_ids[ev.post[pick]],
