@@ -36,7 +36,7 @@ from app.live_state import LiveState, UserAt
 from app.recent_popularity import RECENT_SECONDS, recent_features
 from app.rowsets import isin
 from app.segment_popularity import segment_of, segment_scores, segment_shares
-from app.snapshot import Snapshot
+from app.snapshot import Snapshot, rows_of
 from app.text_features import TRANSFORMS_FILE, TextTransforms
 
 POPULAR = "popular"
@@ -209,7 +209,7 @@ class Recommender:
         added since have no lift: 1)."""
         if self._shares is None:  # once per version; a race computes it twice, harmlessly
             s = self.state.snapshot  # after a compaction: its likes before the later cut
-            owner = np.repeat(np.arange(len(s.likes_indptr) - 1), np.diff(s.likes_indptr))
+            owner = rows_of(s.likes_indptr)
             # a compacted base also holds users and posts added since: no profile here, and no lift (1)
             known = (owner < len(s.user_ids)) & (s.likes < len(s.post_ids))
             self._shares = segment_shares(segment_of(s.profile[owner[known]]), s.likes[known], len(s.post_ids))

@@ -38,6 +38,11 @@ from app.user_state import LIKE, VIEW
 LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
 
 
+def rows_of(indptr: np.ndarray, dtype: type = np.int32) -> np.ndarray:
+    """The row of every entry of a CSR index: row i repeated indptr[i + 1] - indptr[i] times."""
+    return np.repeat(np.arange(len(indptr) - 1, dtype=dtype), np.diff(indptr))
+
+
 @dataclass
 class UserEvents:
     """Events grouped by user row, each user's in time order (CSR)."""
@@ -62,7 +67,7 @@ class UserEvents:
 
     def rows(self) -> np.ndarray:
         """The user row of every event (int32), in the events' order."""
-        return np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int32), np.diff(self.indptr))
+        return rows_of(self.indptr)
 
     def of(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = self.indptr[row], self.indptr[row + 1]
@@ -168,7 +173,7 @@ def compact(s: Snapshot, rows: np.ndarray, ts: np.ndarray, post: np.ndarray, kin
     """
     ev = s.events
     n0 = len(ev.indptr) - 1
-    own = np.repeat(np.arange(n0, dtype=np.int64), np.diff(ev.indptr))
+    own = rows_of(ev.indptr, np.int64)  # int64: shifted into the sort key below
     row = np.concatenate([own, np.asarray(rows, np.int64)])
     del own
     ts = np.concatenate([ev.ts, np.asarray(ts, np.int64)])
@@ -184,9 +189,6 @@ def compact(s: Snapshot, rows: np.ndarray, ts: np.ndarray, post: np.ndarray, kin
 
     def grown(indptr: np.ndarray) -> np.ndarray:  # a CSR index over n_rows users (the new ones empty)
         return np.concatenate([indptr, np.full(n_rows + 1 - len(indptr), indptr[-1], np.int64)])
-
-    def owners(indptr: np.ndarray) -> np.ndarray:
-        return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
 
     base = np.concatenate([s.base_counts, empty_counts(n_rows - n0)])
     views = old & (kind == VIEW)
@@ -206,7 +208,7 @@ def compact(s: Snapshot, rows: np.ndarray, ts: np.ndarray, post: np.ndarray, kin
         base[who, COUNT_LAST] = np.maximum(base[who, COUNT_LAST], last)
     # distinct days: the union of the base's and the folded views', per user
     days_indptr = grown(s.days_indptr)
-    day_key = np.unique(np.concatenate([owners(days_indptr) << 32 | s.days.astype(np.int64),
+    day_key = np.unique(np.concatenate([rows_of(days_indptr, np.int64) << 32 | s.days.astype(np.int64),
                                         r << 32 | vts // SECONDS_PER_DAY]))
     day_rows = day_key >> 32
     day_counts = np.bincount(day_rows, minlength=n_rows)
@@ -217,13 +219,13 @@ def compact(s: Snapshot, rows: np.ndarray, ts: np.ndarray, post: np.ndarray, kin
     # likes before the cut: the base's, then the folded ones
     likes_indptr = grown(s.likes_indptr)
     liked = old & (kind == LIKE)
-    like_rows = np.concatenate([owners(likes_indptr), row[liked]])
+    like_rows = np.concatenate([rows_of(likes_indptr, np.int64), row[liked]])
     order = np.argsort(like_rows, kind="stable")
     likes = np.concatenate([s.likes, post[liked]])[order].astype(np.int32)
     likes_indptr = np.concatenate([[0], np.cumsum(np.bincount(like_rows, minlength=n_rows))]).astype(np.int64)
     # the last views before the cut, oldest first: the base's, then the folded ones
     seen_indptr = grown(s.seen_indptr)
-    seen_rows = np.concatenate([owners(seen_indptr), r])
+    seen_rows = np.concatenate([rows_of(seen_indptr, np.int64), r])
     order = np.argsort(seen_rows, kind="stable")
     seen_rows = seen_rows[order]
     keep = _last_of_group(seen_rows, LAST_VIEWS_KEPT)

@@ -107,7 +107,7 @@ def history_likes(history) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from app.user_state import LIKE
 
     ev = history.events
-    user_rows = np.repeat(np.arange(len(history.user_ids), dtype=np.int64), np.diff(ev.indptr))
+    user_rows = ev.rows().astype(np.int64)
     sel = ev.kind == LIKE
     return user_rows[sel], ev.post[sel].astype(np.int64), ev.ts[sel]
 

@@ -62,7 +62,7 @@ def detect(history: History, post_topic: np.ndarray, before: int, forced: str | 
         raise ValueError(f"exposure must be one of {KINDS}, got {forced!r}")
     ev = history.events
     views = history.views & (ev.ts < before)
-    owner = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))[views]
+    owner = ev.rows()[views]
     post, ts = ev.post[views].astype(np.int64), ev.ts[views]
     n_topics = int(post_topic.max()) + 1 if len(post_topic) else 1
     heavy_users = np.bincount(owner, minlength=len(history.user_ids)) >= MIN_VIEWS

@@ -200,7 +200,7 @@ def later_rates(history: History, profile: np.ndarray, lo: int, hi: int) -> np.n
     """(N_SEGMENTS, posts): each post's like rate per view among one segment's views in [lo, hi), shrunk
     to the post's rate there, itself shrunk to the window's (RATE_PRIOR_VIEWS views each)."""
     ev = history.events
-    owner = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))
+    owner = ev.rows()
     m = (ev.kind == VIEW) & (ev.ts >= lo) & (ev.ts < hi)
     at = (segment_of(profile[owner[m]]), ev.post[m].astype(np.int64))
     views, likes = np.zeros((N_SEGMENTS, len(history.post_ids))), np.zeros((N_SEGMENTS, len(history.post_ids)))
@@ -262,7 +262,7 @@ def select(history: History, profile: np.ndarray, posts: PostView, priors: Prior
     0.742 and the like rate's from 0.740 to 0.762, while the shown set moves by noise (0.611 → 0.614,
     0.642 → 0.638); the figures of both screens are kept beside the choice."""
     ev = history.events
-    owner = np.repeat(np.arange(len(history.user_ids)), np.diff(ev.indptr))
+    owner = ev.rows()
     liked = (ev.kind == LIKE) & (ev.ts < shares_cut)
     shares = segment_shares(segment_of(profile[owner[liked]]), ev.post[liked], len(history.post_ids))
     scorers = make_scorers(history, profile, posts, priors, models, shares, schedule)
