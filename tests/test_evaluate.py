@@ -93,6 +93,14 @@ def test_run_evaluation_end_to_end(trained):
     # training chose each slot's screen for users without history, both screens' validation kept
     assert all("spread" in c["cold"] and "like_rate+spread" in c["cold"]["validation_hitrate@5"]
                for c in result["slots"].values())
+    # the retraining gate's evaluation skips the cold-start pass; what the gate reads is unchanged
+    with db.connect() as conn:
+        gate, _ = run_evaluation(conn, engine, trained["world"],
+                                 EvalConfig(requests=60, auc_views=5000, cold_start=False))
+    db.dispose()
+    assert "cold_start" not in gate
+    for key in ("shown_hitrate@5", "expected_hitrate@5", "roc_auc", "ci95"):
+        assert gate[key] == result[key]
 
 
 def test_report_is_written(trained, tmp_path):

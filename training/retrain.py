@@ -109,8 +109,9 @@ def _evaluate(db_url: str, version_dir: Path, window: tuple[int, int], world: Pa
     engine = make_engine(db_url)
     catch_up(engine, recommender.state)  # the version as a worker would serve it now
     with engine.connect() as conn:
-        result, _ = run_evaluation(conn, recommender, world, EvalConfig(requests=requests, auc_views=auc_views),
-                                   window=window)
+        # the gate reads neither the cold-start slice nor its pass over the requests
+        config = EvalConfig(requests=requests, auc_views=auc_views, cold_start=False)
+        result, _ = run_evaluation(conn, recommender, world, config, window=window)
     engine.dispose()
     return result
 
