@@ -32,7 +32,7 @@ from app import columns as c
 from app.ab import exp_group
 from app.artifacts import LIKED_WITHIN_HORIZON
 from app.engine import POPULAR, SEGMENT_POPULAR, Recommender, spread_top_k, top_k
-from app.features import CONTROL_FEATURES
+from app.features import CONTROL_FEATURES, feature_names
 from training import data
 from training.metrics import ap_at, bootstrap_ci, expected_hit, hit_at, ndcg_at
 from training.world.model import World
@@ -152,10 +152,11 @@ def heldout_auc(engine: Recommender, views: pd.DataFrame, seed: int) -> dict[str
     views = views[state.user_rows(views[c.USER_ID].to_numpy()) >= 0]
     y = views[c.TARGET].to_numpy()
     users, posts, ts = views[c.USER_ID].to_numpy(), views[c.POST_ID].to_numpy(), views["ts"].to_numpy(np.int64)
-    popular = np.array([state.counts_at(int(t))[p, 1] for p, t in zip(state.post_rows(posts), ts, strict=True)])
+    x = state.features_for(users, posts, ts, text=True)
+    # popularity: the post's liked views before the view's moment, the p_likes feature (exact integers)
+    popular = x[:, feature_names(True).index("p_likes")]
     out = {"random": roc_auc_score(y, np.random.default_rng(seed).random(len(y))),
            "popularity": roc_auc_score(y, popular)}
-    x = state.features_for(users, posts, ts, text=True)
     for name in ("control", "test"):
         if engine.objective.get(name) == LIKED_WITHIN_HORIZON:  # another target: AUC on views says nothing
             continue
