@@ -165,3 +165,19 @@ def test_check_sees_serve_latest_in_model_and_refuses(trained, tmp_path):
     assert refused.value.exit_code == 2
     _refuse_serve_latest(served["serves"], True, "the served version")  # allowed: a warning only
     _refuse_serve_latest("test_start", False, "the served version")
+
+
+def test_likes_of_users_are_the_likes_of_those_users_in_the_window(trained):
+    from app import columns as c
+    from training import data
+
+    db = make_engine(trained["db_url"])
+    with db.connect() as conn:
+        every = data.likes(conn)
+        users = every[c.USER_ID].unique()[:40]
+        lo, hi = int(every["ts"].quantile(0.3)), int(every["ts"].quantile(0.8))
+        got = data.likes_of_users(conn, users, lo, hi)
+    db.dispose()
+    want = every[every[c.USER_ID].isin(users) & (every["ts"] >= lo) & (every["ts"] < hi)]
+    assert len(want) > 0
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)

@@ -155,6 +155,21 @@ def sample_views(conn: Connection, lo: int, hi: int, max_rows: int, salt: int = 
     return _frame(conn, q, [c.USER_ID, c.POST_ID, "ts", c.TARGET])
 
 
+def likes_of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int) -> pd.DataFrame:
+    """The likes of the given users with lo <= time < hi (user_id, post_id, ts), ordered by user and time:
+    what an evaluation's future likes need, instead of every like in the database (`likes`)."""
+    ts = epoch(feed_data.c.timestamp)
+    parts = []
+    ids = np.unique(np.asarray(user_ids, dtype=np.int64)).tolist()
+    for i in range(0, len(ids), 500):  # bounded IN lists
+        q = (select(feed_data.c.user_id, feed_data.c.post_id, ts.label("ts"))
+             .where(feed_data.c.action == c.LIKE, feed_data.c.user_id.in_(ids[i:i + 500]),
+                    and_(feed_data.c.timestamp >= to_datetime(lo), feed_data.c.timestamp < to_datetime(hi))))
+        parts.append(_frame(conn, q, [c.USER_ID, c.POST_ID, "ts"]))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[c.USER_ID, c.POST_ID, "ts"])
+    return out.sort_values([c.USER_ID, "ts", c.POST_ID], kind="stable").reset_index(drop=True)
+
+
 def views_of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int) -> pd.DataFrame:
     """All views of the given users with lo <= time < hi (user_id, post_id, ts, target)."""
     ts = epoch(feed_data.c.timestamp)
@@ -171,5 +186,5 @@ def views_of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int) -> 
 
 __all__ = [
     "data_range", "user_activity", "user_topic_activity", "post_activity", "city_activity",
-    "likes", "sample_views", "views_of_users", "count_views", "read_users", "read_posts",
+    "likes", "likes_of_users", "sample_views", "views_of_users", "count_views", "read_users", "read_posts",
 ]
