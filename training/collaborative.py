@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from loguru import logger
 
 from app.features import CF_DIM, PostView
+from app.snapshot import rows_of
 
 ITERATIONS = 15
 REGULARIZATION = 0.05
@@ -107,7 +108,7 @@ def history_likes(history) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from app.user_state import LIKE
 
     ev = history.events
-    user_rows = ev.rows().astype(np.int64)
+    user_rows = rows_of(ev.indptr, np.int64)  # int64 without an int32 copy first
     sel = ev.kind == LIKE
     return user_rows[sel], ev.post[sel].astype(np.int64), ev.ts[sel]
 

@@ -155,33 +155,32 @@ def sample_views(conn: Connection, lo: int, hi: int, max_rows: int, salt: int = 
     return _frame(conn, q, [c.USER_ID, c.POST_ID, "ts", c.TARGET])
 
 
-def likes_of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int) -> pd.DataFrame:
-    """The likes of the given users with lo <= time < hi (user_id, post_id, ts), ordered by user and time:
-    what an evaluation's future likes need, instead of every like in the database (`likes`)."""
+def _of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int, which: ColumnElement[bool],
+              extra: tuple = ()) -> pd.DataFrame:
+    """The rows `which` selects of the given users with lo <= time < hi (user_id, post_id, ts and the
+    `extra` columns), ordered by user, time and post."""
     ts = epoch(feed_data.c.timestamp)
+    columns = [c.USER_ID, c.POST_ID, "ts", *(col.name for col in extra)]
     parts = []
     ids = np.unique(np.asarray(user_ids, dtype=np.int64)).tolist()
     for i in range(0, len(ids), 500):  # bounded IN lists
-        q = (select(feed_data.c.user_id, feed_data.c.post_id, ts.label("ts"))
-             .where(feed_data.c.action == c.LIKE, feed_data.c.user_id.in_(ids[i:i + 500]),
+        q = (select(feed_data.c.user_id, feed_data.c.post_id, ts.label("ts"), *extra)
+             .where(which, feed_data.c.user_id.in_(ids[i:i + 500]),
                     and_(feed_data.c.timestamp >= to_datetime(lo), feed_data.c.timestamp < to_datetime(hi))))
-        parts.append(_frame(conn, q, [c.USER_ID, c.POST_ID, "ts"]))
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[c.USER_ID, c.POST_ID, "ts"])
+        parts.append(_frame(conn, q, columns))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     return out.sort_values([c.USER_ID, "ts", c.POST_ID], kind="stable").reset_index(drop=True)
+
+
+def likes_of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int) -> pd.DataFrame:
+    """The likes of the given users with lo <= time < hi (user_id, post_id, ts), ordered by user and time:
+    what an evaluation's future likes need, instead of every like in the database (`likes`)."""
+    return _of_users(conn, user_ids, lo, hi, feed_data.c.action == c.LIKE)
 
 
 def views_of_users(conn: Connection, user_ids: np.ndarray, lo: int, hi: int) -> pd.DataFrame:
     """All views of the given users with lo <= time < hi (user_id, post_id, ts, target)."""
-    ts = epoch(feed_data.c.timestamp)
-    parts = []
-    ids = np.unique(np.asarray(user_ids, dtype=np.int64)).tolist()
-    for i in range(0, len(ids), 500):  # bounded IN lists
-        q = (select(feed_data.c.user_id, feed_data.c.post_id, ts.label("ts"), feed_data.c.target)
-             .where(_view(), feed_data.c.user_id.in_(ids[i:i + 500]),
-                    and_(feed_data.c.timestamp >= to_datetime(lo), feed_data.c.timestamp < to_datetime(hi))))
-        parts.append(_frame(conn, q, [c.USER_ID, c.POST_ID, "ts", c.TARGET]))
-    out = pd.concat(parts, ignore_index=True)
-    return out.sort_values([c.USER_ID, "ts", c.POST_ID], kind="stable").reset_index(drop=True)
+    return _of_users(conn, user_ids, lo, hi, _view(), (feed_data.c.target,))
 
 
 __all__ = [
