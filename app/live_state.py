@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -195,15 +195,34 @@ class LiveState:
 
     def features_for(self, user_ids: np.ndarray, post_ids: np.ndarray, times: np.ndarray, text: bool) -> np.ndarray:
         """Feature rows of (user, post, moment) triples, each as a request at that moment would see it
-        (offline evaluation, and the test that a served row equals a training row)."""
-        out = np.empty((len(user_ids), len(feature_names(text))), np.float32, order="F")
-        prows = self.post_rows(post_ids)
-        for i, (u, p, t) in enumerate(zip(np.asarray(user_ids), prows, np.asarray(times), strict=True)):
-            user, posts = self.at(self.user_row(int(u)), int(t))
-            if user is None or p < 0:
-                raise KeyError(f"user {u} or post row {p} unknown to the state")
-            out[i] = assemble(user.view, np.int64(0), posts, np.array([p]), np.int64(t), text)[0]
-        return out
+        (offline evaluation, and the test that a served row equals a training row): `at` and `assemble`
+        as a request runs them, with each user's moments folded at once (`fold_user` and `taste_at` take
+        many moments) and each post's counters read at its own moment (`PostTimeline.counts_of`) rather
+        than the whole catalogue's per triple. A test checks it against `at` one triple at a time."""
+        user_ids, times = np.asarray(user_ids, np.int64), np.asarray(times, np.int64)
+        prows, urows = self.post_rows(post_ids), self.user_rows(user_ids)
+        unknown = np.flatnonzero((urows < 0) | (prows < 0))
+        if len(unknown):
+            i = int(unknown[0])
+            raise KeyError(f"user {user_ids[i]} or post {np.asarray(post_ids)[i]} unknown to the state")
+        order = np.argsort(urows, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(urows[order]) != 0])
+        views, frame, cat = [], self.timeline.frame, self.catalogue.frame
+        for idx in np.split(order, starts[1:]) if len(order) else []:
+            (profile, base, days, likes, _, (ts, post, kind, target)), frame, cat = self._read(int(urows[idx[0]]))
+            posts = cat.posts
+            counts = fold_user(base, days, ts, post, kind, target, posts.topic, times[idx])
+            is_like = kind == LIKE
+            taste = taste_at(likes, ts[is_like], post[is_like], times[idx], posts.vec, posts.tfidf_vec,
+                             posts.topic, posts.cf)
+            views.append(finalize_users(profile, counts, taste, self.priors))
+        if not views:
+            return np.empty((0, len(feature_names(text))), np.float32, order="F")
+        back = np.empty(len(order), np.int64)
+        back[order] = np.arange(len(order))  # the stacked rows are in user order: each triple's row
+        view = UserView(*(np.concatenate([getattr(v, f.name) for v in views])[back] for f in fields(UserView)))
+        counters = finalize_posts(self.timeline.counts_of(prows, times, frame), self.priors)
+        return assemble(view, np.arange(len(order)), cat.posts, prows, times, text, counters=counters)
 
     def _post_view(self, t: int, frame, p: PostView) -> PostView:
         counts = self.timeline.counts_at(t, frame)

@@ -130,6 +130,27 @@ class PostTimeline:
             return f.current
         return _sized(f.checkpoints[-1], n) + _bincount(f.head[:j], n)
 
+    def counts_of(self, post_rows: np.ndarray, times: np.ndarray, frame: _Frame | None = None) -> np.ndarray:
+        """(n, 3) `counts_at(times[i])[post_rows[i]]` for many (post row, moment) pairs at once: the
+        checkpoint before each moment's block plus that block's views of the post before the moment
+        (`counts_before`), one pass per block asked for instead of the whole catalogue per moment."""
+        f = self._frame if frame is None else frame
+        post_rows, times = np.asarray(post_rows, np.int64), np.asarray(times, np.int64)
+        if f.floor is not None:
+            times = np.maximum(times, f.floor)
+        block = np.searchsorted(f.last_ts, times, side="left")  # len(blocks): the head
+        out = np.zeros((len(post_rows), 3), np.int64)
+        for k in np.unique(block):
+            at = np.flatnonzero(block == k)
+            views = f.blocks[k] if k < len(f.blocks) else f.head
+            checkpoint = f.checkpoints[k] if k < len(f.blocks) else f.checkpoints[-1]
+            p = post_rows[at]
+            known = p < len(checkpoint)  # posts added after the checkpoint had no views before it
+            out[at[known]] = checkpoint[p[known]]
+            if len(views):
+                out[at] += counts_before(views.post, views.ts, views.target, views.weight, p, times[at])
+        return out
+
     def add_posts(self, k: int) -> None:
         """Room for k new posts (rows after the current ones), with no views. Only the writer calls this."""
         if k <= 0:

@@ -20,6 +20,7 @@ from app.features import (
     USER_NUM,
     WEIGHT_UNIT,
     Priors,
+    assemble,
     empty_counts,
     feature_names,
     finalize_posts,
@@ -169,6 +170,14 @@ def test_post_timeline_equals_counts_before():
     for t in (-1, 0, 17, 5000, 9999, 10_000, 20_000):
         expected = base + counts_before(post, ts, target, weight, np.arange(n_posts), np.full(n_posts, t))
         np.testing.assert_array_equal(timeline.counts_at(t), expected)
+    # many (post, moment) pairs at once: the same numbers, in sealed blocks, the head and past the last view
+    rng = np.random.default_rng(1)
+    rows, times = rng.integers(0, n_posts, 500), rng.integers(-5, 10_100, 500)
+    expected = np.stack([timeline.counts_at(int(t))[r] for r, t in zip(rows, times, strict=True)])
+    np.testing.assert_array_equal(timeline.counts_of(rows, times), expected)
+    timeline.compact(4000)  # moments before the cut read as of it
+    expected = np.stack([timeline.counts_at(int(t))[r] for r, t in zip(rows, times, strict=True)])
+    np.testing.assert_array_equal(timeline.counts_of(rows, times), expected)
 
 
 def test_post_timeline_compaction_keeps_counts_from_the_cut():
@@ -247,6 +256,49 @@ def test_incremental_state_equals_rebuilt_state(prepared):
     assert state.late_events > 0
     users = rng.choice(h.user_ids, size=25, replace=False)
     _assert_same_answers(state, rebuilt, users, (late + 7, late + 3 * DAY + 11, h.end + DAY))  # exclusion in both
+
+
+def test_features_for_many_triples_equal_one_request_each(prepared):
+    """`LiveState.features_for` (each user's moments folded at once, each post's counters at its moment)
+    gives, row for row, what a request at that moment assembles: events applied in batches after the
+    snapshot (late ones, sealed blocks), moments before and after the snapshot's cut, a user who signed up
+    after it."""
+    h, s = prepared.history, prepared.split
+    ev = h.events
+    rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
+    old = ev.ts < s.val_start
+    early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
+                            h.seq, h.start, s.val_start)
+    early_history.weigh(prepared.priors, prepared.static.topic)
+    state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
+                                     s.val_start - 3 * DAY), 72 * 3600)
+    state.timeline.block = 997
+    later = np.flatnonzero(~old)
+    rng = np.random.default_rng(4)
+    later = later[np.argsort(ev.ts[later] + rng.integers(-600, 600, size=len(later)))]
+    for part in np.array_split(later, 7):
+        state.apply(EventBatch(ev.ts[part], h.user_ids[rows[part]], h.post_ids[ev.post[part]], ev.kind[part],
+                               ev.target[part]))
+    newcomer = int(h.user_ids.max()) + 1
+    state.add_users(prepared.users.head(1).assign(**{c.USER_ID: newcomer}))
+    assert len(state.timeline.frame.blocks) > 3 and state.late_events > 0
+    n = 400
+    users = np.r_[rng.choice(h.user_ids, n - 5), np.full(5, newcomer)]
+    posts = rng.choice(h.post_ids, n)
+    times = rng.integers(s.val_start - 5 * DAY, h.end + DAY, n)
+    times[:50] = times[0]  # one moment for many rows, and one user at many moments
+    users[50:80] = users[50]
+
+    def one_request(u: int, p: int, t: int, text: bool) -> np.ndarray:
+        user, catalogue = state.at(state.user_row(u), t)
+        return assemble(user.view, np.int64(0), catalogue, state.post_rows(np.array([p])), np.int64(t), text)[0]
+
+    for text in (True, False):
+        expected = np.stack([one_request(int(u), int(p), int(t), text) for u, p, t in zip(users, posts, times,
+                                                                                            strict=True)])
+        np.testing.assert_array_equal(state.features_for(users, posts, times, text), expected)
+    with pytest.raises(KeyError, match="unknown"):
+        state.features_for(np.array([newcomer + 1]), posts[:1], times[:1], True)
 
 
 def _assert_same_answers(state: LiveState, other: LiveState, users, times, viewed: bool = True) -> None:
