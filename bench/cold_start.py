@@ -58,7 +58,7 @@ def main() -> None:
     db = make_engine(args.db)
     with db.connect() as conn:
         requests = sample_requests(conn, lo, end, args.requests, args.seed)
-        truth = read_truth(conn, requests, end, 24 * 3600, data.likes(conn))
+        truth = read_truth(conn, requests, end, 24 * 3600)
         world = load_world_for(args.world, data.read_users(conn)[c.USER_ID].to_numpy())
         views = data.sample_views(conn, int(split["val_start"]), lo, max_rows=2_000_000)
     db.dispose()

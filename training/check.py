@@ -44,7 +44,7 @@ def run_check(conn: Connection, client: httpx.Client, world_path: Path | None, c
     lo, end = int(info["split"]["test_start"]), int(info["split"]["end"])
     requests = sample_requests(conn, lo, end, config.requests, config.seed)
     horizon_end = end if config.horizon_days is None else lo + int(config.horizon_days * 86_400)
-    truth = read_truth(conn, requests, horizon_end, 0, data.likes(conn))
+    truth = read_truth(conn, requests, horizon_end, 0)
 
     ranked, groups, latencies, errors = [], [], [], 0
     for u, t in tqdm(zip(requests[c.USER_ID].to_numpy(), requests["ts"].to_numpy(), strict=True),
