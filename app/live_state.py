@@ -63,6 +63,9 @@ class UserAt:
     viewed: np.ndarray  # post rows viewed within the exclusion window before t, or among the last views
 
 
+FEATURES_CHUNK = 4096  # triples per batch of `LiveState.features_for`
+
+
 class LiveState:
     def __init__(self, snapshot: Snapshot, exclude_viewed_seconds: int = 72 * 3600,
                  exclude_last_views: int = 50) -> None:
@@ -205,24 +208,25 @@ class LiveState:
         if len(unknown):
             i = int(unknown[0])
             raise KeyError(f"user {user_ids[i]} or post {np.asarray(post_ids)[i]} unknown to the state")
+        out = np.empty((len(urows), len(feature_names(text))), np.float32, order="F")
         order = np.argsort(urows, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(urows[order]) != 0])
-        views, frame, cat = [], self.timeline.frame, self.catalogue.frame
-        for idx in np.split(order, starts[1:]) if len(order) else []:
-            (profile, base, days, likes, _, (ts, post, kind, target)), frame, cat = self._read(int(urows[idx[0]]))
-            posts = cat.posts
-            counts = fold_user(base, days, ts, post, kind, target, posts.topic, times[idx])
-            is_like = kind == LIKE
-            taste = taste_at(likes, ts[is_like], post[is_like], times[idx], posts.vec, posts.tfidf_vec,
-                             posts.topic, posts.cf)
-            views.append(finalize_users(profile, counts, taste, self.priors))
-        if not views:
-            return np.empty((0, len(feature_names(text))), np.float32, order="F")
-        back = np.empty(len(order), np.int64)
-        back[order] = np.arange(len(order))  # the stacked rows are in user order: each triple's row
-        view = UserView(*(np.concatenate([getattr(v, f.name) for v in views])[back] for f in fields(UserView)))
-        counters = finalize_posts(self.timeline.counts_of(prows, times, frame), self.priors)
-        return assemble(view, np.arange(len(order)), cat.posts, prows, times, text, counters=counters)
+        # in chunks of triples (by user): a user view row holds ~1,100 floats, 30,000 at once would be 130 MB
+        for chunk in np.array_split(order, -(-len(order) // FEATURES_CHUNK)) if len(order) else []:
+            starts = np.flatnonzero(np.r_[True, np.diff(urows[chunk]) != 0])
+            views = []
+            for idx in np.split(chunk, starts[1:]):
+                (profile, base, days, likes, _, (ts, post, kind, target)), frame, cat = self._read(int(urows[idx[0]]))
+                posts = cat.posts
+                counts = fold_user(base, days, ts, post, kind, target, posts.topic, times[idx])
+                is_like = kind == LIKE
+                taste = taste_at(likes, ts[is_like], post[is_like], times[idx], posts.vec, posts.tfidf_vec,
+                                 posts.topic, posts.cf)
+                views.append(finalize_users(profile, counts, taste, self.priors))
+            view = UserView(*(np.concatenate([getattr(v, f.name) for v in views]) for f in fields(UserView)))
+            counters = finalize_posts(self.timeline.counts_of(prows[chunk], times[chunk], frame), self.priors)
+            out[chunk] = assemble(view, np.arange(len(chunk)), cat.posts, prows[chunk], times[chunk], text,
+                                  counters=counters)
+        return out
 
     def _post_view(self, t: int, frame, p: PostView) -> PostView:
         counts = self.timeline.counts_at(t, frame)

@@ -258,7 +258,7 @@ def test_incremental_state_equals_rebuilt_state(prepared):
     _assert_same_answers(state, rebuilt, users, (late + 7, late + 3 * DAY + 11, h.end + DAY))  # exclusion in both
 
 
-def test_features_for_many_triples_equal_one_request_each(prepared):
+def test_features_for_many_triples_equal_one_request_each(prepared, monkeypatch):
     """`LiveState.features_for` (each user's moments folded at once, each post's counters at its moment)
     gives, row for row, what a request at that moment assembles: events applied in batches after the
     snapshot (late ones, sealed blocks), moments before and after the snapshot's cut, a user who signed up
@@ -293,10 +293,12 @@ def test_features_for_many_triples_equal_one_request_each(prepared):
         user, catalogue = state.at(state.user_row(u), t)
         return assemble(user.view, np.int64(0), catalogue, state.post_rows(np.array([p])), np.int64(t), text)[0]
 
+    monkeypatch.setattr("app.live_state.FEATURES_CHUNK", 64)  # chunks that cut through one user's triples
     for text in (True, False):
         expected = np.stack([one_request(int(u), int(p), int(t), text) for u, p, t in zip(users, posts, times,
                                                                                             strict=True)])
         np.testing.assert_array_equal(state.features_for(users, posts, times, text), expected)
+    assert state.features_for(users[:0], posts[:0], times[:0], True).shape == (0, len(feature_names(True)))
     with pytest.raises(KeyError, match="unknown"):
         state.features_for(np.array([newcomer + 1]), posts[:1], times[:1], True)
 
