@@ -10,7 +10,8 @@ flips `models/current` between them every `--every` seconds; then points it at b
 are recorded, so latency during a swap (from the flip until every worker answers with the new version)
 is compared with latency outside it in the same run. `simulate` runs the world forward on two copies of
 the database and artifacts — one service retrained every day by `training.retrain`, one never — with the
-same users at the same moments, and compares the weeks. Results are appended to docs/lifecycle.md.
+same users at the same moments, and compares the weeks (`--report-only` writes the report again from
+the arms a finished run left in `--work`). Results are appended to docs/lifecycle.md.
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ def _simulate_arm(args, mode: str) -> None:
 
 def cmd_simulate(args) -> None:
     """Both arms at once, each in its own process (same users, same moments, own database copy)."""
+    from training.metrics import difference_ci
     from training.simulate import day_table
 
     work = Path(args.work)
@@ -270,10 +272,11 @@ def cmd_simulate(args) -> None:
     if args.arm:
         _simulate_arm(args, args.arm)
         return
-    arms = [subprocess.Popen([sys.executable, "-m", "bench.lifecycle", *sys.argv[1:], "--arm", mode])
-            for mode in ("never", "daily")]
-    if any(p.wait() != 0 for p in arms):
-        raise SystemExit("an arm of the simulation failed")
+    if not args.report_only:
+        arms = [subprocess.Popen([sys.executable, "-m", "bench.lifecycle", *sys.argv[1:], "--arm", mode])
+                for mode in ("never", "daily")]
+        if any(p.wait() != 0 for p in arms):
+            raise SystemExit("an arm of the simulation failed")
     results = {}
     for mode in ("never", "daily"):
         with open(work / f"{mode}.pkl", "rb") as fh:
@@ -296,6 +299,9 @@ def cmd_simulate(args) -> None:
         rows.append(f"| {w + 1} | {7 * w + 1}-{7 * w + 7} | {week(never, w).mean():.4f} | "
                     f"{week(daily, w).mean():.4f} | {oracle:.4f} |")
     decisions = [d["retrain"]["decision"] for d in daily.days if d.get("retrain")]
+    # the last week against the first: other requests (most users come back), each week resampled on its own
+    slips = {name: (week(arm, last).mean() - week(arm, 0).mean(), difference_ci(week(arm, last), week(arm, 0)))
+             for name, arm in (("retrained", daily), ("never retrained", never))}
     body = [f"Demo world behind `{masked(args.db)}`, starting from artifacts `{Path(args.models).name}`; "
             f"{args.days} days, "
             f"{args.users_per_day} users a day, seed {args.seed}; both services follow their own copy of the database; "
@@ -303,7 +309,9 @@ def cmd_simulate(args) -> None:
             f"training rows ({args.requests} held-out requests for the gate).",
             "", *rows, "",
             f"Week {last + 1}, retrained minus never, paired by request: {diff.mean():+.4f} "
-            f"[95% CI {lo:+.4f}, {hi:+.4f}]. "
+            f"[95% CI {lo:+.4f}, {hi:+.4f}]. Week {last + 1} minus week 1 (each week's requests resampled on "
+            f"their own): " + "; ".join(f"{name} {d:+.4f} [95% CI {ci[0]:+.4f}, {ci[1]:+.4f}]"
+                                        for name, (d, ci) in slips.items()) + ". "
             f"Retrainings: {len(decisions)} ({decisions.count('promoted')} promoted, "
             f"{decisions.count('refused')} refused by the gate); seconds each (retrain + evaluation of both "
             f"versions): median {np.median(timings):.0f}, max {np.max(timings):.0f}.", "",
@@ -375,6 +383,9 @@ def main() -> None:
             p.add_argument("--seed", type=int, default=3)
             p.add_argument("--retrain-every", type=int, default=1, help="days between retrainings (simulate)")
             p.add_argument("--max-train-rows", type=int, default=400_000, help="training rows per retraining")
+            if name == "simulate":
+                p.add_argument("--report-only", action="store_true",
+                               help="write the report from the arms a finished run left in --work")
     args = ap.parse_args()
     {"swap": cmd_swap, "simulate": cmd_simulate, "daily": cmd_daily}[args.command](args)
 
