@@ -207,8 +207,13 @@ def cmd_simulate(args) -> None:
             f"Live minus frozen on day {last + 1}, paired by request: {diff.mean():+.4f} "
             f"[95% CI {lo:+.4f}, {hi:+.4f}]. Live, day {last + 1} minus day 1 (other requests, each day "
             f"resampled on its own): {slip:+.4f} [95% CI {slip_lo:+.4f}, {slip_hi:+.4f}]; the oracle's "
-            f"{live.days[last]['oracle_expected'] - live.days[0]['oracle_expected']:+.4f}. Requests that "
-            f"waited for the live state to apply the user's own earlier events: {live.waits}."]
+            f"{live.days[last]['oracle_expected'] - live.days[0]['oracle_expected']:+.4f}, and under the "
+            f"service's exclusions (the true best posts the live service may show: not liked, not viewed in "
+            f"its window, not among the last views it leaves out) "
+            f"{live.days[last]['oracle_same_rules'] - live.days[0]['oracle_same_rules']:+.4f} "
+            f"({live.days[0]['oracle_same_rules']} on day 1, {live.days[last]['oracle_same_rules']} on day "
+            f"{last + 1}). Requests that waited for the live state to apply the user's own earlier events: "
+            f"{live.waits}."]
     append("Simulation, frozen vs live", body)
 
 

@@ -69,6 +69,12 @@ def test_live_service_serves_nothing_stale_and_the_feed_arrives_in_time_order(tr
     assert live.staleness == {"liked_before": 0.0, "viewed_recently": 0.0, "repeated": 0.0}
     assert frozen.staleness["repeated"] > 0  # the same screen again for users who come back
     assert [d["requests"] for d in live.days] == [120, 120, 120]
+    # the oracle under the service's rules: the simulation's account of them (read from /model) hides
+    # nothing the live service served, and takes posts from the oracle that only skips liked ones; the
+    # frozen service has no rules on viewed posts, so its two oracles are one
+    assert sum(d["served_hidden"] for d in live.days) == 0
+    assert any(d["oracle_same_rules"] < d["oracle_expected"] for d in live.days)
+    assert all(d["oracle_same_rules"] == d["oracle_expected"] for d in frozen.days)
     with engine.connect() as conn:  # written as it happened: timestamps grow with the insertion order
         ts = [r[0] for r in conn.execute(text(
             "SELECT timestamp FROM feed_data WHERE rowid > (SELECT MAX(rowid) FROM feed_data) - :n ORDER BY rowid"),

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 from tqdm import tqdm
 
 from app import columns as c
@@ -67,12 +67,16 @@ class DayReport:
     liked_before: int = 0  # of which the user had liked before t
     viewed_recently: int = 0  # viewed in the 72 hours before t
     repeated: int = 0  # on the same user's previous screen
+    served_hidden: int = 0  # served although the service's rules, as the simulation knows them, hide it
     groups: dict = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)  # model versions that served the day
     retrain: dict | None = None  # the retraining that ran before the day, if any
     expected_hitrate: float | None = None  # all groups
     expected_ci95: tuple | None = None
     oracle_expected: float | None = None  # the true best screen of posts the user has not liked
+    # the true best screen of the posts the service may show: not liked, and not excluded by its rules on
+    # viewed posts (`EXCLUDE_VIEWED_HOURS`, `EXCLUDE_LAST_VIEWS`, read from `/model`)
+    oracle_same_rules: float | None = None
     posts_inserted: int = 0  # held-back posts inserted into post_text_df that day
     screens_with_young: int = 0  # screens holding a post inserted within young_hours before the request
     new_post_views: int = 0  # views that day of posts the simulation inserted
@@ -196,13 +200,18 @@ class _Feed:
     """What users did, as the simulation knows it: likes and recent views per user (from the database
     at the start, then the simulation's own), and the queue of events not yet due."""
 
-    def __init__(self, engine: Engine, start: int) -> None:
+    def __init__(self, engine: Engine, start: int, rules: tuple[int, int] = (0, 0)) -> None:
+        # rules: the service's exclusion of viewed posts, (seconds before t, last N views); the views
+        # they reach back to before the start are read too: the window, then each user's last N before it
+        self.rules = rules
+        since = start - max(RECENT_SECONDS, rules[0])
         with engine.connect() as conn:
             likes = data.likes(conn)
             recent = conn.execute(
                 select(feed_data.c.user_id, feed_data.c.post_id, data.epoch(feed_data.c.timestamp))
-                .where(feed_data.c.action == c.VIEW, feed_data.c.timestamp >= data.to_datetime(start - RECENT_SECONDS))
+                .where(feed_data.c.action == c.VIEW, feed_data.c.timestamp >= data.to_datetime(since))
             ).all()
+            earlier = _last_views(conn, since, rules[1]) if rules[1] else []
         self.liked: dict[int, dict[int, int]] = defaultdict(dict)  # user -> post -> first like second
         for u, p, ts in zip(likes[c.USER_ID].to_numpy(), likes[c.POST_ID].to_numpy(), likes["ts"].to_numpy(),
                             strict=True):
@@ -210,6 +219,9 @@ class _Feed:
         self.viewed: dict[int, list[tuple[int, int]]] = defaultdict(list)  # user -> (second, post)
         for u, p, ts in recent:
             self.viewed[int(u)].append((int(ts), int(p)))
+        self.earlier: dict[int, list[tuple[int, int]]] = defaultdict(list)  # user -> their last views before
+        for u, p, ts in earlier:
+            self.earlier[int(u)].append((int(ts), int(p)))
         self.queue: list[tuple[int, int, tuple]] = []  # (second, order, row)
         self._order = 0
         self.last_seq: dict[int, int] = {}  # user -> highest sequence number of their written events
@@ -248,6 +260,41 @@ class _Feed:
 
     def viewed_since(self, user: int, lo: int, t: int) -> set[int]:
         return {p for ts, p in self.viewed.get(user, []) if lo <= ts < t}
+
+    def hidden(self, user: int, t: int) -> set[int]:
+        """What the service leaves out of a screen at t under `rules`: posts liked before t, viewed in the
+        window before t, and the user's last N views before t however long ago."""
+        seconds, last = self.rules
+        out = self.liked_before(user, t) | self.viewed_since(user, t - seconds, t)
+        if last:
+            views = sorted(v for v in self.viewed.get(user, []) if v[0] < t)
+            if len(views) < last:
+                views = sorted(self.earlier.get(user, [])) + views
+            # views in the same second as the first one left out may be ordered otherwise by the service:
+            # those are not counted (a subset of what the service hides, never more)
+            edge = views[-last - 1][0] if len(views) > last else None
+            out |= {p for ts, p in views[-last:] if ts != edge}
+        return out
+
+
+def _last_views(conn, before: int, n: int) -> list[tuple[int, int, int]]:
+    """(user, post, second) of each user's last n views before `before` (a window function: SQLite and
+    PostgreSQL alike)."""
+    rank = func.row_number().over(partition_by=feed_data.c.user_id,
+                                  order_by=feed_data.c.timestamp.desc()).label("rank")
+    inner = (select(feed_data.c.user_id, feed_data.c.post_id, data.epoch(feed_data.c.timestamp).label("ts"), rank)
+             .where(feed_data.c.action == c.VIEW, feed_data.c.timestamp < data.to_datetime(before)).subquery())
+    return [tuple(map(int, r)) for r in conn.execute(select(inner.c.user_id, inner.c.post_id, inner.c.ts)
+                                                     .where(inner.c.rank <= n)).all()]
+
+
+def _service_rules(client: httpx.Client) -> tuple[int, int]:
+    """The service's exclusion of viewed posts (seconds, last N views), from `/model`; none if it does not say."""
+    try:
+        info = client.get("/model", timeout=10).json()
+        return int(float(info.get("exclude_viewed_hours") or 0) * 3600), int(info.get("exclude_last_views") or 0)
+    except (httpx.HTTPError, ValueError):
+        return 0, 0
 
 
 def _wait_applied(client: httpx.Client, seq: int, timeout: float) -> bool:
@@ -291,7 +338,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
     with engine.connect() as conn:
         _, end = data.data_range(conn)
     first_day = -(-end // DAY) * DAY  # the next midnight after the data
-    feed = _Feed(engine, first_day)
+    feed = _Feed(engine, first_day, _service_rules(client))
     new_posts = _NewPosts(world, config.new_posts_per_day, config.seed)
     summary = SimSummary()
     started = time.perf_counter()
@@ -311,6 +358,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         expected: dict[str, list[float]] = defaultdict(list)
         young: list[int] = []
         oracle: list[float] = []
+        oracle_rules: list[float] = []
         if config.new_posts_per_day:
             new_posts.plan_day(day_start)
         hits: dict[str, list[int]] = defaultdict(list)
@@ -338,6 +386,8 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
                 continue
             posts = np.array([p["id"] for p in body["recommendations"]], dtype=np.int64)
             liked = feed.liked_before(u, ts)
+            hidden = feed.hidden(u, ts)  # before this screen's views are queued
+            report.served_hidden += sum(int(p) in hidden for p in posts)
             report.served += len(posts)
             report.liked_before += sum(int(p) in liked for p in posts)
             report.viewed_recently += sum(int(p) in feed.viewed_since(u, ts - RECENT_SECONDS, ts) for p in posts)
@@ -349,6 +399,9 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             if liked:
                 truth[world.post_index(np.fromiter(liked, np.int64))] = 0.0
             oracle.append(expected_hit(np.sort(truth)[-config.limit:]))
+            if hidden:
+                truth[world.post_index(np.fromiter(hidden, np.int64))] = 0.0
+            oracle_rules.append(expected_hit(np.sort(truth)[-config.limit:]))
             feed.push(screen)
             new_views, new_likes = new_posts.react(screen)
             report.new_post_views += new_views
@@ -380,6 +433,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
         report.expected_hitrate = round(float(everyone.mean()), 4) if len(everyone) else None
         report.expected_ci95 = bootstrap_ci(everyone, seed=day) if len(everyone) else None
         report.oracle_expected = round(float(np.mean(oracle)), 4) if oracle else None
+        report.oracle_same_rules = round(float(np.mean(oracle_rules)), 4) if oracle_rules else None
         report.posts_inserted_total = len(new_posts.inserted)
         report.new_posts_viewed, report.new_posts_liked = len(new_posts.viewed), len(new_posts.liked)
         summary.expected.append(everyone.tolist())
@@ -402,9 +456,9 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
 def day_table(summary: SimSummary) -> str:
     """The per-day report as a Markdown table."""
     lines = ["| day | requests | hit rate control / test | expected control / test | expected, all [95% CI] | "
-             "oracle | liked before t | viewed in 72 h | on previous screen | new posts / screens with a young post "
-             "| new posts so far: viewed / liked / inserted | version |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "oracle | oracle, the service's exclusions | liked before t | viewed in 72 h | on previous screen | "
+             "new posts / screens with a young post | new posts so far: viewed / liked / inserted | version |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in summary.days:
         g = d["groups"]
 
@@ -415,6 +469,7 @@ def day_table(summary: SimSummary) -> str:
         ci = d["expected_ci95"] or ("-", "-")
         lines.append(f"| {d['day']} | {d['requests']} | {pair('hitrate')} | {pair('expected_hitrate')} | "
                      f"{d['expected_hitrate']} [{ci[0]}, {ci[1]}] | {d['oracle_expected']} | "
+                     f"{d.get('oracle_same_rules', '-')} | "
                      f"{sh['liked_before']} | {sh['viewed_recently']} | {sh['repeated']} | "
                      f"{d['posts_inserted']} / {sh['screens_with_young']} | "
                      f"{d['new_posts_viewed']} / {d['new_posts_liked']} / {d['posts_inserted_total']} | "
