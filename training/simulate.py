@@ -261,11 +261,11 @@ class _Feed:
     def viewed_since(self, user: int, lo: int, t: int) -> set[int]:
         return {p for ts, p in self.viewed.get(user, []) if lo <= ts < t}
 
-    def hidden(self, user: int, t: int) -> set[int]:
-        """What the service leaves out of a screen at t under `rules`: posts liked before t, viewed in the
-        window before t, and the user's last N views before t however long ago."""
+    def hidden_views(self, user: int, t: int) -> set[int]:
+        """The viewed posts the service leaves out of a screen at t under `rules` (beside the liked ones):
+        viewed in the window before t, and the user's last N views before t however long ago."""
         seconds, last = self.rules
-        out = self.liked_before(user, t) | self.viewed_since(user, t - seconds, t)
+        out = self.viewed_since(user, t - seconds, t)
         if last:
             views = sorted(v for v in self.viewed.get(user, []) if v[0] < t)
             if len(views) < last:
@@ -386,11 +386,12 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
                 continue
             posts = np.array([p["id"] for p in body["recommendations"]], dtype=np.int64)
             liked = feed.liked_before(u, ts)
-            hidden = feed.hidden(u, ts)  # before this screen's views are queued
+            hidden = liked | feed.hidden_views(u, ts)  # before this screen's views are queued
+            recent = feed.viewed_since(u, ts - RECENT_SECONDS, ts)
             report.served_hidden += sum(int(p) in hidden for p in posts)
             report.served += len(posts)
             report.liked_before += sum(int(p) in liked for p in posts)
-            report.viewed_recently += sum(int(p) in feed.viewed_since(u, ts - RECENT_SECONDS, ts) for p in posts)
+            report.viewed_recently += sum(int(p) in recent for p in posts)
             report.repeated += sum(int(p) in feed.screens.get(u, ()) for p in posts)
             feed.screens[u] = {int(p) for p in posts}
             screen, p_hit = reactions(world, u, posts, ts, rng, liked)
