@@ -264,7 +264,7 @@ def _simulate_arm(args, mode: str) -> None:
 
 def cmd_simulate(args) -> None:
     """Both arms at once, each in its own process (same users, same moments, own database copy)."""
-    from training.metrics import difference_ci
+    from training.metrics import bootstrap_ci, difference_ci
     from training.simulate import day_table
 
     work = Path(args.work)
@@ -287,11 +287,9 @@ def cmd_simulate(args) -> None:
     def week(summary, w: int) -> np.ndarray:
         return np.concatenate(summary.expected[7 * w:7 * w + 7])
 
-    rng = np.random.default_rng(0)
     last = args.days // 7 - 1
     diff = week(daily, last) - week(never, last)  # the same users at the same moments
-    boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
-    lo, hi = np.quantile(boot, [0.025, 0.975])
+    lo, hi = bootstrap_ci(diff, n_boot=2000)
     rows = ["| week | days | expected hitrate@5, never retrained | retrained | oracle |",
             "|---|---|---|---|---|"]
     for w in range(args.days // 7):

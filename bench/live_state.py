@@ -160,7 +160,7 @@ def _service(db: str, models: Path, port: int, workers: int = 1, **env) -> tuple
 
 # ------------------------------------------------------------------ simulate
 def cmd_simulate(args) -> None:
-    from training.metrics import difference_ci
+    from training.metrics import bootstrap_ci, difference_ci
     from training.simulate import SimConfig, day_table, simulate
     from training.world.model import World
 
@@ -183,9 +183,7 @@ def cmd_simulate(args) -> None:
     live, frozen = results["live"], results["frozen"]
     last = len(live.days) - 1
     diff = np.array(live.expected[last]) - np.array(frozen.expected[last])  # same users, same moments
-    rng = np.random.default_rng(0)
-    boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
-    lo, hi = np.quantile(boot, [0.025, 0.975])
+    lo, hi = bootstrap_ci(diff, n_boot=2000)
     # day 10 against day 1: other users at other moments (about 8 in 10 of day 10's came back), each
     # day's requests resampled on their own
     slip = np.mean(live.expected[last]) - np.mean(live.expected[0])
