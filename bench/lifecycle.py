@@ -279,6 +279,8 @@ def cmd_simulate(args) -> None:
             raise SystemExit("an arm of the simulation failed")
     results = {}
     for mode in ("never", "daily"):
+        if not (work / f"{mode}.pkl").is_file():
+            raise SystemExit(f"{work / f'{mode}.pkl'} missing: no finished run of that arm in --work {work}")
         with open(work / f"{mode}.pkl", "rb") as fh:
             results[mode] = pickle.load(fh)
     never, daily = results["never"][0], results["daily"][0]
