@@ -8,7 +8,11 @@ Sources, each a handful of array operations (no model call):
   exact dot products below `exact_below` posts (as fast as an index there), above it a faiss IVF index
   (`IndexIVFScalarQuantizer`, 8-bit codes, inner product: it trains in seconds where an HNSW graph
   over 100k vectors took 42 s to build on this machine), which new posts join with `add` as they
-  arrive.
+  arrive. In a topic held exactly with a blend (below), only the TF-IDF list is taken: the blend scores
+  every post of the topic (a text model's with the sentence-space taste among its terms; a model without
+  text reads no sentence vector at all), and the two sentence-space lists added 50–70 candidates a
+  request and no recall (`bench.catalogue recall`, docs/catalogue.md 2026-11-30). In a topic held by
+  faiss their search results still fill the blend's pool.
 - **favourite topics**: the best posts of the user's top topics by a *proxy* of the model's score on
   the post's own columns (a small CatBoost regressor fitted at training on the model's own scores,
   listed in `retrieval.json`), with the counters as of the start of the request's hour.
@@ -327,6 +331,8 @@ class Retriever:
             if not any(ks):
                 continue
             if self.topics[topic].index is None and self.tfidf_topics[topic].index is None:
+                if ks[3]:  # the blend scores every post of the topic, the sentence-space taste included
+                    ks = (0, 0, ks[2], ks[3])
                 parts += self._exact_topic(topic, user, weights, hourly.score, ks)
                 continue
             taste = self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]), list(ks[:2]))
