@@ -271,6 +271,41 @@ def test_concurrent_scoring_is_bounded(trained, recommender, tmp_path, threads):
     assert counting.peak == threads
 
 
+class _ThreadRecordingRecommender(_CountingRecommender):
+    """Also records the thread that scored each request."""
+
+    def __init__(self, inner: Recommender):
+        super().__init__(inner)
+        self.threads: list[int] = []
+
+    def recommend(self, *args):
+        self.threads.append(threading.get_ident())
+        return self._inner.recommend(*args)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_scoring_thread_scores_on_the_event_loop(trained, recommender, tmp_path, threads):
+    """With one request scored at a time (a worker per core) the event loop scores it itself, with no
+    hand-off to a worker thread; with more, worker threads score side by side."""
+    recording = _ThreadRecordingRecommender(recommender)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'log.db'}", model_dir="unused", scoring_threads=threads)
+    app = create_app(settings, load_recommender=lambda _: recording)
+    users = [int(u) for u in recommender.state.snapshot.user_ids[:4]]
+
+    async def burst() -> tuple[int, list[int]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                responses = await asyncio.gather(*(client.get("/post/recommendations/", params={"id": u})
+                                                   for u in users))
+        return threading.get_ident(), [r.status_code for r in responses]
+
+    loop_thread, codes = asyncio.run(burst())
+    assert codes == [200] * len(users) and len(recording.threads) == len(users)
+    on_loop = [t == loop_thread for t in recording.threads]
+    assert all(on_loop) if threads == 1 else not any(on_loop)
+
+
 def test_operations_endpoints(world_client, recommender):
     assert world_client.get("/health").json() == {"status": "ok"}
     ready = world_client.get("/ready")

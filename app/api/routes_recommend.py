@@ -36,8 +36,11 @@ async def recommended_posts(
     model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
     # whole seconds by integer arithmetic: a float timestamp rounds 9999-12-31T23:59:59.999999 up out of the calendar
     ts = (at - EPOCH) // timedelta(seconds=1)
-    ranking = await anyio.to_thread.run_sync(recommender.recommend, model, id, ts, limit,
-                                             limiter=request.app.state.scoring_limiter)
+    if request.app.state.score_inline:
+        ranking = recommender.recommend(model, id, ts, limit)
+    else:
+        ranking = await anyio.to_thread.run_sync(recommender.recommend, model, id, ts, limit,
+                                                 limiter=request.app.state.scoring_limiter)
     post_ids = ranking.post_ids.tolist()
     request.state.exp_group = group
     request.state.model = ranking.model
