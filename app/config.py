@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     scoring_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1,
         description="Requests scored at once per process; more than the cores only adds contention "
-                    "(`python -m app --workers N` defaults it to the cores / N).",
+                    "(`python -m app --workers N` defaults it to the cores / N). At 1 the event loop scores "
+                    "each request itself, without a hand-off to a thread: /health and /ready then wait "
+                    "behind the requests queued before them (milliseconds with candidate retrieval).",
     )
     exclude_viewed_hours: float = Field(
         default=72.0, ge=0, le=24 * 365,
