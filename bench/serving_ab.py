@@ -8,7 +8,8 @@ interpreter that runs it (default: this one; another venv when the two commits p
 (`bench.serving`'s wrk script). Per round and side: concurrency 1 then 8, and the
 CPU seconds the service's processes spent per request (utime + stime from /proc, workers and their
 threads), which a busy neighbour on a shared host disturbs far less than latency or throughput, and
-the part of it spent in the workers' main threads (their event loops). Medians over the rounds; the rounds themselves printed too. Prints, writes nothing.
+the part of it spent in the workers' main threads (their event loops). Medians over the rounds; the
+rounds themselves printed too. Prints, writes nothing.
 """
 
 from __future__ import annotations
