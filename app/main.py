@@ -55,10 +55,10 @@ def create_app(settings: Settings | None = None,
         # there are cores: the default pool's 40 threads only contend for them
         app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
         # one at a time (`python -m app --workers N` with N = cores): the request is scored on the event
-        # loop itself. A worker thread would still score one request at a time, but the loop and that
-        # thread would pass the GIL back and forth on every request: on the scale-1.0 world, 2 workers,
-        # scoring inline took the service's CPU per request from 3.15 to 2.92 ms at concurrency 8 and
-        # from 3.69 to 3.10 ms at concurrency 1 (docs/benchmarks.md, 2026-11-30). The loop is then busy
+        # loop itself. A worker thread would still score one request at a time, and each request would
+        # go to it and back with the GIL passed between the two threads (~0.2 ms): on the scale-1.0
+        # world, 2 workers, scoring inline took the service's CPU per request from 3.05 to 2.88 ms at
+        # concurrency 8, 612 -> 664 requests/s (docs/benchmarks.md, 2026-11-30). The loop is then busy
         # for the few milliseconds of each request it scores: liveness and the database routes wait
         # behind the requests queued before them, as the requests already did for the one thread.
         app.state.score_inline = settings.scoring_threads == 1
