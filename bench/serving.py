@@ -99,13 +99,34 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def connections_by_process(port: int) -> list[int]:
+    """How many established connections to `port` each server process holds, most first (`ss -tnp`):
+    uvicorn's workers accept from one shared socket and a keep-alive connection stays with the worker
+    that accepted it, so wrk's few connections can fall unevenly (6/2 of 8), which moves p50."""
+    try:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"sport = :{port}"], capture_output=True,
+                             text=True, check=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    pids = [x.split("pid=", 1)[1].split(",", 1)[0] for x in out.splitlines() if "pid=" in x]
+    return sorted((pids.count(p) for p in set(pids)), reverse=True)
+
+
 def load(port: int, script: Path, duration: int, concurrency: int, threads: int = 2) -> dict:
+    """One wrk run; with the result, how its connections fell between the server's processes (read a
+    moment after the start, `split`)."""
     cmd = ["wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency), "-d", f"{duration}s",
            "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(min(1.0, duration / 2))
+    split = connections_by_process(port)
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stdout, stderr)
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     result["rps"] = round(result["requests"] / result["duration_s"], 1)
+    result["split"] = "/".join(map(str, split)) or "?"
     return result
 
 
@@ -210,13 +231,13 @@ def main() -> None:
         f"wrk on the same machine, {args.workers} workers per service, limit=5, times in the held-out window; "
         "the reference is `bench/reference_app.py` (a pandas frame per request, then CatBoost).", "",
         "| service | concurrency | p50 ms | p90 ms | p99 ms | max ms | requests/s | requests | errors | non-2xx "
-        "| RSS MB | startup s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| RSS MB | startup s | connections per worker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, conc), r in runs.items():
         lines.append(f"| {name} | {conc} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
                      f"{r['rps']} | {r['requests']} | {r['errors']} | {r['non_2xx']} | {r['rss_mb']:.0f} | "
-                     f"{r['startup_s']} |")
+                     f"{r['startup_s']} | {r['split']} |")
     lines += ["", f"Service vs reference in the same run: p50 at concurrency 1 {ratio_p50:.1f}x lower; throughput "
               f"at concurrency {c} {ratio_rps:.1f}x higher.", "",
               f"In-process profile of one request (test model, retrieval {retrieval}, median of 200, one "

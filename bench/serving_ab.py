@@ -103,7 +103,8 @@ def main() -> None:
             rounds[name].append(result)
             print(f"round {i + 1} {name}: " + json.dumps({c: {k: r[k] for k in ("p50_ms", "p99_ms", "rps",
                                                                                  "cpu_ms_per_request",
-                                                                                 "loop_cpu_ms_per_request", "errors")}
+                                                                                 "loop_cpu_ms_per_request", "errors",
+                                                                                 "split")}
                                                         for c, r in result.items()}), flush=True)
     print(f"\n`python -m bench.serving_ab {' '.join(sys.argv[1:])}`; medians of {args.rounds} rounds, "
           f"sides alternating; load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}\n")
