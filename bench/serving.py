@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,8 +109,8 @@ def connections_by_process(port: int) -> list[int]:
                              text=True, check=True, timeout=5).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    pids = [x.split("pid=", 1)[1].split(",", 1)[0] for x in out.splitlines() if "pid=" in x]
-    return sorted((pids.count(p) for p in set(pids)), reverse=True)
+    pids = Counter(x.split("pid=", 1)[1].split(",", 1)[0] for x in out.splitlines() if "pid=" in x)
+    return sorted(pids.values(), reverse=True)
 
 
 def load(port: int, script: Path, duration: int, concurrency: int, threads: int = 2) -> dict:

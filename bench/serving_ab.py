@@ -29,23 +29,14 @@ from bench.serving import LUA, held_out_requests, load, start, stop, tree_pids
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def _cpu_seconds(pids: list[int], main_thread_only: bool = False) -> float:
+    """utime + stime of the processes, all their threads, or only their main threads (a worker's event
+    loop: /proc/<pid>/task/<pid>/stat)."""
     total = 0.0
     for pid in pids:
+        path = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime of the process, all threads
-    return total
-
-
-def _loop_cpu_seconds(pids: list[int]) -> float:
-    """CPU of the processes' main threads alone (a worker's event loop; /proc/<pid>/task/<pid>)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / TICK
@@ -66,10 +57,10 @@ def run_side(checkout: Path, models: Path, python: str, db: str, script: Path, d
         pids = tree_pids(proc.pid)
         out = {}
         for concurrency in (1, 8):
-            before, loop_before = _cpu_seconds(pids), _loop_cpu_seconds(pids)
+            before, loop_before = _cpu_seconds(pids), _cpu_seconds(pids, main_thread_only=True)
             r = load(8013, script, duration if concurrency > 1 else max(5, duration // 2), concurrency)
             r["cpu_ms_per_request"] = round((_cpu_seconds(pids) - before) * 1000 / max(r["requests"], 1), 3)
-            r["loop_cpu_ms_per_request"] = round((_loop_cpu_seconds(pids) - loop_before) * 1000
+            r["loop_cpu_ms_per_request"] = round((_cpu_seconds(pids, main_thread_only=True) - loop_before) * 1000
                                                  / max(r["requests"], 1), 3)
             out[concurrency] = r
         return out
