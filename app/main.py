@@ -54,14 +54,6 @@ def create_app(settings: Settings | None = None,
         # CatBoost and NumPy release the GIL, so scoring runs in threads, but only as many at once as
         # there are cores: the default pool's 40 threads only contend for them
         app.state.scoring_limiter = anyio.CapacityLimiter(settings.scoring_threads)
-        # one at a time (`python -m app --workers N` with N = cores): the request is scored on the event
-        # loop itself. A worker thread would still score one request at a time, and each request would
-        # go to it and back with the GIL passed between the two threads (~0.2 ms): on the scale-1.0
-        # world, 2 workers, scoring inline took the service's CPU per request from 3.05 to 2.88 ms at
-        # concurrency 8, 612 -> 664 requests/s (docs/benchmarks.md, 2026-11-30). The loop is then busy
-        # for the few milliseconds of each request it scores: liveness and the database routes wait
-        # behind the requests queued before them, as the requests already did for the one thread.
-        app.state.score_inline = settings.scoring_threads == 1
         app.state.db = make_engine(settings.database_url, settings.db_timeout_seconds)
         # database calls of the requests run in threads of their own, at most as many as the pool can hold
         # (5 + 10 overflow): a hung server holds these, never the threads the rest of the service uses

@@ -36,7 +36,13 @@ async def recommended_posts(
     model = settings.ab_control_model if group == CONTROL else settings.ab_test_model
     # whole seconds by integer arithmetic: a float timestamp rounds 9999-12-31T23:59:59.999999 up out of the calendar
     ts = (at - EPOCH) // timedelta(seconds=1)
-    if request.app.state.score_inline:
+    if settings.scoring_threads == 1:
+        # one at a time (`python -m app --workers N` with N = cores): scored on the event loop itself. A
+        # worker thread would still score one request at a time, and each request would go to it and back
+        # with the GIL passed between the two threads (~0.2 ms): on the scale-1.0 world, 2 workers, scoring
+        # inline took the service's CPU per request from 3.05 to 2.88 ms at concurrency 8, 612 -> 664
+        # requests/s (docs/benchmarks.md, 2026-11-30). The loop is busy meanwhile: liveness and the
+        # database routes wait behind the requests queued before them, as they did for the one thread.
         ranking = recommender.recommend(model, id, ts, limit)
     else:
         ranking = await anyio.to_thread.run_sync(recommender.recommend, model, id, ts, limit,
