@@ -439,3 +439,31 @@ def test_view_index_counts_across_its_prefix_blocks(monkeypatch):
         for (p, t), row in zip(zip(at_post, at_time, strict=True), got, strict=True):
             seen = (post == p) & (ts < t)
             assert row.tolist() == [seen.sum(), (seen & (target > 0)).sum(), weight[seen].sum()], (n, p, t)
+
+
+def test_proxy_samples_are_training_rows_of_the_whole_catalogue(prepared):
+    """The retrieval proxy learns from requests scored over every post (`catalogue_samples`): each kept
+    row is the training row of (user, post, moment) that `rows_matrix` builds, and the scorer's best posts
+    of the whole catalogue are among them."""
+    from training.retrieval import catalogue_samples, proxy_requests
+
+    requests = proxy_requests(_rows(prepared, 200), n=3, seed=1)
+    names = list(feature_names(True))
+    rate, sim = names.index("p_like_rate"), names.index("sim_cf")
+
+    def score(x, rows, ts):  # any function of the row's features
+        return x[:, rate] + 0.5 * x[:, sim]
+
+    x, s, request, post = catalogue_samples(prepared, requests, score, top=5, random=20)
+    n = len(prepared.static.topic)
+    assert len(requests) == 3 and set(request.tolist()) == {0, 1, 2}
+    for i, r in requests.iterrows():
+        kept = request == i
+        assert 20 <= kept.sum() <= 25 and len(np.unique(post[kept])) == kept.sum()
+        every = pd.DataFrame({"user_row": int(r["user_row"]), "post_row": np.arange(n), "ts": int(r["ts"])})
+        rows = rows_matrix(prepared.history, prepared.profile, prepared.static, prepared.priors, every, True,
+                           schedule=prepared.schedule)
+        np.testing.assert_allclose(x[kept], rows[post[kept]], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s[kept], score(rows, None, None)[post[kept]], rtol=1e-6)
+        # the five best scores of the catalogue are the five best kept (ties may keep either post)
+        np.testing.assert_allclose(np.sort(s[kept])[-5:], np.sort(score(rows, None, None))[-5:], rtol=1e-6)

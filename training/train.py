@@ -61,7 +61,7 @@ from training.features import (
 )
 from training.horizon import recent_columns
 from training.objectives import ObjectiveConfig, fit_and_select, slot_columns
-from training.retrieval import fit_proxy, write_retrieval
+from training.retrieval import Scorer, catalogue_samples, fit_proxy, proxy_requests, write_retrieval
 
 DAY = 86_400
 
@@ -275,6 +275,23 @@ def train(db_url: str, out_dir: Path, cache_dir: Path, embedding_model: str, con
     return fit_and_export(tset, out_dir, embedding_model, config, serve_latest, promote, t0, objectives)
 
 
+def _proxy(tset: TrainingSet, text: bool, config: TrainConfig, score: Scorer):
+    """A model's retrieval proxy and blend (`training.retrieval`): fitted on validation requests scored
+    over the whole catalogue (`catalogue_samples`), or, without the feed in memory (the Spark engine's
+    training set), on the viewed validation rows."""
+    val, matrix = tset.rows["val"], tset.matrices["val"]
+    if tset.prep is None:
+        scores = score(matrix, val["post_row"].to_numpy(np.int64), val["ts"].to_numpy(np.int64))
+        return fit_proxy(matrix, scores, text, val["user_row"].to_numpy(), config.seed, config.threads)
+    started = time.perf_counter()
+    requests = proxy_requests(val, seed=config.seed)
+    x, scores, request, _ = catalogue_samples(tset.prep, requests, score, config.seed)
+    proxy = fit_proxy(x, scores, text, request, config.seed, config.threads)
+    logger.info("retrieval proxy: {} rows of {} requests over the catalogue, R^2 within {:.3f}, {:.0f} s",
+                len(x), len(requests), proxy[1], time.perf_counter() - started)
+    return proxy
+
+
 def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, config: TrainConfig,
                    serve_latest: bool = False, promote: bool = True, t0: float | None = None,
                    objectives: ObjectiveConfig | None = None) -> Path:
@@ -291,9 +308,8 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                           val[c.TARGET].to_numpy(), names, config)
         held_auc = roc_auc_score(held[c.TARGET], model.predict_proba(matrices["held"][:, cols])[:, 1])
         models[name] = model
-        proxies[name] = fit_proxy(matrices["val"], model.predict(matrices["val"][:, cols],
-                                                                 prediction_type="RawFormulaVal"), text,
-                                  val["user_row"].to_numpy(), config.seed, config.threads)
+        proxies[name] = _proxy(tset, text, config, lambda x, rows, ts, m=model, k=cols: m.predict(
+            x[:, k], prediction_type="RawFormulaVal", thread_count=config.threads))
         model_meta[name] = {
             "file": MODEL_FILES[name], "features": list(names), "dtype": "float32",
             "best_iteration": int(model.get_best_iteration() or 0), "trees": int(model.tree_count_),
@@ -315,11 +331,10 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                 model_meta[name] = {"file": MODEL_FILES[name], "dtype": "float32", **horizon_meta[name],
                                     "importance": _importance(horizon_models[name], horizon_meta[name]["features"])}
                 # the retrieval proxy stands in for the model that serves: refit on its scores
-                recent = recent_columns(history, val["post_row"].to_numpy(np.int64), val["ts"].to_numpy(np.int64))
-                x = slot_columns(np.column_stack([matrices["val"], recent]), MODEL_USES_TEXT[name])
-                proxies[name] = fit_proxy(matrices["val"], models[name].predict(x, prediction_type="RawFormulaVal"),
-                                          MODEL_USES_TEXT[name], val["user_row"].to_numpy(), config.seed,
-                                          config.threads)
+                text = MODEL_USES_TEXT[name]
+                proxies[name] = _proxy(tset, text, config, lambda x, rows, ts, m=models[name], text=text: m.predict(
+                    slot_columns(np.column_stack([x, recent_columns(history, rows, ts)]), text),
+                    prediction_type="RawFormulaVal", thread_count=config.threads))
     else:  # each slot serves its like model, as trained above
         selection = {"exposure": None, "slots": {},
                      "skipped": f"engine {tset.engine}: the objective selection runs on the single-machine engine"}
