@@ -31,7 +31,11 @@ from training.features import post_counters_at, user_views_at
 if TYPE_CHECKING:
     from training.train import Prepared
 
-PROXY_REQUESTS = 1500  # validation requests scored over the catalogue for the proxy's fit
+# validation requests scored over the catalogue for the proxy's fit: one per PROXY_ROWS_PER_REQUEST
+# validation rows (what the fit read before), at least PROXY_MIN_REQUESTS, at most PROXY_REQUESTS
+PROXY_REQUESTS = 1500
+PROXY_MIN_REQUESTS = 50
+PROXY_ROWS_PER_REQUEST = 100
 PROXY_TOP = 100  # of each, the model's best posts (what retrieval must find) ...
 PROXY_RANDOM = 300  # ... and others at random (what it must rank below them)
 PROXY_MAX_POSTS = 20_000  # a larger catalogue: this many posts at random per request
@@ -50,8 +54,12 @@ def _centred(values: np.ndarray, group: np.ndarray) -> np.ndarray:
     return values - means[group]
 
 
-def proxy_requests(val: pd.DataFrame, n: int = PROXY_REQUESTS, seed: int = 0) -> pd.DataFrame:
-    """n distinct (user_row, ts) requests among the validation rows (a user at a moment they viewed)."""
+def proxy_requests(val: pd.DataFrame, n: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """n distinct (user_row, ts) requests among the validation rows (a user at a moment they viewed); by
+    default one per PROXY_ROWS_PER_REQUEST rows within [PROXY_MIN_REQUESTS, PROXY_REQUESTS], so that a
+    small training set (the tests', a simulation's daily retrain) pays in proportion."""
+    if n is None:
+        n = min(PROXY_REQUESTS, max(PROXY_MIN_REQUESTS, -(-len(val) // PROXY_ROWS_PER_REQUEST)))
     pairs = val[["user_row", "ts"]].drop_duplicates().reset_index(drop=True)
     pick = np.random.default_rng(seed).choice(len(pairs), size=min(n, len(pairs)), replace=False)
     return pairs.iloc[np.sort(pick)].reset_index(drop=True)
