@@ -390,3 +390,23 @@ def test_candidates_for_interleaved_hours_are_those_of_each_hour(trained):
                                        kept._hour(model, t, state.timeline).popular)
     assert distinct  # the hours' sources differ: a cache answering any hour with another would fail
     assert len(one._hourly) == 1 and len(kept._hourly) == 6  # 3 hours x 2 proxies
+
+
+def test_proxy_requests_grow_with_the_validation_rows():
+    """One distinct (user, moment) request per 100 validation rows, from 50 to 1,500, never more than the
+    distinct pairs there are, none repeated."""
+    import pandas as pd
+
+    from training.retrieval import proxy_requests
+
+    def val(rows: int, pairs: int) -> pd.DataFrame:
+        k = np.arange(rows) % pairs
+        return pd.DataFrame({"user_row": k // 7, "ts": 1_000 + k, "post_row": np.arange(rows)})
+
+    assert len(proxy_requests(val(10_000, 5_000))) == 100
+    assert len(proxy_requests(val(149_958, 100_000))) == 1_500
+    assert len(proxy_requests(val(1_000_000, 100_000))) == 1_500
+    assert len(proxy_requests(val(2_000, 1_000))) == 50
+    few = proxy_requests(val(2_000, 30))
+    assert len(few) == 30 and not few.duplicated().any()
+    assert len(proxy_requests(val(10_000, 5_000), n=7)) == 7
