@@ -49,14 +49,14 @@ class _Views:
 
 
 def _bincount(views: _Views, n_posts: int) -> np.ndarray:
-    """(views, liked views, weighted views) per post: views are counted by (post, target) in one pass."""
-    key = views.post.astype(np.int64) * 2 + (views.target > 0)
-    out = np.empty((n_posts, 3), np.int64)
-    out[:, :2] = np.bincount(key, minlength=2 * n_posts)[:2 * n_posts].reshape(n_posts, 2)
-    out[:, 0] += out[:, 1]
+    """(views, liked views, weighted views) per post. Three counts side by side by `column_stack`: writing
+    them into the columns of one (n, 3) array cost 3-4x as much on this host (strided stores)."""
+    post = views.post
+    seen = np.bincount(post, minlength=n_posts)[:n_posts]
+    liked = np.bincount(post[views.target > 0], minlength=n_posts)[:n_posts]
     # float64 sums of integers below 2**53 are exact
-    out[:, 2] = np.bincount(views.post, weights=views.weight, minlength=n_posts)[:n_posts]
-    return out
+    weighted = np.bincount(post, weights=views.weight, minlength=n_posts)[:n_posts].astype(np.int64)
+    return np.column_stack([seen, liked, weighted])
 
 
 def _sized(counts: np.ndarray, n_posts: int) -> np.ndarray:
@@ -121,14 +121,18 @@ class PostTimeline:
         if f.floor is not None and t < f.floor:
             t = f.floor
         k = int(np.searchsorted(f.last_ts, t, side="left"))
-        if k < len(f.blocks):
-            block = f.blocks[k]
-            j = int(np.searchsorted(block.ts, t, side="left"))
-            return _sized(f.checkpoints[k], n) + _bincount(block[:j], n)
-        j = int(np.searchsorted(f.head.ts, t, side="left"))
-        if j == len(f.head):
+        if k < len(f.blocks):  # between checkpoints k and k + 1
+            views, before, after = f.blocks[k], f.checkpoints[k], f.checkpoints[k + 1]
+        else:  # in the head: between the last checkpoint and the running totals
+            views, before, after = f.head, f.checkpoints[-1], f.current
+        j = int(np.searchsorted(views.ts, t, side="left"))
+        if j == len(views) and after is f.current:
             return f.current
-        return _sized(f.checkpoints[-1], n) + _bincount(f.head[:j], n)
+        # from whichever end is nearer: the counts after the block less its views from t on are the same
+        # integers as the counts before it plus its views before t, and half the views to count on average
+        if j <= len(views) - j:
+            return _sized(before, n) + _bincount(views[:j], n)
+        return _sized(after, n) - _bincount(views[j:], n)
 
     def counts_of(self, post_rows: np.ndarray, times: np.ndarray, frame: _Frame | None = None) -> np.ndarray:
         """(n, 3) `counts_at(times[i])[post_rows[i]]` for many (post row, moment) pairs at once: the
