@@ -254,11 +254,15 @@ def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, tex
     ui, ts = np.asarray(ui, dtype=np.int64), np.asarray(ts, dtype=np.int64)
     # a slice selects without copying; an index array gathers
     sel = slice(None) if pj is None else np.asarray(pj, dtype=np.int64)
+
+    def take(a: np.ndarray) -> np.ndarray:  # rows by `np.take`: 1.5-3x faster than `a[sel]`, the same values
+        return a if pj is None else np.take(a, sel, axis=0)
+
     posts_shape = (len(posts.topic),) if pj is None else sel.shape
     n = np.broadcast_shapes(ui.shape, posts_shape, ts.shape)
     n_rows = n[0] if n else 1
     unum = user.num[ui]
-    topic = posts.topic[sel]
+    topic = take(posts.topic)
     if ui.ndim == 0:  # one user: gather from its row only
         rate_t = unum[_U_RATE0 + topic]
         share_t = unum[_U_SHARE0 + topic]
@@ -267,18 +271,18 @@ def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, tex
         rate_t = unum[np.arange(len(ui)), _U_RATE0 + topic]
         share_t = unum[np.arange(len(ui)), _U_SHARE0 + topic]
         u_rate = unum[:, _U_RATE]
-    pcf = posts.cf[sel]
+    pcf = take(posts.cf)
     sim_cf = _rowwise(pcf, np.broadcast_to(user.cf[ui], pcf.shape))  # one user: its row against every post
-    post_counters = posts.counters[sel] if counters is None else counters
+    post_counters = take(posts.counters) if counters is None else counters
     blocks = [
         np.broadcast_to(unum, (n_rows, unum.shape[-1])),
-        np.broadcast_to(posts.static[sel], (n_rows, posts.static.shape[1])),
+        np.broadcast_to(take(posts.static), (n_rows, posts.static.shape[1])),
         np.broadcast_to(post_counters, (n_rows, len(POST_COUNTERS))),
         np.broadcast_to(_time_block(user, ui, ts), (n_rows, len(TIME))),
         np.stack(np.broadcast_arrays(rate_t, share_t, rate_t - u_rate, sim_cf), axis=-1).reshape(n_rows, len(CROSS)),
     ]
     if text:
-        pvec, tvec = posts.vec[sel], posts.tfidf_vec[sel]
+        pvec, tvec = take(posts.vec), take(posts.tfidf_vec)
         if ui.ndim == 0:  # one user: the same row-wise products as a batch, on its row broadcast
             sim = _rowwise(pvec, np.broadcast_to(user.vec[ui], pvec.shape))
             contrast = _rowwise(pvec, np.broadcast_to(user.contrast[ui], pvec.shape))
@@ -289,7 +293,7 @@ def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, tex
             contrast = _rowwise(pvec, user.contrast[ui])
             sim_topic = _rowwise(pvec, user.topic_vec[ui, topic])
             sim_tfidf = _rowwise(tvec, user.topic_tfidf[ui, topic])
-        blocks.append(np.broadcast_to(posts.text[sel], (n_rows, EMB_COMPONENTS)))
+        blocks.append(np.broadcast_to(take(posts.text), (n_rows, EMB_COMPONENTS)))
         blocks.append(np.stack(np.broadcast_arrays(sim, contrast, sim_topic, sim_tfidf), axis=-1)
                       .reshape(n_rows, len(TEXT_CROSS)))
     # column-major: CatBoost reads features column by column, and converting a row-major matrix

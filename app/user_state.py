@@ -128,15 +128,16 @@ def taste_at(base_likes: np.ndarray, like_ts: np.ndarray, like_post: np.ndarray,
         rows = np.concatenate([base_likes, recent]) if len(base_likes) else recent
         if not len(rows):
             continue
-        topic = post_topic[rows]
+        # rows by `np.take`: the same values as fancy indexing, faster for these narrow rows
+        topic = np.take(post_topic, rows)
         onehot = (topic[None, :] == _TOPICS[:, None]).astype(np.float64)  # (topics, likes)
-        vec = post_vec[rows].astype(np.float64)
+        vec = np.take(post_vec, rows, axis=0).astype(np.float64)
         out.likes[i] = len(rows)
         out.vec_sum[i] = vec.sum(axis=0)
         out.topic_likes[i] = np.bincount(topic, minlength=N_TOPICS)
         out.topic_sum[i] = onehot @ vec
-        out.topic_tfidf_sum[i] = onehot @ post_tfidf_vec[rows].astype(np.float64)
-        out.cf_sum[i] = post_cf[rows].astype(np.float64).sum(axis=0)
+        out.topic_tfidf_sum[i] = onehot @ np.take(post_tfidf_vec, rows, axis=0).astype(np.float64)
+        out.cf_sum[i] = np.take(post_cf, rows, axis=0).astype(np.float64).sum(axis=0)
     return out
 
 
