@@ -167,9 +167,14 @@ def test_post_timeline_equals_counts_before():
     timeline = PostTimeline(base, block=97)
     for part in np.array_split(np.arange(n), 17):  # batches in arrival order, many late
         timeline.add(ts[part], post[part], target[part], weight[part])
-    for t in (-1, 0, 17, 5000, 9999, 10_000, 20_000):
+    # a moment inside a block is counted from the nearer of its two checkpoints: moments all over the
+    # blocks and the head, both halves of each, and the edges
+    edges = [int(x) for b in timeline.frame.blocks for x in (b.ts[0], b.ts[0] + 1, b.ts[-1], b.ts[-1] + 1)]
+    moments = [-1, 0, 17, 5000, 9999, 10_000, 20_000, *edges, *np.random.default_rng(2).integers(-5, 10_100, 200)]
+    assert len(timeline.frame.blocks) > 10
+    for t in moments:
         expected = base + counts_before(post, ts, target, weight, np.arange(n_posts), np.full(n_posts, t))
-        np.testing.assert_array_equal(timeline.counts_at(t), expected)
+        np.testing.assert_array_equal(timeline.counts_at(int(t)), expected)
     # many (post, moment) pairs at once: the same numbers, in sealed blocks, the head and past the last view
     rng = np.random.default_rng(1)
     rows, times = rng.integers(0, n_posts, 500), rng.integers(-5, 10_100, 500)
