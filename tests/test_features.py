@@ -2,6 +2,7 @@
 reached (rebuilt from scratch, applied incrementally, or computed for a training row)."""
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from app.features import (
     USER_NUM,
     WEIGHT_UNIT,
     Priors,
+    _time_block,
     assemble,
     empty_counts,
     feature_names,
@@ -478,10 +480,6 @@ def test_proxy_samples_are_training_rows_of_the_whole_catalogue(prepared):
 def test_time_features_of_one_request_equal_the_batch_path():
     """A request's four time features (one user, one moment) are computed directly; they equal the batch
     path's bit for bit, users who never viewed (NaN) included."""
-    from types import SimpleNamespace
-
-    from app.features import _time_block
-
     user = SimpleNamespace(last_view=np.array([1_640_000_000, -1, 1_639_999_999, 86_399]),
                            first_view=np.array([1_630_000_000, -1, -1, 0]))
     for ui in range(4):
