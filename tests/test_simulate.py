@@ -73,7 +73,12 @@ def test_live_service_serves_nothing_stale_and_the_feed_arrives_in_time_order(tr
     # nothing the live service served, and takes posts from the oracle that only skips liked ones; the
     # frozen service has no rules on viewed posts, so its two oracles are one
     assert sum(d["served_hidden"] for d in live.days) == 0
-    assert any(d["oracle_same_rules"] < d["oracle_expected"] for d in live.days)
+    # the rules hid viewed posts from the live service's oracle, never more than the oracle that only
+    # skips liked ones had (whether the hidden ones were among the oracle's best five, and so lower its
+    # day's mean, depends on the world the fixture trained: it did on one host and not on another)
+    assert sum(d["hidden_by_rules"] for d in live.days) > 0
+    assert all(d["oracle_same_rules"] <= d["oracle_expected"] for d in live.days)
+    assert sum(d["hidden_by_rules"] for d in frozen.days) == 0
     assert all(d["oracle_same_rules"] == d["oracle_expected"] for d in frozen.days)
     with engine.connect() as conn:  # written as it happened: timestamps grow with the insertion order
         ts = [r[0] for r in conn.execute(text(

@@ -68,6 +68,7 @@ class DayReport:
     viewed_recently: int = 0  # viewed in the 72 hours before t
     repeated: int = 0  # on the same user's previous screen
     served_hidden: int = 0  # served although the service's rules, as the simulation knows them, hide it
+    hidden_by_rules: int = 0  # posts the rules on viewed posts hid (not liked), summed over the screens
     groups: dict = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)  # model versions that served the day
     retrain: dict | None = None  # the retraining that ran before the day, if any
@@ -389,6 +390,7 @@ def simulate(engine: Engine, client: httpx.Client, world: World, config: SimConf
             hidden = liked | feed.hidden_views(u, ts)  # before this screen's views are queued
             recent = feed.viewed_since(u, ts - RECENT_SECONDS, ts)
             report.served_hidden += sum(int(p) in hidden for p in posts)
+            report.hidden_by_rules += len(hidden) - len(liked)  # the liked are among the hidden
             report.served += len(posts)
             report.liked_before += sum(int(p) in liked for p in posts)
             report.viewed_recently += sum(int(p) in recent for p in posts)
