@@ -223,17 +223,14 @@ def finalize_posts(counts: np.ndarray, priors: Priors) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------- assembly
 def _time_block(user: UserView, ui, ts: np.ndarray) -> np.ndarray:
-    if ui.ndim == 0 and ts.ndim == 0:  # a request: four numbers, by the same arithmetic in Python's floats
-        t, last, first = int(ts), int(user.last_view[ui]), int(user.first_view[ui])
-        return np.array([(t // 3600) % 24, (t // SECONDS_PER_DAY + 3) % 7,
-                         (t - last) / SECONDS_PER_DAY if last >= 0 else np.nan,
-                         (t - first) / SECONDS_PER_DAY if first >= 0 else np.nan])
     days = ts // SECONDS_PER_DAY
     hour = (ts // 3600) % 24
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
     last, first = user.last_view[ui], user.first_view[ui]
     since_last = np.where(last >= 0, (ts - last) / SECONDS_PER_DAY, np.nan)
     since_first = np.where(first >= 0, (ts - first) / SECONDS_PER_DAY, np.nan)
+    if ui.ndim == 0 and ts.ndim == 0:  # a request: four numbers; stacking broadcast views cost most of it
+        return np.array([hour, weekday, since_last, since_first], dtype=np.float64)
     return np.stack(np.broadcast_arrays(hour, weekday, since_last, since_first), axis=-1)
 
 
