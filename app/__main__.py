@@ -80,7 +80,7 @@ def main() -> None:
         os.environ["SWAP_BARRIER_DIR"] = tempfile.mkdtemp(prefix="swap-")
         os.environ["SWAP_WORKERS"] = str(args.workers)
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", access_log=False, http="app.http_protocol:CoalescingHttpToolsProtocol")
+                log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
