@@ -242,13 +242,13 @@ def _nth(budget: tuple[int, ...], i: int) -> int:
 
 
 def _top(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """The k rows with the highest values (values[i] belongs to rows[i]), best first."""
+    """The k rows with the highest values (values[i] belongs to rows[i]), in no particular order: every
+    list goes into the union of the sources, so sorting it (a third of this function's time) bought nothing."""
     n = len(rows)
     k = min(k, n)
     if not k:
         return np.empty(0, np.int64)
-    top = np.argpartition(values, n - k)[n - k:]  # no negated copy of the values
-    return rows[top[np.argsort(-values[top], kind="stable")]]
+    return rows[np.argpartition(values, n - k)[n - k:]]  # no negated copy of the values
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:

@@ -107,8 +107,9 @@ def create_app(settings: Settings | None = None,
     app = FastAPI(title="Post recommendations", version="1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.include_router(routes_ops.router)
+    # first: a request walks the routes in order, and nearly every request is a recommendation
     app.include_router(routes_recommend.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_data.router)
     if settings.console_enabled:
         from app.console import install  # Jinja2 and the templates load only when the console is on

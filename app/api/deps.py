@@ -1,4 +1,4 @@
-"""Dependencies injected into routes; tests override them with `app.dependency_overrides`.
+"""Dependencies injected into routes (the recommendation route reads the same state directly: its comment).
 
 The ones that only read `app.state` are `async def`: FastAPI runs a plain `def` dependency in its thread
 pool, a thread hop per request for nothing."""
