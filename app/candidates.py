@@ -63,7 +63,7 @@ from app.features import (
     finalize_posts,
 )
 from app.post_counters import PostTimeline
-from app.rowsets import unique
+from app.rowsets import unique, unique_below
 
 RETRIEVAL_FILE = "retrieval.json"
 POPULAR_DAYS = 7
@@ -351,8 +351,7 @@ class Retriever:
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
         parts.append(self.cf.nearest(user.cf, [b.cf]))  # nothing for a user without likes
-        rows = unique(np.concatenate(parts).astype(np.int64))
-        return rows[rows < cat.n]
+        return unique_below(np.concatenate(parts), cat.n)
 
     def budget_for(self, proxy: Proxy) -> Budget:
         """A text model's artifact without blend weights keeps the sizes from before the blend. A model

@@ -27,6 +27,27 @@ def unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
+# A mask over the catalogue costs O(n) to clear and scan, a sort O(k log k) for k values: the mask wins
+# while n is within a few dozen times k (7,023 posts, ~2,000 listed rows: 56 -> 13 us; at 1M posts the
+# sort, 55 against 147 us)
+_MASK_PER_VALUE = 64
+
+
+def unique_below(values: np.ndarray, n: int) -> np.ndarray:
+    """The distinct values in [0, n), sorted, as int64 (as `np.unique(values[(values >= 0) & (values < n)])`).
+
+    >>> unique_below(np.array([5, 1, 5, 3, 1, 9]), 6).tolist()
+    [1, 3, 5]
+    """
+    values = np.ravel(values)
+    values = values[(values >= 0) & (values < n)]
+    if n <= _MASK_PER_VALUE * len(values):
+        mask = np.zeros(n, bool)
+        mask[values] = True
+        return np.flatnonzero(mask)
+    return unique(values.astype(np.int64))
+
+
 def isin(values: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Mask over `values`: which of them `members` holds (as `np.isin(values, members)`).
 

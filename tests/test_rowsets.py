@@ -30,3 +30,15 @@ def test_empty_and_single():
     np.testing.assert_array_equal(rowsets.isin(np.array([1, 2]), empty), [False, False])
     assert rowsets.isin(empty, np.array([1])).shape == (0,)
     np.testing.assert_array_equal(rowsets.isin(np.array([7, 8]), np.array([8])), [False, True])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_unique_below_agrees_with_numpy_on_both_paths(seed):
+    """Both the mask (catalogue small beside the values) and the sort (a large catalogue) give NumPy's answer."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-3, 400, int(rng.integers(0, 300))).astype(np.int32)
+    for n in (0, 1, 50, 400, 10**6):  # 10**6 > 64 x 300 values: the sort
+        expected = np.unique(values[(values >= 0) & (values < n)]).astype(np.int64)
+        got = rowsets.unique_below(values, n)
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == np.int64
