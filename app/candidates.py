@@ -185,11 +185,8 @@ class _TopicIndex:
             n = min(len(rows), len(vecs))
             if n == 0:
                 return rows[:0]
-            out = []
-            for query, k in zip(q, ks, strict=True):  # matrix-vector products (`Retriever._exact_topic`)
-                k = min(k, n)
-                out.append(rows[np.argpartition(vecs[:n] @ query, n - k)[n - k:]])
-            return np.concatenate(out)
+            # matrix-vector products (`Retriever._exact_topic`)
+            return np.concatenate([_top(rows[:n], vecs[:n] @ query, k) for query, k in zip(q, ks, strict=True)])
         with self._lock:
             _, found = self.index.search(q, max(ks))
             rows = self.rows

@@ -10,8 +10,8 @@ from fastapi.responses import Response as JSONBytes
 from pydantic_core import to_json
 
 from app.ab import CONTROL, exp_group
+from app.api.deps import get_app_settings, get_recommender, get_writer
 from app.exposure import Exposure
-from app.lifecycle import serving_now
 from app.moments import Moment
 from app.schemas import Response
 
@@ -27,11 +27,11 @@ async def recommended_posts(
                                                      "default now")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="How many posts, 1-100")] = 10,
 ) -> dict:
-    # read from the app's state here rather than injected (`app.api.deps`): resolving three dependencies
-    # took FastAPI ~30 of the ~190 us it spent on each request in process (2026-11-30), and this route
-    # is nearly all the traffic; `serving_now` is still read once, so a swap cannot split a request
-    app_state = request.app.state
-    settings, recommender, writer = app_state.settings, serving_now(app_state).recommender, app_state.writer
+    # `app.api.deps`'s getters called here rather than declared as dependencies: FastAPI's resolution of
+    # three took ~30 of the ~190 us it spent on each request in process (2026-11-30), and this route is
+    # nearly all the traffic; the recommender is still read once, so a swap cannot split a request
+    settings, recommender, writer = (await get_app_settings(request), await get_recommender(request),
+                                     await get_writer(request))
     served_at = datetime.now(UTC).replace(tzinfo=None)
     at = time if time is not None else served_at  # naive UTC already (app.moments)
     group = exp_group(id, settings.ab_salt, settings.ab_control_percent)
