@@ -97,6 +97,28 @@ class Budget:
     fresh: int = 30
     cf: int = 50  # nearest by the collaborative vectors, among the posts that have one
 
+    def scaled(self, factor: float) -> Budget:
+        """Every retrieval list `factor` times as long (at least one post where it had any); the popular
+        and fresh lists keep their sizes: they serve exploration, not recall of the model's favourites."""
+        if factor == 1.0:
+            return self
+        return _scaled(self, float(factor))
+
+
+@functools.cache
+def _scaled(budget: Budget, factor: float) -> Budget:
+    """`Budget.scaled`, built once per (budget, factor): requests ask for it every time."""
+    def size(k: int) -> int:
+        return max(1, round(k * factor)) if k > 0 else 0
+
+    def sizes(ks: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(size(k) for k in ks)
+
+    return replace(budget, taste_topic=sizes(budget.taste_topic), taste_all=sizes(budget.taste_all),
+                   taste_tfidf=sizes(budget.taste_tfidf), proxy_topic=sizes(budget.proxy_topic),
+                   proxy_every=size(budget.proxy_every), blend=sizes(budget.blend),
+                   blend_pool=size(budget.blend_pool), cf=size(budget.cf))
+
 
 # the sizes before the blend: a text model's artifact trained without blend weights keeps them
 NO_BLEND = Budget(taste_topic=(80, 40, 30, 20, 10, 10, 10), taste_all=(30, 20, 10, 10),
@@ -109,9 +131,12 @@ class Proxy:
     the model's own scores, centred per user (`training.retrieval`). It orders whole topics once an
     hour without the user side; the model itself then ranks the candidates."""
 
-    def __init__(self, model, text: bool, blend: dict[str, float] | None = None) -> None:
+    def __init__(self, model, text: bool, blend: dict[str, float] | None = None, scale: float = 1.0) -> None:
         self.model = model
         self.text = text
+        # how long the retrieval lists are for this model, relative to `Budget`: calibrated at training
+        # on validation requests (`training.retrieval.calibrate_scale`), 1.0 in artifacts before that
+        self.scale = float(scale)
         # weights of BLEND_TERMS, or None; a term the artifact's blend lacks weighs 0 (a model without
         # text has no text terms; artifacts before the collaborative term have no sim_cf)
         self.blend = None if blend is None else np.array([blend.get(k, 0.0) for k in BLEND_TERMS], np.float32)
@@ -141,7 +166,8 @@ def load_proxies(version_dir: Path) -> dict[str, Proxy]:
             raise ValueError("retrieval proxy has other columns than this code builds: retrain")
         model = CatBoostRegressor()
         model.load_model(str(Path(version_dir) / meta["file"]))
-        out[name] = Proxy(model, bool(meta["text"]), meta.get("blend"))  # older artifacts: no blend
+        # older artifacts: no blend, no calibrated scale
+        out[name] = Proxy(model, bool(meta["text"]), meta.get("blend"), meta.get("budget", {}).get("scale", 1.0))
     return out
 
 
@@ -312,6 +338,14 @@ class Retriever:
             self._frame = frame
             self.n = hi  # the hourly entries carry n in their key: they are recomputed
 
+    def rescale(self, name: str, scale: float) -> None:
+        """Set proxy `name`'s budget scale (`Proxy.scale`) and drop its hourly lists, which were cut to
+        the old sizes (training's calibration tries several scales on one loaded artifact)."""
+        self.proxies[name].scale = float(scale)
+        with self._hourly_lock:
+            for key in [k for k in self._hourly if k[0] == name]:
+                del self._hourly[key]
+
     # ------------------------------------------------------------------ per request
     def favourite_topics(self, user: UserView) -> np.ndarray:
         """Every topic, the user's favourite first (by the smoothed like rate in each)."""
@@ -343,7 +377,8 @@ class Retriever:
             tfidf = self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :], [ks[2]])
             parts += [taste, tfidf]
             if ks[3]:
-                parts.append(self._blend(topic, user, weights, hourly, np.concatenate([taste, tfidf]), ks[3]))
+                parts.append(self._blend(topic, user, weights, hourly, np.concatenate([taste, tfidf]), ks[3],
+                                         b.blend_pool))
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
@@ -358,10 +393,12 @@ class Retriever:
         served screen's expected hitrate fell 0.0036 below full scoring's rather than 0.0021, since posts
         near the user's taste are the best stand-ins for the favourites retrieval misses."""
         if proxy.text:
-            return self.budget if proxy.blend is not None else NO_BLEND
-        if proxy.blend is not None:
-            return _halved_blend(self.budget)
-        return self.budget
+            base = self.budget if proxy.blend is not None else NO_BLEND
+        elif proxy.blend is not None:
+            base = _halved_blend(self.budget)
+        else:
+            base = self.budget
+        return base.scaled(proxy.scale)
 
     def _exact_topic(self, topic: int, user: UserView, w: np.ndarray | None, score: np.ndarray,
                      ks: tuple[int, int, int, int]) -> list[np.ndarray]:
@@ -404,7 +441,7 @@ class Retriever:
         return out
 
     def _blend(self, topic: int, user: UserView, w: np.ndarray, hourly: _Hourly, found: np.ndarray,
-               k: int) -> np.ndarray:
+               k: int, pool_size: int) -> np.ndarray:
         """The k posts of a topic held in a faiss index best by w . BLEND_TERMS, among the proxy's best
         `blend_pool` and the taste results `found` (`_exact_topic` scores every post of a topic held
         exactly): the three sentence-space terms fold into one query vector."""
@@ -412,7 +449,7 @@ class Retriever:
         query_tfidf = w[4] * user.topic_tfidf[0, topic]
         score = hourly.score
         posts = self._frame.posts
-        pool = unique(np.concatenate([hourly.by_topic[topic][:self.budget.blend_pool], found]))
+        pool = unique(np.concatenate([hourly.by_topic[topic][:pool_size], found]))
         pool = pool[pool < len(score)]
         value = (w[0] * score[pool] + posts.vec[pool] @ query + posts.tfidf_vec[pool] @ query_tfidf
                  + posts.cf[pool] @ (w[5] * user.cf[0]))
@@ -445,7 +482,7 @@ class Retriever:
 
     def _compute_hour(self, name: str, hour: int, frame: CatalogueFrame, timeline: PostTimeline) -> _Hourly:
         n = frame.n
-        b = self.budget
+        b = self.budget_for(self.proxies[name])
         now = timeline.counts_at(hour)[:n]
         week = timeline.counts_at(hour - POPULAR_DAYS * 86_400)[:n]
         posts = frame.posts

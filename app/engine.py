@@ -280,7 +280,7 @@ class Recommender:
             return rows, self.model_scores(ranker, user, posts, ts, rows), user, posts
         return np.arange(n), self.model_scores(ranker, user, posts, ts), user, posts
 
-    def _eligible(self, rows: np.ndarray, user: UserAt | None, ts: int, n: int) -> np.ndarray:
+    def eligible(self, rows: np.ndarray, user: UserAt | None, ts: int, n: int) -> np.ndarray:
         """Mask over `rows`: not liked before ts, not recently viewed, not added after ts."""
         hidden = [self.state.catalogue.frame.unborn(ts)]
         if user is not None:
@@ -336,7 +336,7 @@ class Recommender:
         rows, scores, user, posts = self._scored(model, user_id, ts)
         n = len(posts.topic)
         served = self.ranker_for(model, user)  # popular for users the state does not know
-        scores = np.where(self._eligible(rows, user, ts, n), scores, -np.inf)
+        scores = np.where(self.eligible(rows, user, ts, n), scores, -np.inf)
         share = self.policy.fresh_share if served not in COUNTERS else 0.0
         keep = self._select(rows, scores, posts, ts, k, share, self.spreads(model, user))
         ranking = Ranking(self.state.catalogue.frame.ids[rows[keep]], served, self.state.features_as_of(ts))

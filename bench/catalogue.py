@@ -341,7 +341,7 @@ def young(args) -> None:
         if user is None:
             continue
         n = len(posts.topic)
-        released = engine._eligible(np.arange(n), user, t, n) & (release <= t)
+        released = engine.eligible(np.arange(n), user, t, n) & (release <= t)
         pool = np.flatnonzero(released & (release > t - day))
         if len(pool) < 6:
             continue

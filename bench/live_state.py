@@ -272,7 +272,7 @@ def _screen(model: str, user_rec: Recommender, post_rec: Recommender, row: int, 
         else:
             rows = np.arange(n)
         scores = post_rec.model_scores(ranker, user, posts, ts, rows)
-    scores = np.where(post_rec._eligible(rows, hide, ts, n), scores, -np.inf)
+    scores = np.where(post_rec.eligible(rows, hide, ts, n), scores, -np.inf)
     keep = post_rec._select(rows, scores, posts, ts, k, 0.0)
     return post_rec.state.catalogue.frame.ids[rows[keep]]
 

@@ -53,7 +53,7 @@ def ranks(argv):
         fav_rank = {int(tp): i for i, tp in enumerate(fav)}
         n = len(posts.topic)
         scores = cand.model_scores(model, user, posts, t)
-        elig = cand._eligible(np.arange(n), user, t, n)
+        elig = cand.eligible(np.arange(n), user, t, n)
         hourly = R._hour(model, t, cand.state.timeline)
         now = cand.state.timeline.counts_at((t//3600)*3600)[:n]
         pscore = R.proxies[model].score(posts.static, finalize_posts(now, R.priors), posts.text)
@@ -114,7 +114,7 @@ def blend(argv):
             s = cand.models[model].predict(x, prediction_type="RawFormulaVal", thread_count=1)
             now = cand.state.timeline.counts_at((t // 3600) * 3600)[:N]
             p = R.proxies[model].score(posts.static, finalize_posts(now, R.priors), posts.text)
-            elig = cand._eligible(np.arange(N), user, t, N)
+            elig = cand.eligible(np.arange(N), user, t, N)
             out.append(dict(s=s, p=p, sims=x[:, si].astype(np.float64), topic=posts.topic.copy(), elig=elig,
                             fav=R.favourite_topics(user.view)))
         return out

@@ -163,7 +163,7 @@ def profile(engine: Recommender, pairs: list[tuple[int, int]], n: int = 200) -> 
         s = model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
         d = time.perf_counter()
         rows = np.arange(size) if rows is None else rows
-        s = np.where(engine._eligible(rows, user, ts, size), s, -np.inf)
+        s = np.where(engine.eligible(rows, user, ts, size), s, -np.inf)
         engine._select(rows, s, posts, ts, 5, 0.0)
         e = time.perf_counter()
         engine.recommend("test", user_id, ts, 5)

@@ -410,3 +410,79 @@ def test_proxy_requests_grow_with_the_validation_rows():
     few = proxy_requests(val(2_000, 30))
     assert len(few) == 30 and not few.duplicated().any()
     assert len(proxy_requests(val(10_000, 5_000), n=7)) == 7
+
+
+def test_budget_scaled_lengthens_the_recall_lists_only():
+    """A scale multiplies every list retrieval sizes for recall, keeps a list that had posts at one post
+    at least and an empty one empty, and leaves the exploration lists (popular, fresh) alone."""
+    from dataclasses import replace
+
+    from app.candidates import Budget
+
+    b = Budget()
+    assert b.scaled(1.0) is b
+    half = b.scaled(0.5)
+    assert half.taste_topic == tuple(max(1, round(k * 0.5)) for k in b.taste_topic)
+    assert half.blend == tuple(max(1, round(k * 0.5)) for k in b.blend)
+    assert (half.proxy_topic, half.cf, half.blend_pool) == ((100, 40, 20), 25, 200)
+    assert (half.popular, half.fresh) == (b.popular, b.fresh)
+    assert b.scaled(0.01).proxy_every == 1 and b.scaled(0.01).taste_all == (1, 1, 1, 1)
+    assert replace(b, cf=0, blend=()).scaled(2.0).cf == 0 and replace(b, blend=()).scaled(2.0).blend == ()
+    assert b.scaled(0.5) is half  # built once: requests ask for it every time
+
+
+def test_calibration_picks_the_shortest_lists_that_reach_the_target(trained):
+    """`calibrate_scales` reports, per model, recall of the full top 5 that full scoring (the
+    RETRIEVAL=full service) confirms on the same requests; longer lists never lose a candidate; the
+    scale kept is the first that reaches the target; and the served artifact carries what training kept."""
+    import json
+
+    from app.candidates import RETRIEVAL_FILE
+    from training.retrieval import calibrate_scales
+
+    full = Recommender.load(trained["model_dir"], policy=FULL)
+    cand = Recommender.load(trained["model_dir"])
+    snap = full.state.snapshot
+    rng = np.random.default_rng(5)
+    requests = pd.DataFrame({c.USER_ID: rng.choice(snap.user_ids, size=40, replace=False),
+                             "ts": rng.integers(snap.base_as_of, snap.events_until, size=40)})
+    scales = (0.3, 0.6, 1.0, 2.0)
+    result = calibrate_scales(cand, requests, target=0.9, scales=scales)
+    for model in ("control", "test"):
+        r = result[model]
+        if not r["requests"]:
+            continue
+        recalls = [v[0] for v in r["curve"].values()]
+        sizes = [v[1] for v in r["curve"].values()]
+        assert recalls == sorted(recalls) and sizes == sorted(sizes)
+        assert r["scale"] == (next((s for s in scales if r["curve"][str(s)][0] >= 0.9), scales[-1]))
+        assert cand.retriever.proxies[model].scale == r["scale"]  # left at the scale kept
+        found = total = asked = 0
+        for u, t in zip(requests[c.USER_ID], requests["ts"], strict=True):
+            user, posts = cand.state.at(cand.state.user_row(int(u)), int(t))
+            if cand.ranker_for(model, user) != model:
+                continue
+            asked += 1
+            top = full.recommend(model, int(u), int(t), 5).post_ids
+            rows = cand.candidates(model, user, int(t), len(posts.topic))
+            found += len(set(top.tolist()) & set(cand.post_ids[rows].tolist()))
+            total += len(top)
+        assert asked == r["requests"] and round(found / total, 4) == r["recall"]
+        # longer lists hold every candidate of shorter ones (what makes the first scale to reach the target
+        # the shortest that does)
+        kept = r["scale"]
+        for u, t in list(zip(requests[c.USER_ID], requests["ts"], strict=True))[:10]:
+            user, posts = cand.state.at(cand.state.user_row(int(u)), int(t))
+            sets = []
+            for s in (0.5, 1.5):
+                cand.retriever.rescale(model, s)
+                sets.append(cand.candidates(model, user, int(t), len(posts.topic)))
+            assert np.isin(sets[0], sets[1]).all() and len(sets[1]) > len(sets[0])
+        cand.retriever.rescale(model, kept)
+    # what training kept is in the artifact, and the service loads it
+    meta = json.loads((trained["version_dir"] / RETRIEVAL_FILE).read_text())["proxy"]
+    served = Recommender.load(trained["model_dir"])
+    for model, proxy in served.retriever.proxies.items():
+        budget = meta[model]["budget"]
+        assert proxy.scale == budget["scale"] and budget["requests"] > 0
+        assert budget["recall"] >= budget["target"] or budget["scale"] == max(map(float, budget["curve"]))

@@ -24,11 +24,13 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoostRegressor
 
+from app import columns as c
 from app.candidates import BLEND_TERMS, RETRIEVAL_FILE, blend_terms, proxy_columns
 from app.features import assemble, feature_names
 from training.features import post_counters_at, user_views_at
 
 if TYPE_CHECKING:
+    from app.engine import Recommender
     from training.train import Prepared
 
 # validation requests scored over the catalogue for the proxy's fit: one per PROXY_ROWS_PER_REQUEST
@@ -149,3 +151,91 @@ def write_retrieval(version_dir: Path,
         if blend is not None:
             meta[name]["blend"] = blend
     (version_dir / RETRIEVAL_FILE).write_text(json.dumps({"proxy": meta, "rows": rows}, indent=1))
+
+
+# the retrieval lists' lengths tried, relative to `app.candidates.Budget` (ascending: the first that
+# reaches the target recall is kept)
+CALIBRATION_SCALES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
+CALIBRATION_TARGET = 0.98  # recall of the model's full top 5 by the candidates, on validation requests
+CALIBRATION_REQUESTS = 400
+CALIBRATION_SCORED_POSTS = 4_000_000  # full scoring's budget: fewer requests for a larger catalogue
+
+
+def calibrate_scales(engine: Recommender, requests: pd.DataFrame, target: float = CALIBRATION_TARGET,
+                     scales: tuple[float, ...] = CALIBRATION_SCALES, k: int = 5) -> dict[str, dict]:
+    """Per model, the shortest retrieval lists (a scale of `Budget`) whose candidates hold `target` of
+    the model's full top k, measured on `requests` (user_id, ts) with `engine`, an artifact loaded with
+    candidate retrieval: the full top k is what `Recommender.recommend` serves with RETRIEVAL=full (the
+    same exclusions). How many candidates a model needs depends on the model and the world (on the
+    scale-1.0 demo world at one size: control 0.983 of its top 5, test 0.997; another host's artifact
+    0.972 / 0.991), so a fixed size is either too short for one artifact or wasted on another.
+
+    Returns {model: {"scale", "recall", "candidates" (median), "requests", "curve": {scale: [recall,
+    median candidates]}}}; a model with no request it ranks itself (a popularity floor) keeps 1.0."""
+    from app.engine import top_k
+
+    retriever, state = engine.retriever, engine.state
+    frame = state.catalogue.frame
+    out = {}
+    for name in retriever.proxies:
+        if name not in engine.models:
+            continue
+        asked = []  # (ts, user, posts, the full top k's rows)
+        for u, t in zip(requests[c.USER_ID].to_numpy(np.int64), requests["ts"].to_numpy(np.int64), strict=True):
+            user, posts = state.at(state.user_row(int(u)), int(t))
+            if engine.ranker_for(name, user) != name:
+                continue
+            n = len(posts.topic)
+            rows = np.arange(n)
+            scores = np.where(engine.eligible(rows, user, int(t), n),
+                              engine.model_scores(name, user, posts, int(t)), -np.inf)
+            top = top_k(scores, frame.ids[:n], k)
+            top = top[np.isfinite(scores[top])]
+            if len(top):
+                asked.append((int(t), user, n, top))
+        if not asked:
+            out[name] = {"scale": 1.0, "recall": None, "candidates": None, "requests": 0, "curve": {}}
+            continue
+        asked.sort(key=lambda a: a[0])  # the hourly lists are computed once per hour
+        curve, chosen = {}, None
+        for scale in scales:
+            retriever.rescale(name, scale)
+            found, sizes = 0, []
+            for t, user, n, top in asked:
+                cand = engine.candidates(name, user, t, n)
+                found += int(np.isin(top, cand).sum())
+                sizes.append(len(cand))
+            recall = found / sum(len(a[3]) for a in asked)
+            curve[str(scale)] = [round(recall, 4), int(np.median(sizes))]
+            if recall >= target:
+                chosen = scale
+                break
+        chosen = chosen if chosen is not None else scales[-1]
+        retriever.rescale(name, chosen)
+        recall, size = curve[str(chosen)]
+        out[name] = {"scale": chosen, "recall": recall, "candidates": size, "requests": len(asked),
+                     "target": target, "curve": curve}
+    return out
+
+
+def calibration_requests(val: pd.DataFrame, n_posts: int, exact_from: int, seed: int = 0) -> pd.DataFrame:
+    """(user_id, ts) validation requests for `calibrate_scales`: CALIBRATION_REQUESTS, fewer where the
+    catalogue makes full scoring dear (at least 30). From the moments the artifact's state answers
+    exactly (`exact_from`, its base cut: the validation window's last days by default) when they hold
+    enough; otherwise from the whole window, whose earlier requests the state answers as of its cut."""
+    n = max(30, min(CALIBRATION_REQUESTS, CALIBRATION_SCORED_POSTS // max(n_posts, 1)))
+    pairs = val[[c.USER_ID, "ts"]].drop_duplicates().reset_index(drop=True)
+    exact = pairs[pairs["ts"] >= exact_from].reset_index(drop=True)
+    if len(exact) >= n:
+        pairs = exact
+    pick = np.random.default_rng(seed + 1).choice(len(pairs), size=min(n, len(pairs)), replace=False)
+    return pairs.iloc[np.sort(pick)].reset_index(drop=True)
+
+
+def write_calibration(version_dir: Path, calibration: dict[str, dict]) -> None:
+    """Each model's budget (`Proxy.scale`) into `retrieval.json`."""
+    path = Path(version_dir) / RETRIEVAL_FILE
+    data = json.loads(path.read_text())
+    for name, result in calibration.items():
+        data["proxy"][name]["budget"] = result
+    path.write_text(json.dumps(data, indent=1))

@@ -43,6 +43,7 @@ from app.artifacts import (
 )
 from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
+from app.engine import Recommender
 from app.features import CF_DIM, CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
 from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE, TextTransforms
@@ -61,7 +62,16 @@ from training.features import (
 )
 from training.horizon import recent_columns
 from training.objectives import ObjectiveConfig, fit_and_select, slot_columns
-from training.retrieval import Scorer, catalogue_samples, fit_proxy, proxy_requests, write_retrieval
+from training.retrieval import (
+    Scorer,
+    calibrate_scales,
+    calibration_requests,
+    catalogue_samples,
+    fit_proxy,
+    proxy_requests,
+    write_calibration,
+    write_retrieval,
+)
 
 DAY = 86_400
 
@@ -132,6 +142,9 @@ class TrainConfig:
     # training and validation rows repeated with the user's history hidden: the model sees what a user
     # who has just signed up looks like (a like is still that user's answer to that post)
     cold_share: float = 0.0
+    # each model's candidate-list length fitted on validation requests (`training.retrieval.calibrate_scales`);
+    # off, the artifact serves `app.candidates.Budget` as it stands
+    calibrate_retrieval: bool = True
 
 
 @dataclass
@@ -352,7 +365,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
     write_retrieval(version_dir, proxies, dict(MODEL_USES_TEXT), len(val))
     posts = tset.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
-    write_manifest(version_dir, {
+    meta = {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
         "models": model_meta,
         "retrieval": {"file": RETRIEVAL_FILE, "proxy_r2": {k: round(v[1], 4) for k, v in proxies.items()}},
@@ -374,11 +387,34 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                  "cold_train": int(tr["cold"].sum())},
         "engine": tset.engine, "stage_seconds": tset.seconds,
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
-    })
+    }
+    write_manifest(version_dir, meta)
+    if config.calibrate_retrieval:
+        # the artifact as the service loads it, then each model's retrieval budget written into it
+        budgets = _calibrate(version_dir, calibration_requests(val, len(snapshot.post_ids), snapshot.base_as_of,
+                                                              config.seed))
+        meta["retrieval"]["budget"] = {k: {f: v[f] for f in ("scale", "recall", "candidates", "requests")}
+                                       for k, v in budgets.items()}
+        meta["train_seconds"] = round(time.perf_counter() - t0, 1)
+        write_manifest(version_dir, meta)
     if promote:
         set_current(out_dir, version, how="train")
     logger.info("wrote {} in {:.0f}s", version_dir, time.perf_counter() - t0)
     return version_dir
+
+
+def _calibrate(version_dir: Path, requests: pd.DataFrame) -> dict[str, dict]:
+    """Each model's retrieval budget on validation requests (`training.retrieval.calibrate_scales`),
+    written into the version's retrieval file."""
+    started = time.perf_counter()
+    engine = Recommender.load_version(version_dir)
+    budgets = calibrate_scales(engine, requests)
+    write_calibration(version_dir, budgets)
+    for name, b in budgets.items():
+        logger.info("retrieval budget {}: scale {} holds {} of the full top 5 at {} candidates ({} requests)",
+                    name, b["scale"], b["recall"], b["candidates"], b["requests"])
+    logger.info("retrieval calibrated in {:.0f}s", time.perf_counter() - started)
+    return budgets
 
 
 def _importance(model: CatBoostClassifier, names: list[str]) -> dict[str, float]:
