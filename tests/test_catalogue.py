@@ -266,10 +266,13 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
     assert weights is not None  # training wrote the blend for both models
     terms = blend_terms(text)
     assert not weights[[BLEND_TERMS.index(k) for k in BLEND_TERMS if k not in terms]].any()
+    budget = retriever.budget_for(retriever.proxies[model])  # at the scale training calibrated
+    whole = retriever.budget.scaled(retriever.proxies[model].scale)
     if not text:  # half the blend beside the taste lists
-        budget = retriever.budget_for(retriever.proxies[model])
-        assert budget.taste_topic == retriever.budget.taste_topic
-        assert sum(budget.blend) < sum(retriever.budget.blend)
+        assert budget.taste_topic == whole.taste_topic
+        assert sum(budget.blend) < sum(whole.blend)
+    else:
+        assert budget == whole
     retriever = Retriever(retriever.proxies, retriever.priors, exact_below=exact_below, nprobe=4)
     retriever.update(cand.state.catalogue.frame)
     snap = cand.state.snapshot
@@ -287,13 +290,13 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
         if exact_below > len(in_topic):
             (got,) = retriever._exact_topic(topic, user.view, weights, hourly.score, (0, 0, 0, 10))
         else:
-            got = retriever._blend(topic, user.view, weights, hourly, np.empty(0, np.int64), 10)
+            got = retriever._blend(topic, user.view, weights, hourly, np.empty(0, np.int64), 10, budget.blend_pool)
         assert len(got) == 10 and (posts.topic[got] == topic).all()
         if exact_below > len(in_topic):
             want = in_topic[np.argsort(-value[in_topic], kind="stable")[:10]]
             np.testing.assert_array_equal(np.sort(got), np.sort(want))
         else:  # the best of the proxy's pool by the same formula
-            pool = hourly.by_topic[topic][:retriever.budget.blend_pool]
+            pool = hourly.by_topic[topic][:budget.blend_pool]
             assert np.isin(got, pool).all()
             assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
 
