@@ -266,13 +266,9 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
     assert weights is not None  # training wrote the blend for both models
     terms = blend_terms(text)
     assert not weights[[BLEND_TERMS.index(k) for k in BLEND_TERMS if k not in terms]].any()
-    budget = retriever.budget_for(retriever.proxies[model])  # at the scale training calibrated
-    whole = retriever.budget.scaled(retriever.proxies[model].scale)
-    if not text:  # half the blend beside the taste lists
-        assert budget.taste_topic == whole.taste_topic
-        assert sum(budget.blend) < sum(whole.blend)
-    else:
-        assert budget == whole
+    # at the scale training calibrated, the whole blend for both models
+    budget = retriever.budget_for(retriever.proxies[model])
+    assert retriever.proxies[model].calibrated and budget == retriever.budget.scaled(retriever.proxies[model].scale)
     retriever = Retriever(retriever.proxies, retriever.priors, exact_below=exact_below, nprobe=4)
     retriever.update(cand.state.catalogue.frame)
     snap = cand.state.snapshot
@@ -489,3 +485,21 @@ def test_calibration_picks_the_shortest_lists_that_reach_the_target(trained):
         budget = meta[model]["budget"]
         assert proxy.scale == budget["scale"] and budget["requests"] > 0
         assert budget["recall"] >= budget["target"] or budget["scale"] == max(map(float, budget["curve"]))
+
+
+def test_artifacts_before_the_calibration_keep_their_sizes():
+    """An artifact without a calibrated scale serves the sizes it was built for (a model without text:
+    half the blend); a calibrated one, the whole blend at its scale, for either model."""
+    from app.candidates import NO_BLEND, Budget, Proxy, Retriever
+
+    blend = {"proxy": 1.0, "sim_cf": 0.5}
+    old_control, old_test = Proxy(None, False, blend), Proxy(None, True, blend)
+    old_plain = Proxy(None, True, None)
+    new_control, new_test = Proxy(None, False, blend, 0.8), Proxy(None, True, blend, 0.5)
+    r = Retriever({"control": old_control}, priors=None)
+    b = Budget()
+    assert not old_control.calibrated and r.budget_for(old_control).blend == tuple(k // 2 for k in b.blend)
+    assert r.budget_for(old_control).taste_topic == b.taste_topic
+    assert r.budget_for(old_test) == b and r.budget_for(old_plain) == NO_BLEND
+    assert new_control.calibrated and r.budget_for(new_control) == b.scaled(0.8)
+    assert r.budget_for(new_test) == b.scaled(0.5)

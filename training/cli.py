@@ -135,6 +135,11 @@ def train(
     serve_latest: Annotated[bool, typer.Option(help="Keep events one by one only from the data end minus the "
                                                     "exclusion window (smaller; held-out replay then sees the "
                                                     "base, which includes the held-out window)")] = False,
+    retrieval_recall: Annotated[float | None, typer.Option(min=0, max=1, help="Candidate lists of each model "
+                                                                            "made the shortest holding this share "
+                                                                            "of its full top 5 on validation "
+                                                                            "requests (0: the fixed sizes); "
+                                                                            "default 0.98")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     exposure: Annotated[str | None, typer.Option(help="random or organic: how users came to view posts, which "
                                                       "decides the validation protocol; default detected "
@@ -158,7 +163,8 @@ def train(
     if class_weights not in ("none", "balanced"):
         raise typer.BadParameter("--class-weights must be none or balanced")
     config = TrainConfig(max_train_rows=max_train_rows, iterations=iterations, class_weights=class_weights,
-                         seed=seed, cold_share=cold_share)
+                         seed=seed, cold_share=cold_share,
+                         **({} if retrieval_recall is None else {"retrieval_recall": retrieval_recall}))
     if engine not in ("single", "spark"):
         raise typer.BadParameter(f"--engine {engine!r}: single or spark")
     if engine == "spark":

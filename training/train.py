@@ -63,6 +63,7 @@ from training.features import (
 from training.horizon import recent_columns
 from training.objectives import ObjectiveConfig, fit_and_select, slot_columns
 from training.retrieval import (
+    CALIBRATION_TARGET,
     Scorer,
     calibrate_scales,
     calibration_requests,
@@ -142,9 +143,9 @@ class TrainConfig:
     # training and validation rows repeated with the user's history hidden: the model sees what a user
     # who has just signed up looks like (a like is still that user's answer to that post)
     cold_share: float = 0.0
-    # each model's candidate-list length fitted on validation requests (`training.retrieval.calibrate_scales`);
-    # off, the artifact serves `app.candidates.Budget` as it stands
-    calibrate_retrieval: bool = True
+    # each model's candidate lists made the shortest that hold this share of its full top 5 on validation
+    # requests (`training.retrieval.calibrate_scales`); 0: the artifact serves `app.candidates.Budget` as it stands
+    retrieval_recall: float = CALIBRATION_TARGET
 
 
 @dataclass
@@ -389,10 +390,10 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
     }
     write_manifest(version_dir, meta)
-    if config.calibrate_retrieval:
+    if config.retrieval_recall > 0:
         # the artifact as the service loads it, then each model's retrieval budget written into it
         budgets = _calibrate(version_dir, calibration_requests(val, len(snapshot.post_ids), snapshot.base_as_of,
-                                                              config.seed))
+                                                              config.seed), config.retrieval_recall)
         meta["retrieval"]["budget"] = {k: {f: v[f] for f in ("scale", "recall", "candidates", "requests")}
                                        for k, v in budgets.items()}
         meta["train_seconds"] = round(time.perf_counter() - t0, 1)
@@ -403,12 +404,12 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
     return version_dir
 
 
-def _calibrate(version_dir: Path, requests: pd.DataFrame) -> dict[str, dict]:
+def _calibrate(version_dir: Path, requests: pd.DataFrame, target: float) -> dict[str, dict]:
     """Each model's retrieval budget on validation requests (`training.retrieval.calibrate_scales`),
     written into the version's retrieval file."""
     started = time.perf_counter()
     engine = Recommender.load_version(version_dir)
-    budgets = calibrate_scales(engine, requests)
+    budgets = calibrate_scales(engine, requests, target)
     write_calibration(version_dir, budgets)
     for name, b in budgets.items():
         logger.info("retrieval budget {}: scale {} holds {} of the full top 5 at {} candidates ({} requests)",
