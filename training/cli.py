@@ -227,6 +227,53 @@ def export(
 
 
 @app.command()
+def calibrate(
+    db: DbOpt = None,
+    models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,
+    version: Annotated[str | None, typer.Option(help="Version folder inside it; default the current one")] = None,
+    recall: Annotated[float, typer.Option(min=0.5, max=1, help="Share of each model's full top 5 its "
+                                                               "candidates must hold")] = 0.98,
+    requests: Annotated[int, typer.Option(min=30, help="Validation-window requests scored in full")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Size each model's candidate lists in an existing artifact version (one trained before the
+    calibration, or for another --recall): the shortest that hold --recall of the model's full top 5 on
+    requests of the validation window. Rewrites the version's retrieval.json and manifest; a service
+    already serving it keeps the old sizes until it loads the version again."""
+    from app.artifacts import current_version_dir, load_manifest
+    from app.db import make_engine
+    from training.evaluate import sample_requests
+    from training.retrieval import calibrate_version, calibration_size
+
+    settings = get_settings()
+    folder = models or settings.model_dir
+    version_dir = folder / version if version else current_version_dir(folder)
+    if not version_dir.is_dir():
+        typer.echo(f"error: no artifact version {version_dir}", err=True)
+        raise typer.Exit(code=2)
+    manifest = load_manifest(version_dir).data
+    split, base = manifest["split"], int(manifest["state"]["base_as_of"])
+    n = calibration_size(int(manifest["state"]["posts"]), requests)
+    engine = make_engine(_db(db))
+    lo, hi = int(split["val_start"]), int(split["test_start"])
+    try:
+        with engine.connect() as conn:
+            # the moments the artifact's state answers exactly, when they hold enough views (as training does)
+            asked = sample_requests(conn, max(lo, base), hi, n, seed) if base < hi else None
+            if asked is None or len(asked) < n:
+                asked = sample_requests(conn, lo, hi, n, seed)
+    except ValueError as exc:  # no views in the validation window of this database
+        typer.echo(f"error: {exc} (validation window of {version_dir.name})", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        engine.dispose()
+    budgets = calibrate_version(version_dir, asked, recall)
+    for name, b in budgets.items():
+        typer.echo(f"{name}: scale {b['scale']} holds {b['recall']} of the full top 5 at {b['candidates']} "
+                   f"candidates ({b['requests']} requests)")
+
+
+@app.command()
 def evaluate(
     db: DbOpt = None,
     models: Annotated[Path | None, typer.Option(help="Artifact folder; default MODEL_DIR")] = None,

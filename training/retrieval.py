@@ -16,6 +16,7 @@ remain the fallback where the whole feed is not in memory (the Spark engine's tr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from catboost import CatBoostRegressor
+from loguru import logger
 
 from app import columns as c
 from app.candidates import BLEND_TERMS, RETRIEVAL_FILE, blend_terms, proxy_columns
@@ -222,12 +224,17 @@ def calibrate_scales(engine: Recommender, requests: pd.DataFrame, target: float 
     return out
 
 
+def calibration_size(n_posts: int, requests: int = CALIBRATION_REQUESTS) -> int:
+    """How many requests the calibration scores in full: `requests`, fewer for a large catalogue, at least 30."""
+    return max(30, min(requests, CALIBRATION_SCORED_POSTS // max(n_posts, 1)))
+
+
 def calibration_requests(val: pd.DataFrame, n_posts: int, exact_from: int, seed: int = 0) -> pd.DataFrame:
     """(user_id, ts) validation requests for `calibrate_scales`: CALIBRATION_REQUESTS, fewer where the
     catalogue makes full scoring dear (at least 30). From the moments the artifact's state answers
     exactly (`exact_from`, its base cut: the validation window's last days by default) when they hold
     enough; otherwise from the whole window, whose earlier requests the state answers as of its cut."""
-    n = max(30, min(CALIBRATION_REQUESTS, CALIBRATION_SCORED_POSTS // max(n_posts, 1)))
+    n = calibration_size(n_posts)
     pairs = val[[c.USER_ID, "ts"]].drop_duplicates().reset_index(drop=True)
     exact = pairs[pairs["ts"] >= exact_from].reset_index(drop=True)
     if len(exact) >= n:
@@ -236,10 +243,28 @@ def calibration_requests(val: pd.DataFrame, n_posts: int, exact_from: int, seed:
     return pairs.iloc[np.sort(pick)].reset_index(drop=True)
 
 
-def write_calibration(version_dir: Path, calibration: dict[str, dict]) -> None:
-    """Each model's budget (`Proxy.scale`) into `retrieval.json`."""
-    path = Path(version_dir) / RETRIEVAL_FILE
+def calibrate_version(version_dir: Path, requests: pd.DataFrame, target: float = CALIBRATION_TARGET) -> dict[str, dict]:
+    """Load an artifact version as the service does, calibrate each model's retrieval budget on
+    `requests` (`calibrate_scales`) and write it into the version: `retrieval.json` (what the service
+    reads) and the manifest (a summary, and the files' new checksums)."""
+    from app.artifacts import MANIFEST, write_manifest
+    from app.engine import Recommender
+
+    started = time.perf_counter()
+    version_dir = Path(version_dir)
+    budgets = calibrate_scales(Recommender.load_version(version_dir), requests, target)
+    path = version_dir / RETRIEVAL_FILE
     data = json.loads(path.read_text())
-    for name, result in calibration.items():
+    for name, result in budgets.items():
         data["proxy"][name]["budget"] = result
     path.write_text(json.dumps(data, indent=1))
+    manifest = json.loads((version_dir / MANIFEST).read_text())
+    manifest.pop("files", None)  # recomputed by write_manifest
+    manifest["retrieval"]["budget"] = {k: {f: v[f] for f in ("scale", "recall", "candidates", "requests")}
+                                       for k, v in budgets.items()}
+    write_manifest(version_dir, manifest)
+    for name, b in budgets.items():
+        logger.info("retrieval budget {}: scale {} holds {} of the full top 5 at {} candidates ({} requests)",
+                    name, b["scale"], b["recall"], b["candidates"], b["requests"])
+    logger.info("retrieval calibrated in {:.0f}s", time.perf_counter() - started)
+    return budgets

@@ -43,7 +43,6 @@ from app.artifacts import (
 )
 from app.candidates import RETRIEVAL_FILE
 from app.db import make_engine
-from app.engine import Recommender
 from app.features import CF_DIM, CONTROL_FEATURES, PostView, Priors, feature_names, profile_features
 from app.snapshot import Snapshot
 from app.text_features import TRANSFORMS_FILE, TextTransforms
@@ -65,12 +64,11 @@ from training.objectives import ObjectiveConfig, fit_and_select, slot_columns
 from training.retrieval import (
     CALIBRATION_TARGET,
     Scorer,
-    calibrate_scales,
+    calibrate_version,
     calibration_requests,
     catalogue_samples,
     fit_proxy,
     proxy_requests,
-    write_calibration,
     write_retrieval,
 )
 
@@ -390,32 +388,13 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
     }
     write_manifest(version_dir, meta)
-    if config.retrieval_recall > 0:
-        # the artifact as the service loads it, then each model's retrieval budget written into it
-        budgets = _calibrate(version_dir, calibration_requests(val, len(snapshot.post_ids), snapshot.base_as_of,
-                                                              config.seed), config.retrieval_recall)
-        meta["retrieval"]["budget"] = {k: {f: v[f] for f in ("scale", "recall", "candidates", "requests")}
-                                       for k, v in budgets.items()}
-        meta["train_seconds"] = round(time.perf_counter() - t0, 1)
-        write_manifest(version_dir, meta)
+    if config.retrieval_recall > 0:  # the artifact as the service loads it, its retrieval budget written in
+        calibrate_version(version_dir, calibration_requests(val, len(snapshot.post_ids), snapshot.base_as_of,
+                                                            config.seed), config.retrieval_recall)
     if promote:
         set_current(out_dir, version, how="train")
     logger.info("wrote {} in {:.0f}s", version_dir, time.perf_counter() - t0)
     return version_dir
-
-
-def _calibrate(version_dir: Path, requests: pd.DataFrame, target: float) -> dict[str, dict]:
-    """Each model's retrieval budget on validation requests (`training.retrieval.calibrate_scales`),
-    written into the version's retrieval file."""
-    started = time.perf_counter()
-    engine = Recommender.load_version(version_dir)
-    budgets = calibrate_scales(engine, requests, target)
-    write_calibration(version_dir, budgets)
-    for name, b in budgets.items():
-        logger.info("retrieval budget {}: scale {} holds {} of the full top 5 at {} candidates ({} requests)",
-                    name, b["scale"], b["recall"], b["candidates"], b["requests"])
-    logger.info("retrieval calibrated in {:.0f}s", time.perf_counter() - started)
-    return budgets
 
 
 def _importance(model: CatBoostClassifier, names: list[str]) -> dict[str, float]:
