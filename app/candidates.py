@@ -37,8 +37,9 @@ Sources, each a handful of array operations (no model call):
 
 How long the lists are is the artifact's: `Budget` gives their shape, and each model's proxy carries a
 scale of it (`Proxy.scale`) that training calibrated on validation requests — the shortest whose
-candidates hold 0.99 of the model's full top 5 (`training.retrieval.calibrate_scales`). A fixed length
-was too short for one artifact and several hundred rows of CatBoost wasted on another.
+candidates hold 0.98 of the model's full top 5 (`training.retrieval.calibrate_scales`, `train
+--retrieval-recall`). A fixed length was too short for one artifact and several hundred rows of
+CatBoost wasted on another.
 
 The union is deduplicated; liked, recently viewed and not-yet-born posts are removed by the engine.
 The popularity and fresh sources are computed from the counters as of the start of the request's hour

@@ -503,3 +503,36 @@ def test_artifacts_before_the_calibration_keep_their_sizes():
     assert r.budget_for(old_test) == b and r.budget_for(old_plain) == NO_BLEND
     assert new_control.calibrated and r.budget_for(new_control) == b.scaled(0.8)
     assert r.budget_for(new_test) == b.scaled(0.5)
+
+
+def test_calibrate_command_sizes_an_existing_version(trained, tmp_path):
+    """`python -m training calibrate` rewrites a version's retrieval budget and its manifest's checksums
+    (the service loads it and serves the new scales); a missing version is a clear error, exit 2."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from app.artifacts import set_current
+    from app.candidates import RETRIEVAL_FILE
+    from training.cli import app as cli
+
+    version = trained["version_dir"].name
+    models = tmp_path / "models"  # a copy: the session's artifact stays as trained
+    shutil.copytree(trained["version_dir"], models / version)
+    set_current(models, version)
+    r = CliRunner().invoke(cli, ["calibrate", "--db", trained["db_url"], "--models", str(models),
+                                 "--recall", "0.6", "--requests", "40"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((models / version / RETRIEVAL_FILE).read_text())["proxy"]
+    served = Recommender.load(models)  # checksums match, or this raises
+    for model in ("control", "test"):
+        budget = meta[model]["budget"]
+        assert budget["target"] == 0.6 and f"{model}: scale {budget['scale']}" in r.output
+        assert served.retriever.proxies[model].scale == budget["scale"]
+        assert budget["recall"] is None or budget["recall"] >= 0.6 or budget["scale"] == 2.0
+    manifest = json.loads((models / version / "manifest.json").read_text())
+    assert manifest["retrieval"]["budget"]["test"]["scale"] == meta["test"]["budget"]["scale"]
+    missing = CliRunner().invoke(cli, ["calibrate", "--db", trained["db_url"], "--models", str(models),
+                                       "--version", "v-none"])
+    assert missing.exit_code == 2 and "no artifact version" in missing.output

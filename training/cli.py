@@ -267,7 +267,11 @@ def calibrate(
         raise typer.Exit(code=2) from None
     finally:
         engine.dispose()
-    budgets = calibrate_version(version_dir, asked, recall)
+    try:
+        budgets = calibrate_version(version_dir, asked, recall)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     for name, b in budgets.items():
         typer.echo(f"{name}: scale {b['scale']} holds {b['recall']} of the full top 5 at {b['candidates']} "
                    f"candidates ({b['requests']} requests)")

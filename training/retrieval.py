@@ -252,7 +252,10 @@ def calibrate_version(version_dir: Path, requests: pd.DataFrame, target: float =
 
     started = time.perf_counter()
     version_dir = Path(version_dir)
-    budgets = calibrate_scales(Recommender.load_version(version_dir), requests, target)
+    engine = Recommender.load_version(version_dir)
+    if engine.retriever is None:
+        raise ValueError(f"{version_dir} has no {RETRIEVAL_FILE} (trained before candidate retrieval): retrain")
+    budgets = calibrate_scales(engine, requests, target)
     path = version_dir / RETRIEVAL_FILE
     data = json.loads(path.read_text())
     for name, result in budgets.items():
