@@ -230,11 +230,15 @@ def calibration_size(n_posts: int, requests: int = CALIBRATION_REQUESTS) -> int:
 
 
 def calibration_requests(val: pd.DataFrame, n_posts: int, exact_from: int, seed: int = 0) -> pd.DataFrame:
-    """(user_id, ts) validation requests for `calibrate_scales`: CALIBRATION_REQUESTS, fewer where the
-    catalogue makes full scoring dear (at least 30). From the moments the artifact's state answers
+    """(user_id, ts) validation requests for `calibrate_scales`: one per PROXY_ROWS_PER_REQUEST validation
+    rows, from PROXY_MIN_REQUESTS to CALIBRATION_REQUESTS, fewer where the catalogue makes full scoring dear
+    (at least 30). From the moments the artifact's state answers
     exactly (`exact_from`, its base cut: the validation window's last days by default) when they hold
     enough; otherwise from the whole window, whose earlier requests the state answers as of its cut."""
-    n = calibration_size(n_posts)
+    # like the proxy's requests, in proportion to the validation rows (a test's tiny world, a simulation's
+    # daily retrain), up to CALIBRATION_REQUESTS
+    wanted = max(PROXY_MIN_REQUESTS, len(val) // PROXY_ROWS_PER_REQUEST)
+    n = calibration_size(n_posts, min(CALIBRATION_REQUESTS, wanted))
     pairs = val[[c.USER_ID, "ts"]].drop_duplicates().reset_index(drop=True)
     exact = pairs[pairs["ts"] >= exact_from].reset_index(drop=True)
     if len(exact) >= n:
