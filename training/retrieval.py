@@ -27,12 +27,13 @@ from catboost import CatBoostRegressor
 from loguru import logger
 
 from app import columns as c
+from app.artifacts import MANIFEST, write_manifest
 from app.candidates import BLEND_TERMS, RETRIEVAL_FILE, blend_terms, proxy_columns
+from app.engine import Recommender, top_k
 from app.features import assemble, feature_names
 from training.features import post_counters_at, user_views_at
 
 if TYPE_CHECKING:
-    from app.engine import Recommender
     from training.train import Prepared
 
 # validation requests scored over the catalogue for the proxy's fit: one per PROXY_ROWS_PER_REQUEST
@@ -178,8 +179,6 @@ def calibrate_scales(engine: Recommender, requests: pd.DataFrame, target: float 
 
     Returns {model: {"scale", "recall", "candidates" (median), "requests", "curve": {scale: [recall,
     median candidates]}}}; a model with no request it ranks itself (a popularity floor) keeps 1.0."""
-    from app.engine import top_k
-
     retriever, state = engine.retriever, engine.state
     frame = state.catalogue.frame
     out = {}
@@ -251,9 +250,6 @@ def calibrate_version(version_dir: Path, requests: pd.DataFrame, target: float =
     """Load an artifact version as the service does, calibrate each model's retrieval budget on
     `requests` (`calibrate_scales`) and write it into the version: `retrieval.json` (what the service
     reads) and the manifest (a summary, and the files' new checksums)."""
-    from app.artifacts import MANIFEST, write_manifest
-    from app.engine import Recommender
-
     started = time.perf_counter()
     version_dir = Path(version_dir)
     engine = Recommender.load_version(version_dir)

@@ -364,7 +364,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
     write_retrieval(version_dir, proxies, dict(MODEL_USES_TEXT), len(val))
     posts = tset.posts.rename(columns={c.POST_ID: "id"})[["id", c.TEXT, c.TOPIC]]
     (version_dir / POSTS_FILE).write_text(json.dumps(posts.to_dict(orient="records"), ensure_ascii=False))
-    meta = {
+    write_manifest(version_dir, {
         "version": version, "created_at": datetime.now(UTC).isoformat(),
         "models": model_meta,
         "retrieval": {"file": RETRIEVAL_FILE, "proxy_r2": {k: round(v[1], 4) for k, v in proxies.items()}},
@@ -386,8 +386,7 @@ def fit_and_export(tset: TrainingSet, out_dir: Path, embedding_model: str, confi
                  "cold_train": int(tr["cold"].sum())},
         "engine": tset.engine, "stage_seconds": tset.seconds,
         "library_versions": _versions(), "train_seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_manifest(version_dir, meta)
+    })
     if config.retrieval_recall > 0:  # the artifact as the service loads it, its retrieval budget written in
         calibrate_version(version_dir, calibration_requests(val, len(snapshot.post_ids), snapshot.base_as_of,
                                                             config.seed), config.retrieval_recall)
