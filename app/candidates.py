@@ -255,11 +255,14 @@ class _Hourly:
     by_topic: tuple[np.ndarray, ...]  # per topic, the proxy's best rows, best first
     popular: np.ndarray
     fresh: np.ndarray
+    # per topic held exactly, the score of its rows in the order `_exact_topic` reads them (the blend's
+    # proxy term; a gather per topic and request otherwise); empty for a topic held by faiss
+    topic_score: tuple[np.ndarray, ...] = ()
 
     @property
     def nbytes(self) -> int:
         return (self.score.nbytes + sum(o.nbytes for o in self.by_topic) + self.popular.nbytes
-                + self.fresh.nbytes)
+                + self.fresh.nbytes + sum(o.nbytes for o in self.topic_score))
 
 
 @functools.cache
@@ -282,6 +285,11 @@ def _top(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     return rows[np.argpartition(values, n - k)[n - k:]]  # no negated copy of the values
 
 
+def _score_of(rows: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """`score` of the sorted `rows` it covers (rows added after it was computed wait for the next)."""
+    return score[rows[:int(np.searchsorted(rows, len(score)))]]
+
+
 def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """The k rows with the highest scores, best first."""
     k = min(k, len(rows))
@@ -289,6 +297,19 @@ def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         return np.empty(0, np.int64)
     top = rows[np.argpartition(-scores[rows], k - 1)[:k]]
     return top[np.argsort(-scores[top], kind="stable")]
+
+
+@dataclass(frozen=True)
+class _BlendQuery:
+    """The parts of the blend's query that do not depend on the topic, computed once per request."""
+
+    sentence: bool  # the weights hold a sentence-space term (a text model)
+    vec: np.ndarray  # w[1] * liked mean + w[2] * contrast (the topic's w[3] * taste is added per topic)
+    cf: np.ndarray  # w[5] * the collaborative taste
+
+    @classmethod
+    def of(cls, user: UserView, w: np.ndarray) -> _BlendQuery:
+        return cls(bool(w[1:4].any()), w[1] * user.vec[0] + w[2] * user.contrast[0], w[5] * user.cf[0])
 
 
 class Retriever:
@@ -306,9 +327,10 @@ class Retriever:
         self.topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.tfidf_topics = [_TopicIndex(exact_below, nprobe) for _ in range(N_TOPICS)]
         self.cf = _TopicIndex(exact_below, nprobe)  # the posts with a collaborative vector, every topic
-        # per topic, the collaborative vectors in the order of `topics[t]` while that topic is held
-        # exactly (the blend's sim_cf term); a topic in a faiss index reads them from the catalogue
-        self._cf_exact = [np.empty((0, 0), np.float32) for _ in range(N_TOPICS)]
+        # per topic, [sentence vector | collaborative vector] in the order of `topics[t]` while that
+        # topic is held exactly: the blend's sentence-space and sim_cf terms in one product; a topic in
+        # a faiss index reads them from the catalogue
+        self._joint_exact = [np.empty((0, 0), np.float32) for _ in range(N_TOPICS)]
         self.n = 0  # catalogue rows indexed
         self._frame: CatalogueFrame | None = None
         # (proxy, hour, catalogue size) -> its hourly sources, least recently used first, at most
@@ -334,12 +356,12 @@ class Retriever:
                 if len(sel):
                     self.topics[t].add(sel, posts.vec[sel])
                     self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
-                    vecs = np.ascontiguousarray(posts.cf[sel], np.float32)
+                    joint = np.ascontiguousarray(np.hstack([posts.vec[sel], posts.cf[sel]]), np.float32)
                     if self.topics[t].index is not None:  # in faiss now: `_blend` reads the catalogue's
-                        self._cf_exact[t] = vecs[:0]
+                        self._joint_exact[t] = joint[:0]
                     else:
-                        held = self._cf_exact[t]
-                        self._cf_exact[t] = vecs if not len(held) else np.concatenate([held, vecs])
+                        held = self._joint_exact[t]
+                        self._joint_exact[t] = joint if not len(held) else np.concatenate([held, joint])
             has = posts.cf[lo:hi].any(axis=1)  # posts liked by nobody before the fit have none
             if has.any():
                 self.cf.add(rows[has], posts.cf[lo:hi][has])
@@ -370,6 +392,7 @@ class Retriever:
         proxy = self.proxies[name]
         weights = proxy.blend
         b = self.budget_for(proxy)
+        query = _BlendQuery.of(user, weights) if weights is not None else None
         for i, topic in enumerate(self.favourite_topics(user)):
             topic = int(topic)
             ks = (_nth(b.taste_topic, i), _nth(b.taste_all, i), _nth(b.taste_tfidf, i),
@@ -380,7 +403,7 @@ class Retriever:
             if self.topics[topic].index is None and self.tfidf_topics[topic].index is None:
                 if ks[3]:  # the blend scores every post of the topic, the sentence-space taste included
                     ks = (0, 0, ks[2], ks[3])
-                parts += self._exact_topic(topic, user, weights, hourly.score, ks)
+                parts += self._exact_topic(topic, user, weights, hourly.score, ks, hourly.topic_score[topic], query)
                 continue
             taste = self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]), list(ks[:2]))
             tfidf = self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :], [ks[2]])
@@ -411,14 +434,17 @@ class Retriever:
         return base.scaled(proxy.scale)
 
     def _exact_topic(self, topic: int, user: UserView, w: np.ndarray | None, score: np.ndarray,
-                     ks: tuple[int, int, int, int]) -> list[np.ndarray]:
+                     ks: tuple[int, int, int, int], topic_score: np.ndarray | None = None,
+                     query: _BlendQuery | None = None) -> list[np.ndarray]:
         """The taste lists and the blend of one topic held exactly, from one product per vector space:
         the nearest `ks[0]` to the topic's taste vector, `ks[1]` to the overall one, `ks[2]` to the
-        TF-IDF taste (none for a zero taste), and the blend's best `ks[3]` (weights `w`)."""
+        TF-IDF taste (none for a zero taste), and the blend's best `ks[3]` (weights `w`). `topic_score`
+        is `score` of the topic's rows (the hour's `_Hourly.topic_score`) and `query` the request's
+        `_BlendQuery`; either is computed here when not given."""
         sent, tf_index = self.topics[topic], self.tfidf_topics[topic]
         rows, vecs, tvecs = sent.rows, sent.vecs, tf_index.vecs  # one order; readers pair by length
-        cf = self._cf_exact[topic]
-        n = min(len(rows), len(vecs), len(tvecs), len(cf))
+        joint = self._joint_exact[topic]
+        n = min(len(rows), len(vecs), len(tvecs), len(joint))
         if n == 0:
             return []
         rows = rows[:n]
@@ -427,7 +453,8 @@ class Retriever:
         topic_vec, vec, tfidf_q = user.topic_vec[0, topic], user.vec[0], user.topic_tfidf[0, topic]
         out = []
         # one matrix-vector product per list: OpenBLAS's matrix-matrix product for a few query columns
-        # costs more than the products one column at a time (2-3x on 1,000 posts, this machine)
+        # costs more than the products one column at a time (2-3x on 1,000 posts, one host; 0.6x on
+        # another: the products stay as they were)
         if kt and topic_vec.any():
             out.append(_top(rows, vecs[:n] @ topic_vec, kt))
         if ka and vec.any():
@@ -438,15 +465,16 @@ class Retriever:
             if kf and tfidf_q.any():
                 out.append(_top(rows, tfs, kf))
         if kb:
-            m = int(np.searchsorted(rows, len(score)))  # rows only grow; rows added after the hour wait
-            value = w[0] * score[rows[:m]]
-            # the three sentence-space terms are inner products with the same vectors: one query
-            if w[1:4].any():  # a model without text has no sentence-space term
-                value += vecs[:m] @ (w[3] * topic_vec + w[1] * vec + w[2] * user.contrast[0])
+            query = query if query is not None else _BlendQuery.of(user, w)
+            topic_score = _score_of(rows, score) if topic_score is None else topic_score
+            m = min(len(topic_score), n)  # rows only grow; rows added after the hour wait for the next
+            value = w[0] * topic_score[:m]
+            if query.sentence:  # the sentence-space and collaborative terms: one product over [vec | cf]
+                value += joint[:m] @ np.concatenate([w[3] * topic_vec + query.vec, query.cf])
+            elif w[5]:  # a model without text: the collaborative term alone
+                value += joint[:m, -len(query.cf):] @ query.cf
             if tfs is not None:
                 value += w[4] * tfs[:m]
-            if w[5]:
-                value += cf[:m] @ (w[5] * user.cf[0])
             out.append(_top(rows[:m], value, kb))
         return out
 
@@ -508,4 +536,5 @@ class Retriever:
         few = np.flatnonzero(now[:, 0] < self.fresh_views)
         fresh = np.concatenate([young, _best(few, score, b.fresh)])
         _, first = np.unique(fresh, return_index=True)
-        return _Hourly((name, hour, n), score, by_topic, popular, fresh[np.sort(first)][:b.fresh])
+        topic_score = tuple(_score_of(index.rows, score) if index.index is None else score[:0] for index in self.topics)
+        return _Hourly((name, hour, n), score, by_topic, popular, fresh[np.sort(first)][:b.fresh], topic_score)
