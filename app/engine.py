@@ -12,7 +12,7 @@ goes to the best fresh posts (fewer than `fresh_views` views or younger than `fr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -225,10 +225,12 @@ class Recommender:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
         x = assemble(user.view, np.int64(0), posts, rows, np.int64(ts), text=MODEL_USES_TEXT[model])
         if self.objective[model] == LIKED_WITHIN_HORIZON:  # then the recent popularity columns
-            n = len(posts.topic)
-            now, before = self.state.counts_at(ts)[:n], self.state.counts_at(ts - RECENT_SECONDS)[:n]
             if rows is not None:
-                now, before = now[rows], before[rows]
+                timeline = self.state.timeline
+                now, before = timeline.counts_at_rows(ts, rows), timeline.counts_at_rows(ts - RECENT_SECONDS, rows)
+            else:
+                n = len(posts.topic)
+                now, before = self.state.counts_at(ts)[:n], self.state.counts_at(ts - RECENT_SECONDS)[:n]
             x = np.asfortranarray(np.column_stack([x, recent_features(now, before)]))
         return self.models[model].predict(x, prediction_type="RawFormulaVal", thread_count=1)
 
@@ -270,12 +272,16 @@ class Recommender:
         """(rows, their scores, the user, the catalogue as of ts): candidates or every post."""
         if model not in MODEL_NAMES:
             raise UnknownModel(f"unknown model {model!r}; choose one of {MODEL_NAMES}")
-        user, posts = self.state.at(self.state.user_row(user_id), ts)
+        # candidates: the counters of the rows they hold alone (`LiveState.at`), not of every post
+        candidates = self.retrieval == "candidates"
+        user, posts = self.state.at(self.state.user_row(user_id), ts, every_post=not candidates)
         n = len(posts.topic)
         ranker = self.ranker_for(model, user)
         if ranker in COUNTERS:
+            if posts.counters_of_rows is not None:  # the counter rankers read every post's
+                posts = replace(posts, counters=posts.counters_of(np.arange(n)))
             return np.arange(n), self.scores_of(ranker, user, posts, ts), user, posts
-        if self.retrieval == "candidates":
+        if candidates:
             rows = self.candidates(ranker, user, ts, n)
             return rows, self.model_scores(ranker, user, posts, ts, rows), user, posts
         return np.arange(n), self.model_scores(ranker, user, posts, ts), user, posts
@@ -295,7 +301,7 @@ class Recommender:
     def _fresh(self, rows: np.ndarray, posts: PostView, ts: int) -> np.ndarray:
         s = self.policy
         born = self.state.catalogue.frame.born[rows]
-        return (posts.counters[rows, 0] < s.fresh_views) | (born >= ts - int(s.fresh_hours * 3600))
+        return (posts.counters_of(rows)[:, 0] < s.fresh_views) | (born >= ts - int(s.fresh_hours * 3600))
 
     def spreads(self, model: str, user: UserAt | None) -> bool:
         """Whether this slot's screen for this user takes one post per topic before a second

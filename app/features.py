@@ -9,7 +9,9 @@ both sides keep into feature values, with the artifact's fitted `Priors`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -209,6 +211,16 @@ class PostView:
     tfidf_vec: np.ndarray  # (P, d) float32 TF-IDF components relative to the topic centre, unit length
     topic: np.ndarray  # (P,) int64
     cf: np.ndarray  # (P, CF_DIM) float32 collaborative vector, unit length; zero if unliked at the fit
+    # set on a view whose `counters` were left empty: the counters of some rows alone, as of the view's
+    # moment (`app.live_state.LiveState.at` with every_post=False, for a request that ranks candidates).
+    # Not a field: a snapshot saves the fields, and `replace` gives a view without it
+    counters_of_rows: ClassVar[Callable[[np.ndarray], np.ndarray] | None] = None
+
+    def counters_of(self, rows: np.ndarray) -> np.ndarray:
+        """POST_COUNTERS of the post `rows`."""
+        if self.counters_of_rows is not None:
+            return self.counters_of_rows(np.asarray(rows, np.int64))
+        return np.take(self.counters, rows, axis=0)
 
 
 def finalize_posts(counts: np.ndarray, priors: Priors) -> np.ndarray:
@@ -270,7 +282,7 @@ def assemble(user: UserView, ui, posts: PostView, pj: np.ndarray | None, ts, tex
         u_rate = unum[:, _U_RATE]
     pcf = take(posts.cf)
     sim_cf = _rowwise(pcf, np.broadcast_to(user.cf[ui], pcf.shape))  # one user: its row against every post
-    post_counters = take(posts.counters) if counters is None else counters
+    post_counters = counters if counters is not None else posts.counters if pj is None else posts.counters_of(sel)
     blocks = [
         np.broadcast_to(unum, (n_rows, unum.shape[-1])),
         np.broadcast_to(take(posts.static), (n_rows, posts.static.shape[1])),

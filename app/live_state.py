@@ -52,6 +52,8 @@ from app.user_state import LIKE, VIEW, fold_user, taste_at
 TAIL_DTYPE = np.dtype([("ts", np.int64), ("post", np.int32), ("kind", np.int8), ("target", np.int8)])
 _NO_DAYS = np.empty(0, np.int64)
 _NO_POSTS = np.empty(0, np.int32)
+# the counters of a view that reads them row by row (`PostView.counters_of`): reading them whole fails
+_NO_COUNTERS = np.empty((0, 3), np.float32)
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,13 @@ class LiveState:
             events = tuple(np.concatenate([a, tail[name]]) for a, name in zip(events, TAIL_DTYPE.names, strict=True))
         return (profile, base, days, likes, seen, events), frame, cat
 
-    def at(self, row: int, t: int, cold: bool = False) -> tuple[UserAt | None, PostView]:
+    def at(self, row: int, t: int, cold: bool = False, every_post: bool = True) -> tuple[UserAt | None, PostView]:
         """The user (None for row -1) and the catalogue as of t, from exactly the events before t.
-        `cold` hides the user's history: the profile alone, as for a user who has just signed up."""
+        `cold` hides the user's history: the profile alone, as for a user who has just signed up.
+        `every_post=False` leaves the catalogue's counters to be computed for the rows asked for
+        (`PostView.counters_of`): a request that ranks a few hundred candidates."""
         parts, frame, cat = self._read(row)
-        posts = self._post_view(t, frame, cat.posts)
+        posts = self._post_view(t, frame, cat.posts) if every_post else self._rows_view(t, frame, cat.posts)
         if parts is None:
             return None, posts
         profile, base, days, likes, seen, (ts, post, kind, target) = parts
@@ -227,6 +231,15 @@ class LiveState:
             out[chunk] = assemble(view, np.arange(len(chunk)), cat.posts, prows[chunk], times[chunk], text,
                                   counters=counters)
         return out
+
+    def _rows_view(self, t: int, frame, p: PostView) -> PostView:
+        """The catalogue as of t with the counters of the rows asked for alone, from the same frame."""
+        def counters_of_rows(rows: np.ndarray) -> np.ndarray:
+            return finalize_posts(self.timeline.counts_at_rows(t, rows, frame), self.priors)
+
+        view = PostView(p.static, _NO_COUNTERS, p.text, p.vec, p.tfidf_vec, p.topic, p.cf)
+        view.counters_of_rows = counters_of_rows
+        return view
 
     def _post_view(self, t: int, frame, p: PostView) -> PostView:
         counts = self.timeline.counts_at(t, frame)

@@ -162,7 +162,7 @@ def _random_views(seed: int, n_posts: int, n: int):
     return ts, post, target, weight, rng.integers(0, 9, size=(n_posts, 3))
 
 
-def test_post_timeline_equals_counts_before():
+def test_post_timeline_equals_counts_before(monkeypatch):
     """Blocks, checkpoints and late views: the timeline answers as the straightforward count does."""
     n_posts, n = 30, 3000
     ts, post, target, weight, base = _random_views(5, n_posts, n)
@@ -182,9 +182,20 @@ def test_post_timeline_equals_counts_before():
     rows, times = rng.integers(0, n_posts, 500), rng.integers(-5, 10_100, 500)
     expected = np.stack([timeline.counts_at(int(t))[r] for r, t in zip(rows, times, strict=True)])
     np.testing.assert_array_equal(timeline.counts_of(rows, times), expected)
+    # some rows at one moment (a request's candidates): the same numbers, whichever way the views are placed
+    # among the rows (a map over the catalogue, or a binary search when the catalogue is much larger)
+    for per_view in (8, 0):
+        monkeypatch.setattr("app.post_counters._MAP_PER_VIEW", per_view)
+        for t in moments[::3]:
+            some = np.unique(rng.integers(0, n_posts, int(rng.integers(1, n_posts))))
+            np.testing.assert_array_equal(timeline.counts_at_rows(int(t), some), timeline.counts_at(int(t))[some])
     timeline.compact(4000)  # moments before the cut read as of it
     expected = np.stack([timeline.counts_at(int(t))[r] for r, t in zip(rows, times, strict=True)])
     np.testing.assert_array_equal(timeline.counts_of(rows, times), expected)
+    timeline.add_posts(3)  # posts with no views yet, beyond every checkpoint
+    every = np.arange(n_posts + 3)
+    for t in (17, 4000, 7777, 20_000):
+        np.testing.assert_array_equal(timeline.counts_at_rows(t, every), timeline.counts_at(t))
 
 
 def test_post_timeline_compaction_keeps_counts_from_the_cut():
@@ -238,6 +249,28 @@ def test_served_request_equals_training_row(trained, prepared):
     assert (served[:, feature_names(True).index("sim_cf")] != 0).mean() > 0.2
     counts = [i for i, n in enumerate(feature_names(True)) if n in USER_NUM[8:12] or n.startswith("p_")]
     np.testing.assert_array_equal(served[:, counts], trained_rows[:, counts])
+
+
+def test_a_request_reads_the_counters_of_its_candidates_as_of_its_moment(trained):
+    """A request that ranks candidates reads their counters alone (`LiveState.at(every_post=False)`): the
+    feature rows equal those of the view with every post's counters, at moments in the held-out window
+    (counted from checkpoints) and after the last event (the running totals)."""
+    from app.engine import Recommender
+
+    engine = Recommender.load(trained["model_dir"])
+    state = engine.state
+    rng = np.random.default_rng(4)
+    split = engine.manifest.data["split"]
+    times = [*rng.integers(int(split["test_start"]), int(split["end"]), 20).tolist(), state.latest_event + 1]
+    for user_id, t in zip(rng.choice(state.snapshot.user_ids, len(times)), times, strict=True):
+        row = state.user_row(int(user_id))
+        every, lazy = state.at(row, int(t))[1], state.at(row, int(t), every_post=False)[1]
+        assert lazy.counters_of_rows is not None and len(lazy.counters) == 0
+        rows = np.unique(rng.integers(0, state.n_posts, 300))
+        np.testing.assert_array_equal(lazy.counters_of(rows), every.counters[rows])
+        user = state.at(row, int(t))[0]
+        np.testing.assert_array_equal(assemble(user.view, np.int64(0), lazy, rows, np.int64(t), text=True),
+                                      assemble(user.view, np.int64(0), every, rows, np.int64(t), text=True))
 
 
 def test_incremental_state_equals_rebuilt_state(prepared):
