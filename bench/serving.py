@@ -153,17 +153,24 @@ def profile(engine: Recommender, pairs: list[tuple[int, int]], n: int = 200) -> 
     for user_id, ts in pairs[:n]:
         user_id, ts = int(user_id), int(ts)
         s0 = time.perf_counter()
-        user, posts = state.at(state.user_row(user_id), ts)
+        # the engine's steps (`Recommender._scored`): with candidates, the post counters of those alone
+        # (read while assembling) and the excluded ones dropped before scoring
+        candidates = engine.retrieval == "candidates"
+        user, posts = state.at(state.user_row(user_id), ts, every_post=not candidates)
         a = time.perf_counter()
         size = len(posts.topic)
-        rows = engine.candidates("test", user, ts, size) if engine.retrieval == "candidates" else None
+        rows = None
+        if candidates:
+            rows = engine.candidates("test", user, ts, size)
+            rows = rows[engine.eligible(rows, user, ts, size)]
         b = time.perf_counter()
         x = assemble(user.view, np.int64(0), posts, rows, np.int64(ts), text=True)
         cc = time.perf_counter()
         s = model.predict(x, prediction_type="RawFormulaVal", thread_count=1)
         d = time.perf_counter()
-        rows = np.arange(size) if rows is None else rows
-        s = np.where(engine.eligible(rows, user, ts, size), s, -np.inf)
+        if rows is None:
+            rows = np.arange(size)
+            s = np.where(engine.eligible(rows, user, ts, size), s, -np.inf)
         engine._select(rows, s, posts, ts, 5, 0.0)
         e = time.perf_counter()
         engine.recommend("test", user_id, ts, 5)
@@ -242,9 +249,10 @@ def main() -> None:
     lines += ["", f"Service vs reference in the same run: p50 at concurrency 1 {ratio_p50:.1f}x lower; throughput "
               f"at concurrency {c} {ratio_rps:.1f}x higher.", "",
               f"In-process profile of one request (test model, retrieval {retrieval}, median of 200, one "
-              f"thread): the state as of the request's moment {prof['state as of t']} ms, candidates "
-              f"{prof['candidates']} ms, assemble {prof['assemble']} ms, CatBoost {prof['catboost']} ms, "
-              f"exclusion and top-k {prof['exclude+top_k']} ms; `recommend` as a whole {prof['recommend']} "
+              f"thread): the state as of the request's moment {prof['state as of t']} ms, candidates (less the "
+              f"excluded posts) {prof['candidates']} ms, assemble (with the candidates' post counters) "
+              f"{prof['assemble']} ms, CatBoost {prof['catboost']} ms, top-k (and with full scoring the "
+              f"exclusions) {prof['exclude+top_k']} ms; `recommend` as a whole {prof['recommend']} "
               "ms; the rest of the HTTP latency is the server (routing, validation, JSON) and the load "
               "generator sharing the two cores.", ""]
     text = "\n".join(lines)
