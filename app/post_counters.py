@@ -117,10 +117,13 @@ class PostTimeline:
         """The published state: read it once, then ask `counts_at(t, frame)` as often as needed."""
         return self._frame
 
-    def counts_at(self, t: int, frame: _Frame | None = None) -> np.ndarray:
-        """(P, 3) counts of the views strictly before t (never modify the result: it may be shared)."""
-        f = self._frame if frame is None else frame  # one read: a batch meanwhile publishes a new frame
-        n = f.n_posts
+    @staticmethod
+    def _locate(t: int, f: _Frame) -> tuple[np.ndarray, int, _Views]:
+        """Where t falls: (checkpoint counts, sign, views): the counts before t are the checkpoint's plus
+        `sign` times those of the views. The views come from whichever end of t's block is nearer: the
+        counts after a block less its views from t on are the same integers as the counts before it plus
+        its views before t, and half the views to count on average. Past every applied view: the running
+        totals (`f.current` itself) and no views."""
         if f.floor is not None and t < f.floor:
             t = f.floor
         k = int(np.searchsorted(f.last_ts, t, side="left"))
@@ -130,12 +133,19 @@ class PostTimeline:
             views, before, after = f.head, f.checkpoints[-1], f.current
         j = int(np.searchsorted(views.ts, t, side="left"))
         if j == len(views) and after is f.current:
-            return f.current
-        # from whichever end is nearer: the counts after the block less its views from t on are the same
-        # integers as the counts before it plus its views before t, and half the views to count on average
+            return f.current, 1, views[:0]
         if j <= len(views) - j:
-            return _sized(before, n) + _bincount(views[:j], n)
-        return _sized(after, n) - _bincount(views[j:], n)
+            return before, 1, views[:j]
+        return after, -1, views[j:]
+
+    def counts_at(self, t: int, frame: _Frame | None = None) -> np.ndarray:
+        """(P, 3) counts of the views strictly before t (never modify the result: it may be shared)."""
+        f = self._frame if frame is None else frame  # one read: a batch meanwhile publishes a new frame
+        n = f.n_posts
+        base, sign, part = self._locate(t, f)
+        if base is f.current and not len(part):
+            return f.current  # past every view: the running totals themselves (`LiveState` caches on them)
+        return _sized(base, n) + _bincount(part, n) if sign > 0 else _sized(base, n) - _bincount(part, n)
 
     def counts_at_rows(self, t: int, rows: np.ndarray, frame: _Frame | None = None) -> np.ndarray:
         """(len(rows), 3) `counts_at(t)[rows]` for the sorted distinct post `rows`, without the O(catalogue)
@@ -145,18 +155,7 @@ class PostTimeline:
         f = self._frame if frame is None else frame
         rows = np.asarray(rows, np.int64)
         n = f.n_posts
-        if f.floor is not None and t < f.floor:
-            t = f.floor
-        k = int(np.searchsorted(f.last_ts, t, side="left"))
-        if k < len(f.blocks):
-            views, before, after = f.blocks[k], f.checkpoints[k], f.checkpoints[k + 1]
-        else:
-            views, before, after = f.head, f.checkpoints[-1], f.current
-        j = int(np.searchsorted(views.ts, t, side="left"))
-        if j == len(views) and after is f.current:
-            return f.current[rows]
-        # the nearer end, as `counts_at`: the same integers either way
-        base, part, sign = (before, views[:j], 1) if j <= len(views) - j else (after, views[j:], -1)
+        base, sign, part = self._locate(t, f)
         out = np.zeros((len(rows), 3), np.int64)
         held = rows < len(base)  # posts added after a checkpoint had no views before it
         out[held] = base[rows[held]]
