@@ -410,7 +410,7 @@ class Retriever:
             parts += [taste, tfidf]
             if ks[3]:
                 parts.append(self._blend(topic, user, weights, hourly, np.concatenate([taste, tfidf]), ks[3],
-                                         b.blend_pool))
+                                         b.blend_pool, query))
         parts.extend(o[:b.proxy_every] for o in hourly.by_topic)
         parts.append(hourly.popular)
         parts.append(hourly.fresh)
@@ -479,18 +479,20 @@ class Retriever:
         return out
 
     def _blend(self, topic: int, user: UserView, w: np.ndarray, hourly: _Hourly, found: np.ndarray,
-               k: int, pool_size: int) -> np.ndarray:
+               k: int, pool_size: int, query: _BlendQuery | None = None) -> np.ndarray:
         """The k posts of a topic held in a faiss index best by w . BLEND_TERMS, among the proxy's best
         `blend_pool` and the taste results `found` (`_exact_topic` scores every post of a topic held
-        exactly): the three sentence-space terms fold into one query vector."""
-        query = w[1] * user.vec[0] + w[2] * user.contrast[0] + w[3] * user.topic_vec[0, topic]
+        exactly): the three sentence-space terms fold into one query vector (the request's `_BlendQuery`
+        plus the topic's taste; computed here when not given)."""
+        query = query if query is not None else _BlendQuery.of(user, w)
+        sentence = query.vec + w[3] * user.topic_vec[0, topic]
         query_tfidf = w[4] * user.topic_tfidf[0, topic]
         score = hourly.score
         posts = self._frame.posts
         pool = unique(np.concatenate([hourly.by_topic[topic][:pool_size], found]))
         pool = pool[pool < len(score)]
-        value = (w[0] * score[pool] + posts.vec[pool] @ query + posts.tfidf_vec[pool] @ query_tfidf
-                 + posts.cf[pool] @ (w[5] * user.cf[0]))
+        value = (w[0] * score[pool] + posts.vec[pool] @ sentence + posts.tfidf_vec[pool] @ query_tfidf
+                 + posts.cf[pool] @ query.cf)
         return _top(pool, value, k)
 
     def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:
