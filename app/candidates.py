@@ -167,13 +167,14 @@ def load_proxies(version_dir: Path) -> dict[str, Proxy]:
     """The proxies `retrieval.json` lists, checked against the columns this code builds."""
     from catboost import CatBoostRegressor
 
+    from app.catboost_models import load_for_prediction
+
     data = json.loads((Path(version_dir) / RETRIEVAL_FILE).read_text())
     out = {}
     for name, meta in data["proxy"].items():
         if list(meta["columns"]) != list(proxy_columns(bool(meta["text"]))):
             raise ValueError("retrieval proxy has other columns than this code builds: retrain")
-        model = CatBoostRegressor()
-        model.load_model(str(Path(version_dir) / meta["file"]))
+        model = load_for_prediction(CatBoostRegressor, Path(version_dir) / meta["file"])
         # older artifacts: no blend, no calibrated scale
         out[name] = Proxy(model, bool(meta["text"]), meta.get("blend"), meta.get("budget", {}).get("scale"))
     return out

@@ -32,6 +32,7 @@ from app.artifacts import (
     load_manifest,
 )
 from app.candidates import RETRIEVAL_FILE, Budget, Retriever, load_proxies
+from app.catboost_models import load_for_prediction
 from app.features import POST_COUNTERS, USER_NUM, PostView, assemble
 from app.live_state import LiveState, UserAt
 from app.recent_popularity import RECENT_SECONDS, recent_features
@@ -175,9 +176,7 @@ class Recommender:
             posts = {int(p["id"]): p for p in json.loads(manifest.file(POSTS_FILE).read_text())}
             models = {}
             for name, file in MODEL_FILES.items():
-                model = CatBoostClassifier()
-                model.load_model(str(manifest.file(file)))
-                models[name] = model
+                models[name] = load_for_prediction(CatBoostClassifier, manifest.file(file))
             # older artifacts lack these: they serve with full scoring and a catalogue that cannot grow
             transforms = (TextTransforms.load(manifest.file(TRANSFORMS_FILE))
                           if manifest.file(TRANSFORMS_FILE).is_file() else None)

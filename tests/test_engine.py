@@ -195,3 +195,27 @@ def test_spread_top_k_takes_one_per_topic_first():
     assert spread_top_k(scores, ids, topics, 10).tolist() == [0, 3, 1, 2, 4]
     assert spread_top_k(np.array([0.5, 0.5]), np.array([7, 3]), np.array([1, 1]), 1).tolist() == [1]  # tie: id
     assert spread_top_k(scores, ids, topics, 0).tolist() == []
+
+
+def test_models_loaded_for_prediction_keep_every_prediction(trained, engine):
+    """`load_for_prediction` cuts the parameters CatBoost re-parses on every predict; what it predicts
+    is the file's model's, to the bit, and the file is unchanged."""
+    from catboost import CatBoostClassifier
+
+    from app.artifacts import MODEL_FILES
+    from app.catboost_models import load_for_prediction
+
+    rng = np.random.default_rng(0)
+    for name, file in MODEL_FILES.items():
+        path = trained["version_dir"] / file
+        plain = CatBoostClassifier()
+        plain.load_model(str(path))
+        before = path.read_bytes()
+        lean = load_for_prediction(CatBoostClassifier, path)
+        assert path.read_bytes() == before
+        assert len(lean.get_metadata()["params"]) < len(plain.get_metadata()["params"]) / 10
+        assert lean.get_metadata()["class_params"] == plain.get_metadata()["class_params"]
+        x = np.asfortranarray(rng.normal(size=(300, len(plain.feature_names_))).astype(np.float32))
+        for kind in ("RawFormulaVal", "Probability", "Class"):
+            assert np.array_equal(lean.predict(x, prediction_type=kind), plain.predict(x, prediction_type=kind))
+        assert engine.models[name].get_metadata()["params"] == lean.get_metadata()["params"]
