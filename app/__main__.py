@@ -15,7 +15,6 @@ from app.artifacts import ArtifactsInvalid, current_version_dir, load_manifest
 from app.config import get_settings, settings_error
 from app.db import make_engine, masked
 from app.follower import check_feed
-from app.http_protocol import PROTOCOL
 
 _bind_socket = uvicorn.config.Config.bind_socket
 
@@ -81,7 +80,7 @@ def main() -> None:
         os.environ["SWAP_BARRIER_DIR"] = tempfile.mkdtemp(prefix="swap-")
         os.environ["SWAP_WORKERS"] = str(args.workers)
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", access_log=False, http=PROTOCOL)
+                log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
