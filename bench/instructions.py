@@ -2,6 +2,7 @@
 checkouts compared without the host's noise.
 
     python -m bench.instructions --models DIR [--a CHECKOUT] [--b CHECKOUT] [--requests 300] [--model test]
+                                 [--keep DIR]
 
 Latency and CPU time on a shared two-core host move by a quarter from one run to the next
 (`bench.serving_ab`'s rounds); callgrind counts the instructions executed, the same for the same code,
@@ -10,7 +11,10 @@ inputs and environment whatever else the machine does. Each checkout serves the 
 for the API: twice untimed (the hourly retrieval sources of their hours computed, as in a service
 that has run a while), then once with callgrind counting (`callgrind_control -i on`/`off`), so that
 loading the artifact is not counted. What it does not count: the HTTP server, and time spent waiting
-for memory (an instruction is an instruction). Prints a table; writes nothing. Needs `valgrind`.
+for memory (an instruction is an instruction). Prints a table; writes nothing unless `--keep DIR`,
+which keeps each side's callgrind file there (`a.callgrind.out`, `b.callgrind.out`) for
+`callgrind_annotate --inclusive=yes DIR/b.callgrind.out`: where the instructions go, by function. Needs
+`valgrind`.
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ def inner(models: Path, requests: int, model: str) -> None:
     subprocess.run([*toggle, "off", str(os.getpid())], check=True, capture_output=True)
 
 
-def count(checkout: Path, models: Path, requests: int, model: str) -> int:
-    """Instructions the checkout's `recommend` executed for the requests (callgrind's total)."""
-    out = Path(tempfile.mkdtemp()) / "callgrind.out"
+def count(checkout: Path, models: Path, requests: int, model: str, out: Path | None = None) -> int:
+    """Instructions the checkout's `recommend` executed for the requests (callgrind's total); the
+    callgrind file written to `out` (default: a temporary directory)."""
+    out = out if out is not None else Path(tempfile.mkdtemp()) / "callgrind.out"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
            sys.executable, str(Path(__file__).resolve()), "--inner", "--models", str(models),
            "--requests", str(requests), "--model", model]
@@ -73,6 +78,7 @@ def main() -> None:
     ap.add_argument("--b", type=Path, default=Path.cwd(), help="a checkout (default: this one)")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--model", default="test")
+    ap.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inner:
@@ -81,10 +87,15 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         sys.exit("error: valgrind not found: apt-get install valgrind")
     sides = [("a", args.a), ("b", args.b)] if args.a is not None else [("b", args.b)]
-    counts = {name: count(path.resolve(), args.models.resolve(), args.requests, args.model) for name, path in sides}
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    counts = {name: count(path.resolve(), args.models.resolve(), args.requests, args.model,
+                          None if args.keep is None else args.keep.resolve() / f"{name}.callgrind.out")
+              for name, path in sides}
     print(f"`python -m bench.instructions --models {args.models}"
           + (f" --a {args.a} --b {args.b}" if args.a is not None else "")
-          + f" --requests {args.requests} --model {args.model}`\n")
+          + f" --requests {args.requests} --model {args.model}"
+          + (f" --keep {args.keep}" if args.keep is not None else "") + "`\n")
     print("| side | checkout | instructions per request (millions) |")
     print("|---|---|---|")
     for name, path in sides:
