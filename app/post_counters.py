@@ -169,10 +169,8 @@ class PostTimeline:
             else:  # a catalogue much larger than the views to count: by binary search in the rows
                 at = np.minimum(np.searchsorted(rows, part.post), m - 1)
                 hit = rows[at] == part.post
-            at = at[hit]
-            counted = np.column_stack([np.bincount(at, minlength=m), np.bincount(at[part.target[hit] > 0], minlength=m),
-                                       np.bincount(at, weights=part.weight[hit], minlength=m).astype(np.int64)])
-            out += sign * counted
+            # the views of the rows, renumbered by their place among them: counted as `counts_at` counts
+            out += sign * _bincount(_Views(part.ts[hit], at[hit], part.target[hit], part.weight[hit]), m)
         return out
 
     def counts_of(self, post_rows: np.ndarray, times: np.ndarray, frame: _Frame | None = None) -> np.ndarray:
