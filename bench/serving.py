@@ -75,6 +75,23 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int], main_thread_only: bool = False) -> float:
+    """utime + stime of the processes, all their threads, or only their main threads (a worker's event
+    loop: /proc/<pid>/task/<pid>/stat)."""
+    total = 0.0
+    for pid in pids:
+        path = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
+        try:
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
 def start(cmd: list[str], env: dict, port: int) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -216,8 +233,13 @@ def main() -> None:
         proc, startup = start(cmd, env, port)
         try:
             load(port, script, 5, args.concurrency)  # warm-up
+            pids = tree_pids(proc.pid)
             for concurrency in (1, args.concurrency):
+                before = cpu_seconds(pids)
                 result = load(port, script, duration if concurrency > 1 else max(10, duration // 3), concurrency)
+                # the service's own CPU per request (its processes and threads, not wrk's nor the
+                # database's): on two shared cores the throughput at concurrency 8 is about 2 / this
+                result["cpu_ms"] = round((cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1), 2)
                 result["rss_mb"] = round(tree_rss_mb(proc.pid), 0)
                 result["startup_s"] = round(startup, 1)
                 runs[(name, concurrency)] = result
@@ -239,13 +261,13 @@ def main() -> None:
         f"wrk on the same machine, {args.workers} workers per service, limit=5, times in the held-out window; "
         "the reference is `bench/reference_app.py` (a pandas frame per request, then CatBoost).", "",
         "| service | concurrency | p50 ms | p90 ms | p99 ms | max ms | requests/s | requests | errors | non-2xx "
-        "| RSS MB | startup s | connections per worker |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| RSS MB | startup s | connections per worker | CPU ms per request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, conc), r in runs.items():
         lines.append(f"| {name} | {conc} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
                      f"{r['rps']} | {r['requests']} | {r['errors']} | {r['non_2xx']} | {r['rss_mb']:.0f} | "
-                     f"{r['startup_s']} | {r['split']} |")
+                     f"{r['startup_s']} | {r['split']} | {r['cpu_ms']} |")
     lines += ["", f"Service vs reference in the same run: p50 at concurrency 1 {ratio_p50:.1f}x lower; throughput "
               f"at concurrency {c} {ratio_rps:.1f}x higher.", "",
               f"In-process profile of one request (test model, retrieval {retrieval}, median of 200, one "

@@ -24,23 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.engine import Recommender
-from bench.serving import LUA, held_out_requests, load, start, stop, tree_pids
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pids: list[int], main_thread_only: bool = False) -> float:
-    """utime + stime of the processes, all their threads, or only their main threads (a worker's event
-    loop: /proc/<pid>/task/<pid>/stat)."""
-    total = 0.0
-    for pid in pids:
-        path = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
-        try:
-            fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
+from bench.serving import LUA, cpu_seconds, held_out_requests, load, start, stop, tree_pids
 
 
 def run_side(checkout: Path, models: Path, python: str, db: str, script: Path, duration: int) -> dict:
@@ -57,10 +41,10 @@ def run_side(checkout: Path, models: Path, python: str, db: str, script: Path, d
         pids = tree_pids(proc.pid)
         out = {}
         for concurrency in (1, 8):
-            before, loop_before = _cpu_seconds(pids), _cpu_seconds(pids, main_thread_only=True)
+            before, loop_before = cpu_seconds(pids), cpu_seconds(pids, main_thread_only=True)
             r = load(8013, script, duration if concurrency > 1 else max(5, duration // 2), concurrency)
-            r["cpu_ms_per_request"] = round((_cpu_seconds(pids) - before) * 1000 / max(r["requests"], 1), 3)
-            r["loop_cpu_ms_per_request"] = round((_cpu_seconds(pids, main_thread_only=True) - loop_before) * 1000
+            r["cpu_ms_per_request"] = round((cpu_seconds(pids) - before) * 1000 / max(r["requests"], 1), 3)
+            r["loop_cpu_ms_per_request"] = round((cpu_seconds(pids, main_thread_only=True) - loop_before) * 1000
                                                  / max(r["requests"], 1), 3)
             out[concurrency] = r
         return out
