@@ -40,7 +40,7 @@ from app import columns as c
 from app import feed_events
 from app.db import feed_has_seq
 from app.feed_events import EventBatch, missing_ranges
-from app.live_state import LiveState
+from app.live_state import Compaction, LiveState
 from app.tables import post_text_df, user_data
 from app.text_encoder import Encoder, make_encoder
 from app.text_features import post_text_features
@@ -64,6 +64,25 @@ class FollowerStatus:
     posts_encode_seconds: float = 0.0  # text features of the new posts, total
     caught_up: threading.Event = field(default_factory=threading.Event)
     rate: float = 0.0  # events applied per second over the last busy polls
+
+
+class _Building:
+    """A compaction's `build()` running in a daemon thread; its error, if any, for the follower to raise."""
+
+    def __init__(self, job: Compaction) -> None:
+        self.job = job
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.thread = threading.Thread(target=self._run, name="state-compaction", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.job.build()
+        except BaseException as exc:  # raised again in the follower's thread, which logs and retries
+            self.error = exc
+        self.seconds = time.perf_counter() - started
 
 
 class Follower:
@@ -95,6 +114,7 @@ class Follower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
+        self._compaction: _Building | None = None  # a compaction being built beside this thread
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -123,7 +143,7 @@ class Follower:
                 backoff = self.poll_seconds
                 if more:
                     continue  # a full batch: read the next one at once
-                self.compact()
+                self._compact_beside()
                 self._release_encoder()
             except SQLAlchemyError as exc:
                 self.status.failures += 1
@@ -204,10 +224,10 @@ class Follower:
     def compact(self, now: float | None = None) -> int:
         """Fold the events older than `keep_seconds` behind the latest applied one (or behind the wall
         clock, whichever is earlier: a row stamped in the future must not fold the present away) into
-        the state's base, once they span `compact_seconds`; returns the user events folded."""
-        latest = min(self.state.latest_event, int(time.time() if now is None else now))
-        cut = latest - self.keep_seconds
-        if cut - self.state.base_as_of < self.compact_seconds:
+        the state's base, once they span `compact_seconds`; returns the user events folded. At once, in
+        this thread; the follower's own loop builds the base beside it (`_compact_beside`)."""
+        cut = self._due_cut(now)
+        if cut is None:
             return 0
         started = time.perf_counter()
         folded = self.state.compact(cut)
@@ -215,6 +235,36 @@ class Follower:
         logger.info("state follower: {} events folded into the base, now as of {} ({:.2f}s)", folded, cut,
                     time.perf_counter() - started)
         return folded
+
+    def _due_cut(self, now: float | None = None) -> int | None:
+        latest = min(self.state.latest_event, int(time.time() if now is None else now))
+        cut = latest - self.keep_seconds
+        return cut if cut - self.state.base_as_of >= self.compact_seconds else None
+
+    def _compact_beside(self) -> None:
+        """`compact`, with the base built in a thread of its own while this one goes on applying events: at
+        scale 1.0 a day's compaction takes seconds (its log line says how many), and built in this thread
+        it held every like and view back that long once a day. Published by this thread, the one writer,
+        at its first poll after the build."""
+        building = self._compaction
+        if building is not None:
+            if building.thread.is_alive():
+                return
+            self._compaction = None
+            if building.error is not None:
+                raise building.error
+            folded, seconds = self.state.publish_compaction(building.job), building.seconds
+            del building
+            return_memory()  # the old base's arrays and the folded tails are free now
+            logger.info("state follower: {} events folded into the base, now as of {} (built in {:.2f}s "
+                        "while applying)", folded, self.state.base_as_of, seconds)
+            return
+        cut = self._due_cut()
+        if cut is None:
+            return
+        job = self.state.start_compaction(cut)
+        if job is not None:
+            self._compaction = _Building(job)
 
     def _release_encoder(self) -> None:
         """The text encoder holds ~200 MB (minilm-int8): a worker keeps it only while posts keep coming."""

@@ -9,9 +9,9 @@ are ranked from their profile. Before the snapshot's base cut the base alone ans
 Posts added to `post_text_df` join the catalogue (`app.catalogue`) with no history and follow the
 feed from then on (`add_posts`).
 
-One writer (the follower thread) calls `apply`, `add_users`, `add_posts` and `compact`; request threads
-read. A batch is prepared off the lock and published under it in one short step, so a reader sees a
-batch whole or not at all.
+One writer (the follower thread) calls `apply`, `add_users`, `add_posts` and `compact` (or starts a
+compaction, lets another thread build it and publishes it); request threads read. A batch is prepared
+off the lock and published under it in one short step, so a reader sees a batch whole or not at all.
 
 Memory stays flat however long the service follows the feed: `compact(cut)` folds every event older
 than the cut into the base (`app.snapshot.compact`: counts, days, likes, last views — what
@@ -63,6 +63,29 @@ class UserAt:
     view: UserView
     liked: np.ndarray  # post rows liked before t
     viewed: np.ndarray  # post rows viewed within the exclusion window before t, or among the last views
+
+
+class Compaction:
+    """One compaction's inputs, frozen by `LiveState.start_compaction`, and its result once `build()` ran."""
+
+    def __init__(self, cut: int, base: Snapshot, tails: dict[int, np.ndarray], n_users: int,
+                 topic: np.ndarray) -> None:
+        self.cut, self.base, self.tails, self.n_users, self.topic = cut, base, tails, n_users, topic
+        self.snapshot: Snapshot | None = None
+        self.folded = 0
+
+    def build(self) -> None:
+        """The compacted base (`app.snapshot.compact`): seconds at scale 1.0, no lock held."""
+        if self.tails:
+            keys = np.fromiter(self.tails.keys(), np.int64, len(self.tails))
+            parts = list(self.tails.values())
+            packed = np.concatenate(parts)
+            rows = np.repeat(keys, np.fromiter((len(p) for p in parts), np.int64, len(parts)))
+            del parts
+        else:
+            packed, rows = np.empty(0, TAIL_DTYPE), np.empty(0, np.int64)
+        self.snapshot, self.folded = compact(self.base, rows, packed["ts"], packed["post"], packed["kind"],
+                                             packed["target"], self.n_users, self.cut, self.topic)
 
 
 FEATURES_CHUNK = 4096  # triples per batch of `LiveState.features_for`
@@ -333,27 +356,48 @@ class LiveState:
         growing with the events applied. Requests from `cut` on are answered exactly as before; earlier
         ones as of `cut` (`features_as_of`). Returns the number of user events folded (0: `cut` is not
         past the base cut). Only the writer calls this: the new base is built off the lock, then published
-        in one step, like a batch."""
+        in one step, like a batch. `start_compaction` is the same in two steps, for a writer that keeps
+        applying events while the base is built."""
+        job = self.start_compaction(cut)
+        if job is None:
+            return 0
+        job.build()
+        return self.publish_compaction(job)
+
+    def start_compaction(self, cut: int) -> Compaction | None:
+        """The inputs of a compaction to `cut`, frozen now (None: `cut` is not past the base cut). Its
+        `build()` may run in any thread while the writer goes on applying events; the writer then
+        publishes it (`publish_compaction`). The per-user tails are never changed in place (`apply`
+        replaces a user's array by a longer one), so a shallow copy of the dict freezes them."""
         cut = int(cut)
         if cut <= self.base_as_of:
-            return 0
-        tails = self._tails
-        if tails:
-            keys = np.fromiter(tails.keys(), np.int64, len(tails))
-            parts = list(tails.values())
-            packed = np.concatenate(parts)
-            rows = np.repeat(keys, np.fromiter((len(p) for p in parts), np.int64, len(parts)))
-            del parts
-        else:
-            packed, rows = np.empty(0, TAIL_DTYPE), np.empty(0, np.int64)
-        compacted, folded = compact(self.snapshot, rows, packed["ts"], packed["post"], packed["kind"],
-                                    packed["target"], self.n_users, cut, self.catalogue.frame.posts.topic)
-        del packed, rows
+            return None
         with self._lock:
-            self.snapshot = compacted
-            self._tails = {}
-            self.base_as_of = cut
-            self.timeline.compact(cut)
+            tails = dict(self._tails)
+        return Compaction(cut, self.snapshot, tails, self.n_users, self.catalogue.frame.posts.topic)
+
+    def publish_compaction(self, job: Compaction) -> int:
+        """Publish a built compaction in one step under the lock. The events applied since it started stay
+        in the tails (each user's array past the part the compaction folded): the state then holds what
+        compacting at the start and applying those events after would hold. Returns the user events
+        folded; writer only."""
+        if job.snapshot is None:
+            raise RuntimeError("publish_compaction: the compaction was not built")
+        if job.base is not self.snapshot or job.cut <= self.base_as_of:
+            raise RuntimeError("publish_compaction: the state's base changed since the compaction started")
+        frozen = job.tails
+        later: dict[int, np.ndarray] = {}
+        for row, tail in self._tails.items():  # only the writer changes the tails: read them off the lock
+            done = frozen.get(row)
+            if done is None:
+                later[row] = tail
+            elif tail is not done:
+                later[row] = tail[len(done):].copy()  # not a view: the folded part is freed
+        with self._lock:
+            self.snapshot = job.snapshot
+            self._tails = later
+            self.base_as_of = job.cut
+            self.timeline.compact(job.cut)
         self.compactions += 1
-        self.events_folded += folded
-        return folded
+        self.events_folded += job.folded
+        return job.folded

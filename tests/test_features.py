@@ -424,6 +424,65 @@ def test_compacted_state_equals_uncompacted_and_rebuilt(prepared):
     assert state.features_as_of(cut) == late
 
 
+def test_a_compaction_built_while_events_arrive_equals_compacting_first(prepared):
+    """The follower builds a compaction's base beside it and goes on applying events: events applied
+    while the base is built (new ones, and late ones from before the cut) are answered at once, and once
+    the compaction is published the state holds exactly what compacting first and applying them after
+    holds — the same base arrays, the same per-user tails, the same answers."""
+    h, s = prepared.history, prepared.split
+    early, late = s.val_start, s.test_start
+    cut = late - 3 * DAY
+    ev = h.events
+    rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
+    old = ev.ts < early
+    early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
+                            h.seq, h.start, early)
+    early_history.weigh(prepared.priors, prepared.static.topic)
+
+    def fresh() -> LiveState:
+        state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
+                                         early - 3 * DAY), 72 * 3600)
+        state.timeline.block = 997
+        return state
+
+    def batch(part) -> EventBatch:
+        return EventBatch(ev.ts[part], h.user_ids[rows[part]], h.post_ids[ev.post[part]], ev.kind[part],
+                          ev.target[part])
+
+    later = np.flatnonzero(~old)
+    rng = np.random.default_rng(5)
+    first, withheld = later[ev.ts[later] < late], later[ev.ts[later] >= late]
+    late_rows = rng.random(len(first)) < 0.02  # rows before the cut that arrive while the base is built
+    first, withheld = first[~late_rows], np.concatenate([first[late_rows], withheld])
+    beside, first_then, everything = fresh(), fresh(), fresh()
+    for part in np.array_split(first, 5):
+        for state in (beside, first_then, everything):
+            state.apply(batch(part))
+    job = beside.start_compaction(cut)
+    assert job is not None and beside.start_compaction(beside.base_as_of) is None
+    first_then.compact(cut)
+    for part in np.array_split(withheld, 4):
+        for state in (beside, first_then, everything):
+            state.apply(batch(part))
+    users = rng.choice(h.user_ids, size=25, replace=False)
+    times = (cut + 3 * DAY, late + 7, late + 3 * DAY + 11, h.end + DAY)
+    _assert_same_answers(beside, everything, users, times)  # while it builds: every event, at once
+    job.build()
+    assert beside.publish_compaction(job) > 0 and beside.base_as_of == cut and beside.compactions == 1
+    for name in ("base_counts", "days_indptr", "days", "likes_indptr", "likes", "seen_indptr", "seen"):
+        np.testing.assert_array_equal(getattr(beside.snapshot, name), getattr(first_then.snapshot, name))
+    np.testing.assert_array_equal(beside.snapshot.events.ts, first_then.snapshot.events.ts)
+    assert beside._tails.keys() == first_then._tails.keys() and beside._tails
+    for row, tail in beside._tails.items():
+        np.testing.assert_array_equal(tail, first_then._tails[row])
+    _assert_same_answers(beside, first_then, users, times)
+    # against the state that never compacted, all but the last views: a row from before the cut that
+    # arrives after a compaction stays outside the base's list of last views, built or published
+    _assert_same_answers(beside, everything, users, times, viewed=False)
+    with pytest.raises(RuntimeError, match="changed"):
+        beside.publish_compaction(job)  # published once only
+
+
 def _subset(ev, mask, n_users):
     from app.snapshot import UserEvents
 

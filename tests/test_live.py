@@ -2,6 +2,7 @@
 answers — likes, views, new users — on SQLite and PostgreSQL, through out-of-order commits and a lost
 database."""
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -242,6 +243,50 @@ def test_the_follower_folds_old_events_once_a_step_has_passed_the_horizon(traine
     np.testing.assert_array_equal(before.view.num, after.view.num)
     assert np.isfinite(recommender.segment_scores(after, t, state.n_posts)).all()  # lifts from the compacted base
     engine.dispose()
+
+
+def test_likes_keep_arriving_while_a_compaction_is_built(trained, world_db, monkeypatch):
+    """The follower builds a compaction's base in a thread beside it: a like committed while the base is
+    built (held here until the like has been answered) reaches the next answer at once, and the
+    compaction is published at the follower's next poll after the build, with the like kept."""
+    from app.live_state import Compaction
+
+    release = threading.Event()
+    real_build = Compaction.build
+
+    def held_build(job) -> None:
+        release.wait(30)
+        real_build(job)
+
+    monkeypatch.setattr(Compaction, "build", held_build)
+    day = 86_400
+    recommender = Recommender.load(trained["model_dir"])
+    state = recommender.state
+    engine = make_engine(world_db)
+    follower = Follower(engine, state, poll_seconds=0.05, keep_seconds=72 * 3600, compact_seconds=day)
+    snap = state.snapshot
+    uid, t = int(snap.user_ids[3]), snap.events_until + 3600
+    assert follower._due_cut() is not None  # the artifact's events span more than the horizon and a step
+    follower.start()
+    try:
+        _wait(lambda: follower._compaction is not None, timeout=10)  # building, and held
+        top = int(recommender.recommend("test", uid, t, 5).post_ids[0])
+        with engine.begin() as conn:
+            moment = datetime.fromtimestamp(t - 60, tz=UTC).replace(tzinfo=None)
+            conn.execute(insert(feed_data), [
+                {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.VIEW, c.TARGET: 1},
+                {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.LIKE, c.TARGET: None}])
+        _wait(lambda: top not in recommender.recommend("test", uid, t, 5).post_ids.tolist(), timeout=5)
+        assert state.compactions == 0 and follower._compaction is not None  # answered before the build ended
+        release.set()
+        _wait(lambda: state.compactions == 1, timeout=30)
+        assert state.events_applied == 2 and state.base_as_of > snap.base_as_of
+        assert top not in recommender.recommend("test", uid, t, 5).post_ids.tolist()
+        assert int(state.post_rows(np.array([top]))[0]) in state.at(state.user_row(uid), t)[0].liked.tolist()
+    finally:
+        release.set()
+        follower.stop()
+        engine.dispose()
 
 
 def test_new_rows_are_found_by_the_highest_id_and_ids_below_it_at_the_recount(tmp_path):
