@@ -358,14 +358,12 @@ def _assert_same_answers(state: LiveState, other: LiveState, users, times, viewe
             np.testing.assert_array_equal(pa.counters, pb.counters)
 
 
-def test_compacted_state_equals_uncompacted_and_rebuilt(prepared):
-    """Events applied after an early snapshot, then folded into the base at a later cut: the base equals
-    the one a snapshot built from scratch at that cut holds (counts, days and likes exactly), and every
-    answer from the cut on equals the uncompacted state's and the rebuilt one's; events applied after the
-    compaction land as they would have."""
+def _replayed(prepared):
+    """For the compaction tests: a factory of states over a snapshot of the events before validation
+    (small timeline blocks, so that a compaction has some to forget), the `EventBatch` of some event rows,
+    and the rows of every event after that snapshot, which the tests apply."""
     h, s = prepared.history, prepared.split
-    early, late = s.val_start, s.test_start
-    cut = late - 3 * DAY
+    early = s.val_start
     ev = h.events
     rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
     old = ev.ts < early
@@ -376,18 +374,30 @@ def test_compacted_state_equals_uncompacted_and_rebuilt(prepared):
     def fresh() -> LiveState:
         state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
                                          early - 3 * DAY), 72 * 3600)
-        state.timeline.block = 997  # small blocks: the compaction has some to forget
+        state.timeline.block = 997
         return state
-
-    state, kept = fresh(), fresh()
-    later = np.flatnonzero(~old)
-    rng = np.random.default_rng(3)
-    later = later[np.argsort(ev.ts[later] + rng.integers(-600, 600, size=len(later)))]  # jittered: late rows
-    before, after = later[ev.ts[later] < late], later[ev.ts[later] >= late]  # the second part: after compacting
 
     def batch(part) -> EventBatch:
         return EventBatch(ev.ts[part], h.user_ids[rows[part]], h.post_ids[ev.post[part]], ev.kind[part],
                           ev.target[part])
+
+    return fresh, batch, np.flatnonzero(~old)
+
+
+def test_compacted_state_equals_uncompacted_and_rebuilt(prepared):
+    """Events applied after an early snapshot, then folded into the base at a later cut: the base equals
+    the one a snapshot built from scratch at that cut holds (counts, days and likes exactly), and every
+    answer from the cut on equals the uncompacted state's and the rebuilt one's; events applied after the
+    compaction land as they would have."""
+    h, s = prepared.history, prepared.split
+    late = s.test_start
+    cut = late - 3 * DAY
+    ev = h.events
+    fresh, batch, later = _replayed(prepared)
+    state, kept = fresh(), fresh()
+    rng = np.random.default_rng(3)
+    later = later[np.argsort(ev.ts[later] + rng.integers(-600, 600, size=len(later)))]  # jittered: late rows
+    before, after = later[ev.ts[later] < late], later[ev.ts[later] >= late]  # the second part: after compacting
 
     for part in np.array_split(before, 11):
         state.apply(batch(part))
@@ -430,26 +440,10 @@ def test_a_compaction_built_while_events_arrive_equals_compacting_first(prepared
     the compaction is published the state holds exactly what compacting first and applying them after
     holds — the same base arrays, the same per-user tails, the same answers."""
     h, s = prepared.history, prepared.split
-    early, late = s.val_start, s.test_start
+    late = s.test_start
     cut = late - 3 * DAY
     ev = h.events
-    rows = np.repeat(np.arange(len(h.user_ids)), np.diff(ev.indptr))
-    old = ev.ts < early
-    early_history = History(h.user_ids, h.post_ids, _subset(ev, old, len(h.user_ids)), h.user_ids[rows[old]],
-                            h.seq, h.start, early)
-    early_history.weigh(prepared.priors, prepared.static.topic)
-
-    def fresh() -> LiveState:
-        state = LiveState(build_snapshot(early_history, prepared.users, prepared.static, prepared.priors,
-                                         early - 3 * DAY), 72 * 3600)
-        state.timeline.block = 997
-        return state
-
-    def batch(part) -> EventBatch:
-        return EventBatch(ev.ts[part], h.user_ids[rows[part]], h.post_ids[ev.post[part]], ev.kind[part],
-                          ev.target[part])
-
-    later = np.flatnonzero(~old)
+    fresh, batch, later = _replayed(prepared)
     rng = np.random.default_rng(5)
     first, withheld = later[ev.ts[later] < late], later[ev.ts[later] >= late]
     late_rows = rng.random(len(first)) < 0.02  # rows before the cut that arrive while the base is built
