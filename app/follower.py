@@ -130,6 +130,11 @@ class Follower:
                 self._conn.close()
             self._conn = None
 
+    @property
+    def compacting(self) -> bool:
+        """A compaction's base is being built (or built and not yet published) beside the follower."""
+        return self._compaction is not None
+
     def lag_seconds(self) -> float | None:
         """Seconds since the state was last known to hold everything the database held."""
         synced = self.status.synced_at

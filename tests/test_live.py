@@ -14,6 +14,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 
 from app import columns as c
+from app.api.routes_ops import state_report
 from app.config import Settings
 from app.db import make_engine
 from app.engine import POPULAR, Recommender
@@ -269,7 +270,8 @@ def test_likes_keep_arriving_while_a_compaction_is_built(trained, world_db, monk
     assert follower._due_cut() is not None  # the artifact's events span more than the horizon and a step
     follower.start()
     try:
-        _wait(lambda: follower._compaction is not None, timeout=10)  # building, and held
+        _wait(lambda: follower.compacting, timeout=10)  # building, and held
+        assert state_report(recommender, follower)["compacting"] is True  # /ready says so
         top = int(recommender.recommend("test", uid, t, 5).post_ids[0])
         with engine.begin() as conn:
             moment = datetime.fromtimestamp(t - 60, tz=UTC).replace(tzinfo=None)
@@ -277,9 +279,10 @@ def test_likes_keep_arriving_while_a_compaction_is_built(trained, world_db, monk
                 {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.VIEW, c.TARGET: 1},
                 {c.TIMESTAMP: moment, c.USER_ID: uid, c.POST_ID: top, c.ACTION: c.LIKE, c.TARGET: None}])
         _wait(lambda: top not in recommender.recommend("test", uid, t, 5).post_ids.tolist(), timeout=5)
-        assert state.compactions == 0 and follower._compaction is not None  # answered before the build ended
+        assert state.compactions == 0 and follower.compacting  # answered before the build ended
         release.set()
         _wait(lambda: state.compactions == 1, timeout=30)
+        assert state_report(recommender, follower)["compacting"] is False
         assert state.events_applied == 2 and state.base_as_of > snap.base_as_of
         assert top not in recommender.recommend("test", uid, t, 5).post_ids.tolist()
         assert int(state.post_rows(np.array([top]))[0]) in state.at(state.user_row(uid), t)[0].liked.tolist()

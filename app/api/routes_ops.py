@@ -36,6 +36,7 @@ def state_report(recommender: Recommender, follower: Follower | None) -> dict:
         out.update({"caught_up": status.caught_up.is_set(), "applied_seq": status.applied_seq,
                     "database_seq": status.database_seq, "lag_seconds": None if lag is None else round(lag, 3),
                     "open_gaps": status.open_gaps, "users_added": status.users_added,
+                    "compacting": follower.compacting,
                     "apply_rate_per_second": round(status.rate), "poll_failures": status.failures,
                     "last_error": status.last_error or None})
     else:
