@@ -1,7 +1,15 @@
 """`python -m app [--host H] [--port P] [--workers N]`: check the artifacts, then serve."""
 
-import argparse
 import os
+
+# Before NumPy is imported, here and in the workers uvicorn spawns (they inherit the environment):
+# NumPy asks the kernel for huge pages for every large array, and where the kernel then compacts memory
+# at the page fault (transparent_hugepage/defrag = madvise, a common default) the first touch of a
+# compaction's arrays stalled for seconds while holding the GIL — and every request of the worker with
+# it (`python -m bench.live_state compaction`, docs/live_state.md). Set it to 1 to ask again.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+import argparse
 import socket
 import sys
 import tempfile

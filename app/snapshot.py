@@ -33,6 +33,7 @@ from app.features import (
     Priors,
     empty_counts,
 )
+from app.rowsets import unique
 from app.user_state import LIKE, VIEW
 
 LAST_VIEWS_KEPT = 100  # per user, the last views before the base cut (the "last N views" exclusion)
@@ -208,8 +209,10 @@ def compact(s: Snapshot, rows: np.ndarray, ts: np.ndarray, post: np.ndarray, kin
         base[who, COUNT_LAST] = np.maximum(base[who, COUNT_LAST], last)
     # distinct days: the union of the base's and the folded views', per user
     days_indptr = grown(s.days_indptr)
-    day_key = np.unique(np.concatenate([rows_of(days_indptr, np.int64) << 32 | s.days.astype(np.int64),
-                                        r << 32 | vts // SECONDS_PER_DAY]))
+    # by sorting (`rowsets.unique`), not np.unique: NumPy 2's hash table took seconds over the ~4 million
+    # keys of a scale-1.0 day and held the GIL meanwhile, stalling the requests of the worker
+    day_key = unique(np.concatenate([rows_of(days_indptr, np.int64) << 32 | s.days.astype(np.int64),
+                                     r << 32 | vts // SECONDS_PER_DAY]))
     day_rows = day_key >> 32
     day_counts = np.bincount(day_rows, minlength=n_rows)
     base[:, COUNT_DAYS] += day_counts - np.diff(days_indptr)

@@ -5,6 +5,7 @@
     python -m bench.live_state freshness --db URL --models DIR [--trials 200]
     python -m bench.live_state apply --db URL --models DIR [--days 1]
     python -m bench.live_state serving --db URL --models DIR [--duration 30] [--workers 2]
+    python -m bench.live_state compaction --models DIR [--days 3] [--requests 3000]
     python -m bench.live_state encoder
     python -m bench.live_state memory --models DIR
 
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -513,6 +515,68 @@ def cmd_apply(args) -> None:
         f"| follower: read from {backend} + apply | {end_to_end:,.0f} |"])
 
 
+# ------------------------------------------------------------------ compaction
+def cmd_compaction(args) -> None:
+    """One thread answers requests in a loop while no compaction runs, then while a day's compaction is
+    built in another thread (as the follower builds it), over and over until every request is answered:
+    what a compaction costs the requests of a worker, and how long it takes."""
+    recommender = Recommender.load(args.models)
+    state = recommender.state
+    snap = state.snapshot
+    replay = replayed_events(recommender, args.days, shift_weeks=2)
+    batch = EventBatch.from_frame(replay)
+    for i in range(0, len(batch), 50_000):
+        state.apply(batch.take(np.arange(i, min(i + 50_000, len(batch)))))
+    rng = np.random.default_rng(args.seed)
+    users = rng.choice(snap.user_ids, size=args.requests)
+    now = state.latest_event + 60  # the clock's moment, after every event, as live traffic asks
+    for u in users[:200]:
+        recommender.recommend("test", int(u), now, 5)  # warm: the hourly retrieval sources, the caches
+
+    def answer(building: Callable[[], bool] | None) -> list[float]:
+        out = []
+        for u in users:
+            if building is not None and not building():
+                break
+            started = time.perf_counter()
+            recommender.recommend("test", int(u), now, 5)
+            out.append((time.perf_counter() - started) * 1000)
+        return out
+
+    idle = answer(None)
+    during: list[float] = []
+    builds: list[float] = []
+    job = state.start_compaction(state.base_as_of + 86_400)  # a day's fold, as the follower's daily one
+    if job is None:
+        sys.exit("error: no events to fold")
+    while len(during) < args.requests:  # the same build again until every request was answered beside one
+        started = time.perf_counter()
+        thread = threading.Thread(target=job.build)
+        thread.start()
+        during += answer(thread.is_alive)
+        thread.join()
+        builds.append(time.perf_counter() - started)
+    a, b = _pct(idle), _pct(during[:args.requests])
+    try:
+        defrag = Path("/sys/kernel/mm/transparent_hugepage/defrag").read_text().strip()
+    except OSError:
+        defrag = "unknown"
+    # the service sets NUMPY_MADVISE_HUGEPAGE=0 for itself (app/__main__.py); this process has whatever
+    # its environment says, read by NumPy at import
+    madvise = os.environ.get("NUMPY_MADVISE_HUGEPAGE", "unset: NumPy asks for huge pages")
+    append("Requests while a compaction is built", [
+        f"`NUMPY_MADVISE_HUGEPAGE` {madvise}; the kernel's transparent_hugepage/defrag `{defrag}`.", "",
+        f"Artifacts `{args.models.name}` ({len(snap.user_ids):,} users), {len(batch):,} replayed events applied "
+        f"({args.days} day(s)); one thread asks `recommend` (test model, limit 5, {args.requests} users at the "
+        f"moment after the latest event), first with no compaction running, then while a day's compaction is "
+        f"built in a second thread (the first day after the base cut, {job.folded:,} user events; built "
+        f"{len(builds)} times, {np.median(builds):.2f} s median). Milliseconds per request:", "",
+        "| while | requests | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|",
+        f"| no compaction | {len(idle)} | {a['p50']} | {a['p90']} | {a['p99']} | {a['max']} |",
+        f"| a compaction is built | {len(during[:args.requests])} | {b['p50']} | {b['p90']} | {b['p99']} | "
+        f"{b['max']} |"])
+
+
 # ------------------------------------------------------------------ serving
 def cmd_serving(args) -> None:
     if shutil.which("wrk") is None:
@@ -784,6 +848,11 @@ def main() -> None:
     mem = sub.add_parser("memory")
     mem.add_argument("--models", type=Path, required=True)
     mem.add_argument("--batch", type=int, default=50_000)
+    comp = sub.add_parser("compaction")
+    comp.add_argument("--models", type=Path, required=True)
+    comp.add_argument("--seed", type=int, default=3)
+    comp.add_argument("--days", type=float, default=3.0)
+    comp.add_argument("--requests", type=int, default=3000)
     for name in ("simulate", "ablate", "freshness", "apply", "serving", "poll"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
@@ -818,7 +887,7 @@ def main() -> None:
             p.add_argument("--work", default="/tmp/bench-live")
     args = ap.parse_args()
     commands = {"simulate": cmd_simulate, "ablate": cmd_ablate, "freshness": cmd_freshness, "apply": cmd_apply,
-                "serving": cmd_serving, "poll": cmd_poll,
+                "serving": cmd_serving, "poll": cmd_poll, "compaction": cmd_compaction,
                 "encoder": cmd_encoder, "memory": cmd_memory}
     commands[args.command](args)
 
