@@ -156,3 +156,16 @@ def test_the_database_password_is_never_shown(trained, tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert "database: postgresql+psycopg2://feed:***@127.0.0.1:1/feed" in out
     assert secret not in out and not any(secret in b for b in bodies)
+
+
+def test_the_service_turns_numpys_huge_pages_off_unless_told_otherwise():
+    """`python -m app` sets NUMPY_MADVISE_HUGEPAGE=0 before NumPy is imported (its workers inherit it),
+    and keeps a value the environment already gives."""
+    code = ("import os, app.__main__, numpy; "
+            "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], numpy._core.multiarray._get_madvise_hugepage())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    given = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**env, "NUMPY_MADVISE_HUGEPAGE": "1"})
+    assert default.stdout.split() == ["0", "False"], default.stderr[-500:]
+    assert given.stdout.split()[0] == "1", given.stderr[-500:]
