@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -138,6 +138,12 @@ def append_section(out: Path, module: str, heading: str, title: str, body: list[
 
 def append(title: str, body: list[str]) -> None:
     append_section(OUT, "bench.live_state", "Live state", title, body)
+
+
+def _in_batches(batch: EventBatch, size: int) -> Iterator[EventBatch]:
+    """`batch` cut into consecutive batches of at most `size` events, as the follower reads them."""
+    for i in range(0, len(batch), size):
+        yield batch.take(np.arange(i, min(i + size, len(batch))))
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -492,8 +498,8 @@ def cmd_apply(args) -> None:
     batch = EventBatch.from_frame(frame)
     state = recommender.state
     started = time.perf_counter()
-    for i in range(0, len(batch), args.batch):
-        state.apply(batch.take(np.arange(i, min(i + args.batch, len(batch)))))
+    for part in _in_batches(batch, args.batch):
+        state.apply(part)
     in_process = len(batch) / (time.perf_counter() - started)
     db = copy_database(args.db, "apply")
     try:
@@ -525,8 +531,8 @@ def cmd_compaction(args) -> None:
     snap = state.snapshot
     replay = replayed_events(recommender, args.days, shift_weeks=2)
     batch = EventBatch.from_frame(replay)
-    for i in range(0, len(batch), 50_000):
-        state.apply(batch.take(np.arange(i, min(i + 50_000, len(batch)))))
+    for part in _in_batches(batch, 50_000):
+        state.apply(part)
     rng = np.random.default_rng(args.seed)
     users = rng.choice(snap.user_ids, size=args.requests)
     now = state.latest_event + 60  # the clock's moment, after every event, as live traffic asks
@@ -645,7 +651,7 @@ def cmd_serving(args) -> None:
             "|---|---|---|---|---|---|---|---|"]
     for (mode, conc), r in runs.items():
         body.append(f"| {mode} | {conc} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} | "
-                    f"{r['errors'] + r['non_2xx']} | {r.get('split', '?')} |")
+                    f"{r['errors'] + r['non_2xx']} | {r['split']} |")
     for conc in (1, 8):
         before, live, after = runs[("frozen", conc)], runs[("live", conc)], runs[("frozen again", conc)]
         ratio = {q: live[q] / ((before[q] + after[q]) / 2) for q in ("p50_ms", "p99_ms")}
@@ -771,8 +777,8 @@ def _state_rss(models: str, compact: bool, batch: int) -> None:
     follower = Follower(None, state, keep_seconds=240 * 3600 if compact else 10**9)  # type: ignore[arg-type]
     out = [_vm_rss_mb()]
     for b in batches:
-        for i in range(0, len(b), batch):
-            state.apply(b.take(np.arange(i, min(i + batch, len(b)))))
+        for part in _in_batches(b, batch):
+            state.apply(part)
             follower.compact(now=state.latest_event)
         out.append(_vm_rss_mb())
     print(" ".join(f"{x:.0f}" for x in out), state.events_applied, state.compactions, state.events_folded)
