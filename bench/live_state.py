@@ -526,6 +526,8 @@ def cmd_compaction(args) -> None:
     """One thread answers requests in a loop while no compaction runs, then while a day's compaction is
     built in another thread (as the follower builds it), over and over until every request is answered:
     what a compaction costs the requests of a worker, and how long it takes."""
+    if args.requests < 1 or args.days <= 0:
+        sys.exit(f"error: --requests must be at least 1 (got {args.requests}) and --days above 0 (got {args.days})")
     recommender = Recommender.load(args.models)
     state = recommender.state
     snap = state.snapshot
