@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=24, gt=0, le=24 * 365,
         description="Fold once this many hours of events have passed the STATE_KEEP_HOURS horizon.",
     )
+    state_compact_in_child: bool = Field(
+        default=True,
+        description="Build a compaction in a forked child process (Linux) rather than a thread of the worker: its "
+                    "seconds of NumPy then do not hold the requests' GIL (bench.live_state compaction).",
+    )
     retrieval: str = Field(
         default="candidates", pattern="^(candidates|full)$",
         description="candidates: CatBoost ranks a few hundred retrieved posts (app/candidates.py); full: every "

@@ -36,8 +36,8 @@ from loguru import logger
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import child_process, feed_events
 from app import columns as c
-from app import feed_events
 from app.db import feed_has_seq
 from app.feed_events import EventBatch, missing_ranges
 from app.live_state import Compaction, LiveState
@@ -67,10 +67,13 @@ class FollowerStatus:
 
 
 class _Building:
-    """A compaction's `build()` running in a daemon thread; its error, if any, for the follower to raise."""
+    """A compaction's build running in a daemon thread, in a forked child process where it can
+    (`in_child`, `app.child_process`) and in the thread itself otherwise; its error, if any, for the
+    follower to raise."""
 
-    def __init__(self, job: Compaction) -> None:
+    def __init__(self, job: Compaction, in_child: bool) -> None:
         self.job = job
+        self.in_child = in_child and child_process.available()
         self.error: BaseException | None = None
         self.seconds = 0.0
         self.thread = threading.Thread(target=self._run, name="state-compaction", daemon=True)
@@ -79,7 +82,15 @@ class _Building:
     def _run(self) -> None:
         started = time.perf_counter()
         try:
-            self.job.build()
+            if self.in_child:
+                try:
+                    self.job.build_in_child()
+                except OSError as exc:  # no fork (memory limits): the thread builds it, as it can
+                    logger.warning("state follower: cannot fork the compaction ({}); building it in a thread", exc)
+                    self.in_child = False
+                    self.job.build()
+            else:
+                self.job.build()
         except BaseException as exc:  # raised again in the follower's thread, which logs and retries
             self.error = exc
         self.seconds = time.perf_counter() - started
@@ -89,8 +100,9 @@ class Follower:
     def __init__(self, engine: Engine, state: LiveState, poll_seconds: float = 0.2, batch_rows: int = 50_000,
                  max_backoff: float = 10.0, users_poll_seconds: float = 0.5, posts_poll_seconds: float = 1.0,
                  posts_batch: int = 256, keep_seconds: int = 240 * 3600, compact_seconds: int = 24 * 3600,
-                 recount_seconds: float = 30.0) -> None:
+                 recount_seconds: float = 30.0, compact_in_child: bool = True) -> None:
         self.engine = engine
+        self.compact_in_child = compact_in_child
         self.state = state
         self.poll_seconds = poll_seconds
         self.posts_batch = posts_batch
@@ -261,15 +273,16 @@ class Follower:
             folded, seconds = self.state.publish_compaction(building.job), building.seconds
             del building
             return_memory()  # the old base's arrays and the folded tails are free now
-            logger.info("state follower: {} events folded into the base, now as of {} (built in {:.2f}s "
-                        "while applying)", folded, self.state.base_as_of, seconds)
+            logger.info("state follower: {} events folded into the base, now as of {} (built in {:.2f}s {} "
+                        "while applying)", folded, self.state.base_as_of, seconds,
+                        "in a child process" if building.in_child else "in a thread")
             return
         cut = self._due_cut()
         if cut is None:
             return
         job = self.state.start_compaction(cut)
         if job is not None:
-            self._compaction = _Building(job)
+            self._compaction = _Building(job, self.compact_in_child)
 
     def _release_encoder(self) -> None:
         """The text encoder holds ~200 MB (minilm-int8): a worker keeps it only while posts keep coming."""

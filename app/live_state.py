@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
 
 from app import columns as c
 from app.catalogue import Catalogue, CatalogueFrame
+from app.child_process import call_in_child
 from app.features import (
     PostView,
     UserView,
@@ -65,6 +66,10 @@ class UserAt:
     viewed: np.ndarray  # post rows viewed within the exclusion window before t, or among the last views
 
 
+# what `app.snapshot.compact` changes in a snapshot (with base_as_of); the rest is the base's own arrays
+COMPACTED_FIELDS = ("base_counts", "days_indptr", "days", "likes_indptr", "likes", "seen_indptr", "seen", "events")
+
+
 class Compaction:
     """One compaction's inputs, frozen by `LiveState.start_compaction`, and its result once `build()` ran."""
 
@@ -86,6 +91,16 @@ class Compaction:
             packed, rows = np.empty(0, TAIL_DTYPE), np.empty(0, np.int64)
         self.snapshot, self.folded = compact(self.base, rows, packed["ts"], packed["post"], packed["kind"],
                                              packed["target"], self.n_users, self.cut, self.topic)
+
+    def build_in_child(self) -> None:
+        """`build()` in a forked child process (`app.child_process`), so that its seconds of NumPy hold
+        another GIL than the requests': only the arrays a compaction changes come back."""
+        changed, self.folded = call_in_child(self._compacted)
+        self.snapshot = replace(self.base, base_as_of=self.cut, **changed)
+
+    def _compacted(self) -> tuple[dict[str, object], int]:
+        self.build()
+        return {name: getattr(self.snapshot, name) for name in COMPACTED_FIELDS}, self.folded
 
 
 FEATURES_CHUNK = 4096  # triples per batch of `LiveState.features_for`

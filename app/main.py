@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None,
                 raise RuntimeError(problem)  # a schema to migrate, not a transient fault
             follow = {"poll_seconds": settings.state_poll_seconds, "batch_rows": settings.state_batch_rows,
                       "keep_seconds": int(settings.state_keep_hours * 3600),
-                      "compact_seconds": int(settings.state_compact_hours * 3600)}
+                      "compact_seconds": int(settings.state_compact_hours * 3600),
+                      "compact_in_child": settings.state_compact_in_child}
         follower = Follower(app.state.db, recommender.state, **follow) if follow is not None else None
         if follower is not None:
             follower.start()  # serves at once; /ready says when the state has caught up

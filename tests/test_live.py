@@ -253,13 +253,13 @@ def test_likes_keep_arriving_while_a_compaction_is_built(trained, world_db, monk
     from app.live_state import Compaction
 
     release = threading.Event()
-    real_build = Compaction.build
+    real_build = Compaction.build_in_child  # the follower's way on Linux: held before the fork
 
     def held_build(job) -> None:
         release.wait(30)
         real_build(job)
 
-    monkeypatch.setattr(Compaction, "build", held_build)
+    monkeypatch.setattr(Compaction, "build_in_child", held_build)
     day = 86_400
     recommender = Recommender.load(trained["model_dir"])
     state = recommender.state
