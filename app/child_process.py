@@ -10,19 +10,23 @@ the parent's thread reads it into fresh arrays with `readinto`, which releases t
 
 The result is pickled (protocol 5) with its arrays' buffers out of band, so neither side copies them
 through a bytes object. The child only runs `fn` and writes: it never logs, never touches a lock another
-thread of the parent might hold, and leaves with `os._exit` (no cleanup of the parent's objects, whose
-sockets it shares). Linux only (`available()`); callers fall back to a thread elsewhere.
+thread of the parent might hold, collects no garbage, stops at SIGTERM or SIGINT, and leaves with
+`os._exit` (no cleanup of the parent's objects, whose sockets it shares). Linux only (`available()`);
+callers fall back to a thread elsewhere.
 """
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
+import signal
 import struct
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TypeVar
 
 import numpy as np
@@ -62,6 +66,12 @@ def call_in_child(fn: Callable[[], T]) -> T:
     if pid == 0:  # the child
         code = 0
         try:
+            # no collection of the parent's garbage here: a finalizer could close a database connection
+            # whose socket the parent still uses
+            gc.disable()
+            with suppress(ValueError, OSError):  # the server's handlers are the parent's: stop at a signal
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.close(read_fd)
             with io.FileIO(write_fd, "wb") as out:
                 try:

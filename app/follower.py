@@ -169,8 +169,9 @@ class Follower:
                     logger.warning("state follower: database unreachable ({}), serving the state as of seq {}",
                                    exc.__class__.__name__, self.status.applied_seq)
                 backoff = min(max(backoff * 2, self.poll_seconds), self.max_backoff)
-            except Exception:  # never let the thread die: the state would silently freeze
+            except Exception as exc:  # never let the thread die: the state would silently freeze
                 self.status.failures += 1
+                self.status.last_error = exc.__class__.__name__  # /ready shows it
                 logger.exception("state follower: unexpected error")
                 backoff = min(max(backoff * 2, self.poll_seconds), self.max_backoff)
             self._stop.wait(backoff)
@@ -270,12 +271,12 @@ class Follower:
             self._compaction = None
             if building.error is not None:
                 raise building.error
-            folded, seconds = self.state.publish_compaction(building.job), building.seconds
+            folded, seconds, way = self.state.publish_compaction(building.job), building.seconds, building.in_child
             del building
             return_memory()  # the old base's arrays and the folded tails are free now
             logger.info("state follower: {} events folded into the base, now as of {} (built in {:.2f}s {} "
                         "while applying)", folded, self.state.base_as_of, seconds,
-                        "in a child process" if building.in_child else "in a thread")
+                        "in a child process" if way else "in a thread")
             return
         cut = self._due_cut()
         if cut is None:

@@ -284,6 +284,7 @@ def test_likes_keep_arriving_while_a_compaction_is_built(trained, world_db, monk
         _wait(lambda: state.compactions == 1, timeout=30)
         assert state_report(recommender, follower)["compacting"] is False
         assert state.events_applied == 2 and state.base_as_of > snap.base_as_of
+        assert follower.status.last_error == ""  # nothing went wrong on the follower's side of the publish
         assert top not in recommender.recommend("test", uid, t, 5).post_ids.tolist()
         assert int(state.post_rows(np.array([top]))[0]) in state.at(state.user_row(uid), t)[0].liked.tolist()
     finally:
