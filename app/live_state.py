@@ -100,6 +100,10 @@ class Compaction:
 
     def _compacted(self) -> tuple[dict[str, object], int]:
         self.build()
+        new, old = self.snapshot, self.base
+        changed = {f.name for f in fields(new) if getattr(new, f.name) is not getattr(old, f.name)}
+        if not changed <= {*COMPACTED_FIELDS, "base_as_of"}:  # `compact` changed: so must COMPACTED_FIELDS
+            raise RuntimeError(f"compact changed {sorted(changed - set(COMPACTED_FIELDS))}, not sent back")
         return {name: getattr(self.snapshot, name) for name in COMPACTED_FIELDS}, self.folded
 
 
