@@ -3,8 +3,9 @@
 A thread that runs seconds of NumPy beside the request threads makes every request wait: each time a
 request gives up the GIL (a NumPy call, a socket write) it waits up to the switch interval (5 ms) to get
 it back, and a compaction's many short array statements hold it between their copies. Measured at scale
-1.0 (`python -m bench.live_state compaction`): a day's compaction built in a thread took request p99
-from 2.75 to 18.5 ms and held one request 0.46 s. A forked child shares the parent's arrays copy-on-write
+1.0 (`python -m bench.live_state compaction`, 2026-12-01): a day's compaction built in a thread took
+request p99 from 1.9 to 13.5 ms and held one request 0.28 s; built in a child, p99 2.3-2.7 ms and the
+longest 27-30 ms (mostly the fork). A forked child shares the parent's arrays copy-on-write
 (nothing is copied to start it), computes with a GIL of its own, and sends the result through a pipe:
 the parent's thread reads it into fresh arrays with `readinto`, which releases the GIL for each read.
 

@@ -10,8 +10,9 @@ Posts added to `post_text_df` join the catalogue (`app.catalogue`) with no histo
 feed from then on (`add_posts`).
 
 One writer (the follower thread) calls `apply`, `add_users`, `add_posts` and `compact` (or starts a
-compaction, lets another thread build it and publishes it); request threads read. A batch is prepared
-off the lock and published under it in one short step, so a reader sees a batch whole or not at all.
+compaction, lets another thread or a forked child process build it, and publishes it); request
+threads read. A batch is prepared off the lock and published under it in one short step, so a reader
+sees a batch whole or not at all.
 
 Memory stays flat however long the service follows the feed: `compact(cut)` folds every event older
 than the cut into the base (`app.snapshot.compact`: counts, days, likes, last views — what
