@@ -478,6 +478,7 @@ def cmd_freshness(args) -> None:
                         raise RuntimeError(f"trial {trial}: the like never reached the answer")
                 seconds.append(time.perf_counter() - committed)
                 polls.append(n)
+            state = client.get("/ready").json()["state"]  # did a trial meet a compaction?
     finally:
         stop(proc)
         engine.dispose()
@@ -489,7 +490,10 @@ def cmd_freshness(args) -> None:
         "the user's top post are committed to feed_data, then the same request is repeated until the post is "
         "gone. Seconds from the commit to the first answer without it:", "",
         "| p50 | p90 | p99 | max | requests per trial (median) |", "|---|---|---|---|---|",
-        f"| {q['p50']} | {q['p90']} | {q['p99']} | {q['max']} | {int(np.median(polls))} |"])
+        f"| {q['p50']} | {q['p90']} | {q['p99']} | {q['max']} | {int(np.median(polls))} |", "",
+        f"The service's state compacted {state['compactions']} time(s) during the trials "
+        f"({state['events_folded']:,} user events folded; `STATE_COMPACT_IN_CHILD` "
+        f"{os.environ.get('STATE_COMPACT_IN_CHILD', 'true, the default')})."])
 
 
 # ------------------------------------------------------------------ apply rate
