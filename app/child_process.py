@@ -25,6 +25,7 @@ import pickle
 import signal
 import struct
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from contextlib import suppress
@@ -48,9 +49,11 @@ def available() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
-def call_in_child(fn: Callable[[], T]) -> T:
+def call_in_child(fn: Callable[[], T], timeout: float | None = None) -> T:
     """`fn()` computed in a forked child; its result (anything picklable: arrays, dataclasses of arrays)
-    returned here. Raises `ChildFailed` if it raised there or the child died, `OSError` if it could not fork."""
+    returned here. Raises `ChildFailed` if it raised there, the child died, or it ran longer than `timeout`
+    seconds (then it is killed: a child stuck on a lock it inherited must not hold its caller forever);
+    `OSError` if it could not fork."""
     read_fd, write_fd = os.pipe()
     try:
         import fcntl
@@ -88,15 +91,33 @@ def call_in_child(fn: Callable[[], T]) -> T:
         finally:
             os._exit(code)
     os.close(write_fd)
+    killed = threading.Event()
+
+    def kill() -> None:  # the child is not reaped before the timer is cancelled: its pid is still its own
+        killed.set()
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         with io.FileIO(read_fd, "rb") as inp:  # closed before the wait: a child still writing gets EPIPE
             result = _receive(inp)
     except ChildFailed as exc:
+        if timer is not None:
+            timer.cancel()
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        raise ChildFailed(f"{exc} (exit code {code})") from None
+        why = f"; killed after {timeout} s" if killed.is_set() else ""
+        raise ChildFailed(f"{exc} (exit code {code}{why})") from None
     except BaseException:
+        if timer is not None:
+            timer.cancel()
         os.waitpid(pid, 0)  # no zombie
         raise
+    if timer is not None:
+        timer.cancel()
     os.waitpid(pid, 0)
     return result
 

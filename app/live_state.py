@@ -93,10 +93,10 @@ class Compaction:
         self.snapshot, self.folded = compact(self.base, rows, packed["ts"], packed["post"], packed["kind"],
                                              packed["target"], self.n_users, self.cut, self.topic)
 
-    def build_in_child(self) -> None:
+    def build_in_child(self, timeout: float | None = None) -> None:
         """`build()` in a forked child process (`app.child_process`), so that its seconds of NumPy hold
         another GIL than the requests': only the arrays a compaction changes come back."""
-        changed, self.folded = call_in_child(self._compacted)
+        changed, self.folded = call_in_child(self._compacted, timeout)
         self.snapshot = replace(self.base, base_as_of=self.cut, **changed)
 
     def _compacted(self) -> tuple[dict[str, object], int]:

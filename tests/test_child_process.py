@@ -73,14 +73,26 @@ def test_a_result_cut_short_is_an_error(tmp_path):
         np.testing.assert_array_equal(child_process._receive(inp)["counts"], np.arange(100_000))
 
 
-def test_the_follower_builds_in_a_thread_when_it_cannot_fork():
+def test_a_child_that_runs_past_its_timeout_is_killed():
+    """A child stuck (on a lock it inherited, say) must not hold its caller: killed, and an error."""
+    import time
+
+    with pytest.raises(ChildFailed, match=r"exit code -9; killed after 0.5 s"):
+        call_in_child(lambda: time.sleep(60), timeout=0.5)  # without the kill: None after 60 s, and no error
+    assert call_in_child(lambda: 7, timeout=30) == 7  # a child in time is not killed
+
+
+@pytest.mark.parametrize("failure", [OSError(12, "Cannot allocate memory"),  # fork under a strict overcommit
+                                     ChildFailed("the child process raised: ... (exit code -9; killed after 600 s)")])
+def test_the_follower_builds_in_a_thread_when_the_child_cannot(failure):
     from app.follower import _Building
 
     class Job:
         built_here = False
 
-        def build_in_child(self) -> None:
-            raise OSError(12, "Cannot allocate memory")  # what fork says under a strict overcommit limit
+        def build_in_child(self, timeout: float | None = None) -> None:
+            assert timeout is not None  # the follower never waits on a child forever
+            raise failure
 
         def build(self) -> None:
             self.built_here = True

@@ -255,9 +255,9 @@ def test_likes_keep_arriving_while_a_compaction_is_built(trained, world_db, monk
     release = threading.Event()
     real_build = Compaction.build_in_child  # the follower's way on Linux: held before the fork
 
-    def held_build(job) -> None:
+    def held_build(job, **kwargs) -> None:
         release.wait(30)
-        real_build(job)
+        real_build(job, **kwargs)
 
     monkeypatch.setattr(Compaction, "build_in_child", held_build)
     day = 86_400
