@@ -359,7 +359,9 @@ class Retriever:
                     self.tfidf_topics[t].add(sel, posts.tfidf_vec[sel])
                     joint = np.ascontiguousarray(np.hstack([posts.vec[sel], posts.cf[sel]]), np.float32)
                     if self.topics[t].index is not None:  # in faiss now: `_blend` reads the catalogue's
-                        self._joint_exact[t] = joint[:0]
+                        # a new empty array, not `joint[:0]`: a view would keep the whole batch's [vec | cf]
+                        # alive (364 MB at a million posts, where each topic is added at once)
+                        self._joint_exact[t] = np.empty((0, joint.shape[1]), np.float32)
                     else:
                         held = self._joint_exact[t]
                         self._joint_exact[t] = joint if not len(held) else np.concatenate([held, joint])

@@ -297,6 +297,28 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
             assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
 
 
+def test_a_topic_moved_to_faiss_keeps_no_copy_of_its_vectors(trained):
+    """Once a topic is held by a faiss index, the blend reads its vectors from the catalogue: the
+    retriever keeps no [vec | cf] copy of the topic (an empty view of one kept the whole batch alive)."""
+    from app.candidates import Retriever
+
+    cand = Recommender.load(trained["model_dir"])
+    frame = cand.state.catalogue.frame
+    retriever = Retriever(cand.retriever.proxies, cand.retriever.priors, exact_below=50, nprobe=4)
+    retriever.update(frame)
+    held = 0
+    for t, index in enumerate(retriever.topics):
+        if index.index is None:
+            continue
+        held += 1
+        joint = retriever._joint_exact[t]
+        root = joint
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        assert len(joint) == 0 and root.nbytes == 0, f"topic {t} keeps {root.nbytes} bytes of vectors"
+    assert held == len(retriever.topics)  # every topic of the demo catalogue has more than 50 posts
+
+
 def test_taste_lists_are_the_nearest_posts_of_the_topic(trained):
     """A topic held exactly gives the taste lists from one product per vector space: the k posts with
     the largest inner product with the topic's taste vector, the overall taste vector and the TF-IDF
