@@ -228,23 +228,29 @@ class _TopicIndex:
         return np.concatenate([rows[f[:k][f[:k] >= 0]] for f, k in zip(found, ks, strict=True)])
 
 
-def _ivf(vecs: np.ndarray, nprobe: int):
+def ivf_lists(n: int) -> int:
+    """How many IVF lists an index of n vectors gets."""
+    # about 2 sqrt(n) lists, trained on 32 vectors a list for 10 rounds: seconds for a 150k-post topic. At
+    # most 4,096: capped at 1,024 (until 2026-12-01), a million-post index had ~1,000 vectors a list and a
+    # search (nprobe lists) scanned ~23,000 codes. `python -m bench.catalogue ivf` compares the rules
+    # (docs/catalogue.md): below 262,144 vectors nothing changes; twice as many lists (4 sqrt n) searched
+    # faster still at a million but lost recall on smaller topics, where a growing catalogue's topics are
+    # most of the time.
+    return int(min(4096, max(16, 2 * np.sqrt(n))))
+
+
+def _ivf(vecs: np.ndarray, nprobe: int, nlist: int | None = None):
     import faiss
 
     faiss.omp_set_num_threads(1)  # one request, one core: the workers already use them all
     d = vecs.shape[1]
-    # about 4 sqrt(n) lists (at most 4,096), trained on 16 vectors a list for 10 rounds. Lists of about
-    # sqrt(n) / 4 vectors: a search scans nprobe of them, so with 2 sqrt(n) lists capped at 1,024 (until
-    # 2026-12-01) a million-post index scanned ~23,000 codes a query. On post vectors grown to 512k and
-    # 1M (throwaway check, 100 queries, k 40): 210 -> 109 and 441 -> 161 us a search, recall@40 against
-    # exact search 0.990 -> 0.988 and 0.985 -> 0.984; building 1.4 -> 3.9 and 2.2 -> 8.8 s
-    nlist = int(min(4096, max(16, 4 * np.sqrt(len(vecs)))))
+    nlist = ivf_lists(len(vecs)) if nlist is None else nlist
     # vectors kept as 8-bit codes: a quarter of the memory of the float vectors, and retrieval only
     # needs the near ones, which the model then scores with the exact vectors
     index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10
-    sample = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 16 * nlist), replace=False)]
+    sample = vecs[np.random.default_rng(0).choice(len(vecs), min(len(vecs), 32 * nlist), replace=False)]
     index.train(sample)
     index.add(vecs)
     index.nprobe = nprobe

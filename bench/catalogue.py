@@ -7,6 +7,7 @@ new post's insert to candidate, and the fresh-post exposure sweep.
     python -m bench.catalogue fresh --db URL --models DIR --world PATH [--shares 0 0.1 0.2 0.4]
     python -m bench.catalogue young --db URL --models DIR --world PATH [--requests 1000]
     python -m bench.catalogue simcompare --runs A.json B.json ... (`training simulate --json`, one seed)
+    python -m bench.catalogue ivf --models DIR [--sizes 10000 60000 150000 512000 1000000]
 
 Each appends its result to docs/catalogue.md with the command, the machine and the load average.
 """
@@ -399,10 +400,62 @@ def simcompare(args) -> None:
     _append("Closed-loop runs with new posts", "\n".join(lines))
 
 
+def ivf(args) -> None:
+    """The faiss IVF index's list count against search time and recall, on the artifact's post vectors
+    grown to each size with noise (each copy a post of its own near the original): per rule, the seconds
+    to build, microseconds per single-query search (nprobe as the service's), and recall@k against
+    exact inner-product search over the same vectors."""
+    import faiss
+
+    from app.candidates import _ivf, ivf_lists
+
+    faiss.omp_set_num_threads(1)
+    engine = _load(args.models)
+    real = np.ascontiguousarray(engine.state.catalogue.frame.posts.vec, np.float32)
+    rules = {"2 sqrt(n), at most 1,024 (before 2026-12-01)": lambda n: int(min(1024, max(16, 2 * np.sqrt(n)))),
+             "2 sqrt(n), at most 4,096 (the service's)": ivf_lists,
+             "4 sqrt(n), at most 4,096": lambda n: int(min(4096, max(16, 4 * np.sqrt(n))))}
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for n in args.sizes:
+        vecs = real[rng.integers(0, len(real), n)]
+        vecs = (vecs + args.noise * vecs.std() * rng.standard_normal(vecs.shape).astype(np.float32)).astype(np.float32)
+        queries = vecs[rng.integers(0, n, args.queries)] + np.float32(0.01)
+        exact = np.argsort(-(vecs @ queries.T), axis=0)[:args.k].T
+        for label, rule in rules.items():
+            started = time.perf_counter()
+            index = _ivf(vecs, args.nprobe, nlist=rule(n))
+            build = time.perf_counter() - started
+            for q in queries[:5]:
+                index.search(q[None], args.k)
+            started = time.perf_counter()
+            found = [index.search(q[None], args.k)[1][0] for q in queries]
+            us = (time.perf_counter() - started) / len(queries) * 1e6
+            recall = np.mean([len(np.intersect1d(f, e)) / args.k for f, e in zip(found, exact, strict=True)])
+            rows.append(f"| {n:,} | {label} | {rule(n):,} | {build:.1f} | {us:.0f} | {recall:.3f} |")
+            print(rows[-1], flush=True)
+    _append("IVF lists: search time and recall", "\n".join([
+        f"`python -m bench.catalogue ivf --models {args.models.name} --sizes {' '.join(map(str, args.sizes))}`: "
+        f"the artifact's {len(real):,} post vectors (the sentence space, {real.shape[1]} dimensions) drawn "
+        f"with replacement to each size plus Gaussian noise ({args.noise} of their spread), one faiss "
+        f"IndexIVFScalarQuantizer per size and rule as the service builds it (8-bit codes, 32 training "
+        f"vectors a list, nprobe {args.nprobe}); {args.queries} single-query searches for the {args.k} nearest, "
+        f"recall against exact search over the same vectors.", "",
+        "| vectors | lists | nlist | build s | search us | recall@k |", "|---|---|---|---|---|---|", *rows]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.catalogue")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("simcompare").add_argument("--runs", type=Path, nargs="+", required=True)
+    p = sub.add_parser("ivf")
+    p.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000, 150_000, 512_000, 1_000_000])
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--k", type=int, default=40)
+    p.add_argument("--nprobe", type=int, default=24)
+    p.add_argument("--noise", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
     for name in ("recall", "cost", "cost-one", "newposts", "fresh", "young"):
         p = sub.add_parser(name)
         p.add_argument("--db", default=f"sqlite:///{PROJECT_ROOT / 'data' / 'feed.db'}")
@@ -437,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
 
     threadpool_limits(limits=1, user_api="blas")  # as the service does (app/main.py)
     {"recall": recall, "cost": cost, "cost-one": cost_one, "newposts": newposts, "fresh": fresh, "young": young,
-     "simcompare": simcompare}[args.command](args)
+     "simcompare": simcompare, "ivf": ivf}[args.command](args)
 
 
 if __name__ == "__main__":
