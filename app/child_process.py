@@ -1,8 +1,8 @@
 """Run a function in a forked child process and get its result back: its NumPy work off this process's GIL.
 
-A thread that runs seconds of NumPy beside the request threads makes every request wait: each time a
-request gives up the GIL (a NumPy call, a socket write) it waits up to the switch interval (5 ms) to get
-it back, and a compaction's many short array statements hold it between their copies. Measured at scale
+A thread that runs seconds of NumPy beside the request threads takes the GIL from them: a request that
+gives it up (a NumPy call, a socket write) can wait up to the switch interval (5 ms) to get it back, and
+a compaction's many short array statements hold it between their copies. Measured at scale
 1.0 (`python -m bench.live_state compaction`, 2026-12-01): a day's compaction built in a thread took
 request p99 from 1.9 to 13.5 ms and held one request 0.28 s; built in a child, p99 2.3-2.7 ms and the
 longest 27-30 ms (mostly the fork). A forked child shares the parent's arrays copy-on-write
@@ -111,9 +111,11 @@ def call_in_child(fn: Callable[[], T], timeout: float | None = None) -> T:
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         why = f"; killed after {timeout} s" if killed.is_set() else ""
         raise ChildFailed(f"{exc} (exit code {code}{why})") from None
-    except BaseException:
+    except BaseException:  # this side failed (out of memory, interrupted): the child's result is not wanted
         if timer is not None:
             timer.cancel()
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # not reaped yet: still its pid
         os.waitpid(pid, 0)  # no zombie
         raise
     if timer is not None:

@@ -101,3 +101,22 @@ def test_the_follower_builds_in_a_thread_when_the_child_cannot(failure):
     building = _Building(job, in_child=True)
     building.thread.join(10)
     assert job.built_here and building.error is None and not building.in_child
+
+
+def test_a_failure_on_this_side_kills_the_child_and_reaps_it(monkeypatch, tmp_path):
+    """If reading the result fails here (out of memory, say), the child is killed, not waited for."""
+    import time
+
+    finished = tmp_path / "finished"
+
+    def work() -> None:
+        time.sleep(3)
+        finished.touch()  # only a child left to run to its end gets here
+
+    def broken(_inp):
+        raise MemoryError("reading the result")
+
+    monkeypatch.setattr(child_process, "_receive", broken)
+    with pytest.raises(MemoryError):
+        call_in_child(work)
+    assert not finished.exists()
