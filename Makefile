@@ -59,7 +59,7 @@ test: $(STAMP) lint browser wrk java nginx ## Lint and run the whole test suite 
 screenshots: $(STAMP) browser ## Browser test of the console, saving its screenshots into docs/ (README shows them)
 	CONSOLE_SCREENSHOT_DIR=docs $(BIN)/python -m pytest -q tests/test_console_browser.py
 
-bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL and the serving benchmark (~40 min); appends docs/benchmarks.md
+bench: $(STAMP) ## Scale-1.0 pipeline on PostgreSQL, the serving benchmark and the cost by catalogue size (~45 min); appends docs/benchmarks.md, docs/catalogue.md
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench
 

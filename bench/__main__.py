@@ -1,4 +1,6 @@
-"""`make bench`: scale-1.0 world into PostgreSQL, training on it, then the serving benchmark.
+"""`make bench`: scale-1.0 world into PostgreSQL, training on it, then the serving benchmark and the cost
+per request by catalogue size (7k, 70k and 1M posts, candidates vs full scoring: docs/catalogue.md and
+its plot docs/catalogue_cost.png).
 
     python -m bench [--db URL] [--scale 1.0] [--skip-generate] [--skip-train]
 
@@ -103,6 +105,8 @@ def main() -> None:
         print("\n".join(lines))
     subprocess.run([py, "-m", "bench.serving", "--db", args.db, "--models", str(models), "--duration",
                     str(args.duration)], check=True)
+    subprocess.run([py, "-m", "bench.catalogue", "cost", "--db", args.db, "--models", str(models), "--posts", "7023",
+                    "70000", "1000000", "--requests", "200", "--full-max", "70000"], check=True)
 
 
 if __name__ == "__main__":

@@ -208,7 +208,41 @@ def cost(args) -> None:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['candidates']} | "
               f"{r['rss_mb']:.0f} | {r['grow_s']:.1f} | {_parts(r['parts'])} |" for r in results]
+    if args.plot is not None:
+        _plot_cost(results, args.plot)
+        lines += ["", f"Plotted in `{args.plot.name}` (p50 and p99 per request against the catalogue's size)."]
     _append("Cost per request by catalogue size", "\n".join(lines))
+
+
+def _plot_cost(results: list[dict], path: Path) -> None:
+    """The cost curve: per-request p50 (line) and p99 (dashed) against catalogue size, both retrievals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for mode, colour in (("candidates", "tab:blue"), ("full", "tab:red")):
+        rows = sorted((r for r in results if r["mode"] == mode), key=lambda r: r["size"])
+        if not rows:
+            continue
+        sizes = [r["size"] for r in rows]
+        label = "candidates, then CatBoost" if mode == "candidates" else "every post scored (RETRIEVAL=full)"
+        ax.plot(sizes, [r["p50"] for r in rows], "o-", color=colour, label=f"{label}: p50")
+        ax.plot(sizes, [r["p99"] for r in rows], "o--", color=colour, alpha=0.5, label=f"{label}: p99")
+        for r in rows:
+            ax.annotate(f"{r['p50']:.1f}", (r["size"], r["p50"]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("posts in the catalogue")
+    ax.set_ylabel("ms per request (one thread, in process)")
+    ax.set_title("Cost per request by catalogue size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _parts(p: dict) -> str:
@@ -470,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--posts", type=int, nargs="+", default=[7023, 70_000, 1_000_000])
             p.add_argument("--requests", type=int, default=300)
             p.add_argument("--full-max", type=int, default=100_000, help="largest catalogue scored in full")
+            p.add_argument("--plot", type=Path, default=PROJECT_ROOT / "docs" / "catalogue_cost.png",
+                           help="where the cost curve goes (PNG)")
         if name in ("cost", "cost-one"):
             p.add_argument("--at", choices=("latest", "held-out"), default="latest",
                            help="requests at the moment after the latest event, or at moments of the held-out window")
