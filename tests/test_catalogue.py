@@ -558,3 +558,17 @@ def test_calibrate_command_sizes_an_existing_version(trained, tmp_path):
     missing = CliRunner().invoke(cli, ["calibrate", "--db", trained["db_url"], "--models", str(models),
                                        "--version", "v-none"])
     assert missing.exit_code == 2 and "no artifact version" in missing.output
+
+
+def test_the_cost_curve_is_plotted_from_the_bench_results(tmp_path):
+    """`bench.catalogue cost` draws its rows (both retrievals, any subset of sizes) into a PNG."""
+    from bench.catalogue import _plot_cost
+
+    rows = [{"size": n, "mode": mode, "p50": p50, "p99": p50 * 1.2}
+            for n, mode, p50 in ((7023, "candidates", 1.6), (70_000, "candidates", 2.8), (1_000_000, "candidates", 3.9),
+                                 (7023, "full", 5.0), (70_000, "full", 57.6))]
+    path = tmp_path / "cost.png"
+    _plot_cost(rows, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    _plot_cost([r for r in rows if r["mode"] == "candidates"], path)  # no full-scoring row: still a plot
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
