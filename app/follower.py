@@ -268,10 +268,10 @@ class Follower:
         return cut if cut - self.state.base_as_of >= self.compact_seconds else None
 
     def _compact_beside(self) -> None:
-        """`compact`, with the base built in a thread of its own while this one goes on applying events: at
-        scale 1.0 a day's compaction takes seconds (its log line says how many), and built in this thread
-        it held every like and view back that long once a day. Published by this thread, the one writer,
-        at its first poll after the build."""
+        """`compact`, with the base built beside this thread while it goes on applying events (`_Building`:
+        in a forked child process, or a thread of its own): at scale 1.0 a day's compaction takes seconds
+        (its log line says how many), and built in this thread it held every like and view back that long
+        once a day. Published by this thread, the one writer, at its first poll after the build."""
         building = self._compaction
         if building is not None:
             if building.thread.is_alive():

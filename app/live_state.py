@@ -19,7 +19,7 @@ than the cut into the base (`app.snapshot.compact`: counts, days, likes, last vi
 `build_snapshot` would hold for that cut) and the post timeline forgets its blocks before it; `snapshot`
 is then that compacted base (its `seq` and `events_until` stay the artifact's). Answers from the cut on
 do not change — the posts viewed in the exclusion window once the window lies after the cut; requests
-before it are answered as of the cut. The follower compacts (`Follower.compact`, STATE_KEEP_HOURS).
+before it are answered as of the cut. The follower compacts (`Follower._compact_beside`, STATE_KEEP_HOURS).
 """
 
 from __future__ import annotations

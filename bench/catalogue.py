@@ -443,6 +443,10 @@ def ivf(args) -> None:
 
     from app.candidates import _ivf, ivf_lists
 
+    if min(args.sizes) < args.k or min(args.queries, args.k, args.nprobe) < 1 or args.noise < 0:
+        sys.exit(f"error: --queries, --k and --nprobe must be at least 1, every --sizes at least --k, --noise not "
+                 f"negative (got --sizes {args.sizes}, --queries {args.queries}, --k {args.k}, --nprobe "
+                 f"{args.nprobe}, --noise {args.noise})")
     faiss.omp_set_num_threads(1)
     engine = _load(args.models)
     real = np.ascontiguousarray(engine.state.catalogue.frame.posts.vec, np.float32)

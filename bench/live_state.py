@@ -619,18 +619,20 @@ def _even_load(port: int, script: Path, duration: int, concurrency: int, tries: 
     """One wrk run, repeated (at most `tries` runs in all) while its connections fall unevenly between the
     workers (5/3 of 8 queues five requests at one worker and moves p50 and p99 as much as the state can):
     every service gets the same treatment, so live and frozen are compared at the same split. The result
-    says how many runs it took and the splits seen."""
+    lists the splits seen, the kept run's last."""
     splits = []
-    for _ in range(max(1, tries)):
+    for _ in range(tries):
         result = load(port, script, duration, concurrency)
         splits.append(result["split"])
         if len(set(str(result["split"]).split("/"))) == 1:  # even (or one connection)
             break
-    result["tries"], result["splits"] = len(splits), splits
+    result["splits"] = splits
     return result
 
 
 def cmd_serving(args) -> None:
+    if args.even_tries < 1:
+        sys.exit(f"error: --even-tries must be at least 1 (got {args.even_tries})")
     if shutil.which("wrk") is None:
         sys.exit("error: wrk not found: apt-get install wrk")
     recommender = Recommender.load(args.models)
@@ -691,8 +693,7 @@ def cmd_serving(args) -> None:
             f"Live: the day of events ({len(day):,}) applied at startup (and the "
             f"compaction it calls for done) before the runs, and "
             f"more written at {args.trickle} events/s during the runs for the follower to apply.", "",
-            # how wrk's connections fell between the workers moves p50 as much as the state can (5/3 of 8
-            # queues five requests at one worker): the table says it, so a ratio can be read against it
+            # how wrk's connections fell between the workers moves p50 as much as the state can (`_even_load`)
             f"Each row is the first run whose connections fell evenly between the workers, of at most "
             f"{args.even_tries} (every service alike; the last column lists the splits seen, the kept run's last).",
             "",
