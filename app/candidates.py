@@ -65,6 +65,7 @@ from app.features import (
     POST_STATIC,
     POST_TEXT,
     USER_NUM,
+    PostView,
     Priors,
     UserView,
     finalize_posts,
@@ -269,11 +270,36 @@ class _Hourly:
     # per topic held exactly, the score of its rows in the order `_exact_topic` reads them (the blend's
     # proxy term; a gather per topic and request otherwise); empty for a topic held by faiss
     topic_score: tuple[np.ndarray, ...] = ()
+    # per topic held by faiss, the blend's pool of the proxy's best (`_Pool`); None for one held exactly
+    pools: tuple[_Pool | None, ...] = ()
 
     @property
     def nbytes(self) -> int:
         return (self.score.nbytes + sum(o.nbytes for o in self.by_topic) + self.popular.nbytes
-                + self.fresh.nbytes + sum(o.nbytes for o in self.topic_score))
+                + self.fresh.nbytes + sum(o.nbytes for o in self.topic_score)
+                + sum(o.nbytes for o in self.pools if o is not None))
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The proxy's best `blend_pool` posts of a topic held by faiss, with what the blend reads of them
+    in one contiguous block: gathered once an hour, not per request (at a million posts the gathers of
+    400 rows from three catalogue-sized arrays, seven topics a request, cost 0.1 ms a topic)."""
+
+    rows: np.ndarray  # sorted
+    base: np.ndarray  # w[0] * the proxy's score of each row
+    joint: np.ndarray  # (len(rows), d_vec + d_tfidf + d_cf) float32: [vec | tfidf_vec | cf]
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.base.nbytes + self.joint.nbytes
+
+    @classmethod
+    def of(cls, rows: np.ndarray, score: np.ndarray, w: np.ndarray, posts: PostView) -> _Pool:
+        rows = np.sort(rows)
+        joint = np.ascontiguousarray(np.hstack([posts.vec[rows], posts.tfidf_vec[rows], posts.cf[rows]]),
+                                     np.float32)
+        return cls(rows, (w[0] * score[rows]).astype(np.float32), joint)
 
 
 @functools.cache
@@ -502,11 +528,24 @@ class Retriever:
         query_tfidf = w[4] * user.topic_tfidf[0, topic]
         score = hourly.score
         posts = self._frame.posts
-        pool = unique(np.concatenate([hourly.by_topic[topic][:pool_size], found]))
-        pool = pool[pool < len(score)]
-        value = (w[0] * score[pool] + posts.vec[pool] @ sentence + posts.tfidf_vec[pool] @ query_tfidf
-                 + posts.cf[pool] @ query.cf)
-        return _top(pool, value, k)
+        cached = hourly.pools[topic] if hourly.pools else None
+        if cached is None or len(cached.rows) != min(pool_size, len(hourly.by_topic[topic])):
+            pool = unique(np.concatenate([hourly.by_topic[topic][:pool_size], found]))
+            pool = pool[pool < len(score)]
+            value = (w[0] * score[pool] + posts.vec[pool] @ sentence + posts.tfidf_vec[pool] @ query_tfidf
+                     + posts.cf[pool] @ query.cf)
+            return _top(pool, value, k)
+        # the hour's pool from its block, then the taste results it does not hold from the catalogue
+        value = cached.base + cached.joint @ np.concatenate([sentence, query_tfidf, query.cf])
+        extra = unique(found)
+        extra = extra[extra < len(score)]
+        at = np.minimum(np.searchsorted(cached.rows, extra), len(cached.rows) - 1)
+        extra = extra[cached.rows[at] != extra] if len(cached.rows) else extra
+        if not len(extra):
+            return _top(cached.rows, value, k)
+        more = (w[0] * score[extra] + posts.vec[extra] @ sentence + posts.tfidf_vec[extra] @ query_tfidf
+                + posts.cf[extra] @ query.cf)
+        return _top(np.concatenate([cached.rows, extra]), np.concatenate([value, more]), k)
 
     def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:
         """The counter-based sources as of the start of t's hour (events before t only), computed once per
@@ -552,4 +591,9 @@ class Retriever:
         fresh = np.concatenate([young, _best(few, score, b.fresh)])
         _, first = np.unique(fresh, return_index=True)
         topic_score = tuple(_score_of(index.rows, score) if index.index is None else score[:0] for index in self.topics)
-        return _Hourly((name, hour, n), score, by_topic, popular, fresh[np.sort(first)][:b.fresh], topic_score)
+        w = self.proxies[name].blend
+        pools = tuple(_Pool.of(by_topic[k][:b.blend_pool], score, w, posts)
+                      if w is not None and b.blend and index.index is not None else None
+                      for k, index in enumerate(self.topics))
+        return _Hourly((name, hour, n), score, by_topic, popular, fresh[np.sort(first)][:b.fresh], topic_score,
+                       pools)

@@ -286,15 +286,25 @@ def test_blend_source_ranks_by_proxy_and_the_models_similarities(trained, exact_
         if exact_below > len(in_topic):
             (got,) = retriever._exact_topic(topic, user.view, weights, hourly.score, (0, 0, 0, 10))
         else:
+            assert hourly.pools[topic] is not None  # the pool's block, gathered once for the hour
             got = retriever._blend(topic, user.view, weights, hourly, np.empty(0, np.int64), 10, budget.blend_pool)
         assert len(got) == 10 and (posts.topic[got] == topic).all()
         if exact_below > len(in_topic):
             want = in_topic[np.argsort(-value[in_topic], kind="stable")[:10]]
             np.testing.assert_array_equal(np.sort(got), np.sort(want))
-        else:  # the best of the proxy's pool by the same formula
-            pool = hourly.by_topic[topic][:budget.blend_pool]
-            assert np.isin(got, pool).all()
-            assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
+            continue
+        # the best of the proxy's pool by the same formula
+        pool = hourly.by_topic[topic][:budget.blend_pool]
+        assert np.isin(got, pool).all()
+        assert value[got].min() >= np.sort(value[pool])[-10] - 1e-4
+        # with taste results beside the pool (some in it, twice): the best of both, each once
+        outside = np.setdiff1d(in_topic, pool)
+        boost = outside[np.argsort(-value[outside], kind="stable")[:6]]  # the best posts the pool misses
+        found = np.concatenate([boost, boost[:2], pool[np.argsort(-value[pool])[:3]]])  # and the pool's best
+        got = retriever._blend(topic, user.view, weights, hourly, found, 10, budget.blend_pool)
+        both = np.union1d(pool, boost)
+        assert len(np.unique(got)) == 10 and np.isin(got, both).all()
+        assert value[got].min() >= np.sort(value[both])[-10] - 1e-4
 
 
 def test_a_topic_moved_to_faiss_keeps_no_copy_of_its_vectors(trained):
