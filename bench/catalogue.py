@@ -191,22 +191,28 @@ def cost(args) -> None:
                 continue
             out = subprocess.run([sys.executable, "-m", "bench.catalogue", "cost-one", "--models", str(args.models),
                                   "--size", str(size), "--mode", mode, "--requests", str(args.requests),
-                                  "--at", args.at],
+                                  "--at", args.at, "--jitter", str(args.jitter), "--recall", str(args.recall),
+                                  "--seed", str(args.seed)],
                                  check=True, capture_output=True, text=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(results[-1], flush=True)
     moments = ("at the moment after the latest event, after 10 warm-up requests" if args.at == "latest" else
                "at random moments of the held-out window (a fresh hour's retrieval sources now and then), after "
                "the same requests once as a warm-up")
+    grown = ("same columns, and vectors made distinct by noise of "
+             f"{args.jitter:g} of each dimension's spread (`_jittered`)" if args.jitter else "same columns and vectors")
+    recall = (f" Recall: the share of full scoring's top 5 (every post scored by the same engine) the candidates "
+              f"hold, over the first {args.recall} requests." if args.recall else "")
     lines = [f"One thread, in process, model `test`, {args.requests} requests per row {moments}; catalogues grown "
-             "in memory from the artifact's posts (new ids, same columns and vectors); each row a process of its "
+             f"in memory from the artifact's posts (new ids, {grown}); each row a process of its "
              "own (RSS after the requests). The parts: medians of the same requests again, each part timed on its "
              "own (`bench.serving.profile`: the user as of t, candidates, assemble, CatBoost, exclusion and "
-             "top-k).", "",
-             "| posts | retrieval | p50 ms | p99 ms | candidates median | process RSS MB | grow + index s | "
-             "parts ms: user / candidates / assemble / CatBoost / exclusion |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"top-k).{recall}", "",
+             "| posts | retrieval | p50 ms | p99 ms | candidates median | recall of full top 5 | process RSS MB | "
+             "grow + index s | parts ms: user / candidates / assemble / CatBoost / exclusion |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size']:,} | {r['mode']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['candidates']} | "
+              f"{'' if r.get('recall') is None else format(r['recall'], '.3f')} | "
               f"{r['rss_mb']:.0f} | {r['grow_s']:.1f} | {_parts(r['parts'])} |" for r in results]
     if args.plot is not None:
         _plot_cost(results, args.plot)
@@ -262,8 +268,10 @@ def cost_one(args) -> None:
     if args.size > base.n:
         reps = np.resize(np.arange(base.n), args.size - base.n)
         p = base.posts
-        view = PostView(p.static[reps], p.counters[:0], p.text[reps], p.vec[reps], p.tfidf_vec[reps], p.topic[reps],
-                        p.cf[reps])
+        rng = np.random.default_rng(args.seed)
+        view = PostView(p.static[reps], p.counters[:0], p.text[reps], _jittered(p.vec[reps], args.jitter, rng),
+                        _jittered(p.tfidf_vec[reps], args.jitter, rng), p.topic[reps],
+                        _jittered(p.cf[reps], args.jitter, rng))
         ids = base.ids.max() + 1 + np.arange(args.size - base.n)
         frame = pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""})
         state.add_posts(frame, view, born=state.base_as_of)  # as if there from the base cut on
@@ -293,10 +301,48 @@ def cost_one(args) -> None:
     from bench.serving import profile
 
     parts = profile(engine, list(zip(users.tolist(), times.tolist(), strict=True)), args.requests)
+    rss = _rss_mb()  # before full scoring's arrays, which the recall below makes
+    recall = None
+    if args.mode == "candidates" and args.recall:
+        recall = _recall_of_full(engine, users[:args.recall], times[:args.recall])
     print(json.dumps({"size": args.size, "mode": args.mode, "p50": float(np.median(ms)),
                       "p99": float(np.quantile(ms, 0.99)), "parts": parts,
                       "candidates": int(np.median(sizes)) if sizes else state.n_posts,
-                      "rss_mb": _rss_mb(), "grow_s": grow}))
+                      "rss_mb": rss, "grow_s": grow, "jitter": args.jitter, "recall": recall}))
+
+
+def _jittered(vecs: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """Copies of the artifact's unit vectors made distinct posts of the same themes: Gaussian noise of
+    `jitter` times each dimension's spread, back to unit length; zero rows (no collaborative vector) stay
+    zero. Exact copies are no catalogue a service meets, and an IVF index searched them 2.2x slower than
+    distinct vectors while scanning as many codes (a throwaway check, 2026-12-01: 158 vs 70 us)."""
+    if not jitter:
+        return vecs
+    out = vecs + (jitter * vecs.std(axis=0) * rng.standard_normal(vecs.shape)).astype(np.float32)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    has = vecs.any(axis=1, keepdims=True)
+    return np.where(has, out / np.where(norm > 0, norm, 1), 0).astype(np.float32)
+
+
+def _recall_of_full(engine: Recommender, users: np.ndarray, times: np.ndarray) -> float:
+    """Share of full scoring's top 5 (every post scored, the same engine and state) that the candidates
+    hold, over the given requests."""
+    from dataclasses import replace
+
+    state, candidates_policy = engine.state, engine.policy
+    hits = total = 0
+    for u, t in zip(users, times, strict=True):
+        u, t = int(u), int(t)
+        engine.policy = replace(candidates_policy, retrieval="full")
+        try:
+            top = engine.recommend("test", u, t, 5).post_ids
+        finally:
+            engine.policy = candidates_policy
+        user, posts = state.at(state.user_row(u), t)
+        ids = engine.post_ids[engine.candidates("test", user, t, len(posts.topic))]
+        hits += len(set(top.tolist()) & set(ids.tolist()))
+        total += len(top)
+    return hits / max(total, 1)
 
 
 def _rss_mb() -> float:
@@ -513,6 +559,10 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("cost", "cost-one"):
             p.add_argument("--at", choices=("latest", "held-out"), default="latest",
                            help="requests at the moment after the latest event, or at moments of the held-out window")
+            p.add_argument("--jitter", type=float, default=0.3,
+                           help="noise on the grown posts' vectors, times each dimension's spread (0: exact copies)")
+            p.add_argument("--recall", type=int, default=0,
+                           help="requests on which the candidates' recall of full scoring's top 5 is measured")
         if name == "cost-one":
             p.add_argument("--size", type=int, required=True)
             p.add_argument("--mode", choices=("candidates", "full"), required=True)

@@ -582,3 +582,23 @@ def test_the_cost_curve_is_plotted_from_the_bench_results(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     _plot_cost([r for r in rows if r["mode"] == "candidates"], path)  # no full-scoring row: still a plot
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cost_bench_grows_distinct_unit_vectors_and_keeps_zero_rows_zero():
+    """The cost curve's grown posts: copies of the artifact's vectors made distinct, each still of unit
+    length, a post without a collaborative vector still without one; jitter 0 gives the copies."""
+    from bench.catalogue import _jittered
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((50, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs[::5] = 0
+    copies = vecs[np.resize(np.arange(50), 200)]
+    out = _jittered(copies, 0.3, np.random.default_rng(1))
+    assert out.dtype == np.float32 and out.shape == copies.shape
+    zero = ~copies.any(axis=1)
+    assert not out[zero].any()
+    np.testing.assert_allclose(np.linalg.norm(out[~zero], axis=1), 1.0, atol=1e-5)
+    assert len(np.unique(out[~zero], axis=0)) == (~zero).sum()  # no two alike
+    assert (np.einsum("ij,ij->i", out[~zero], copies[~zero]) > 0.5).all()  # near the post they copy
+    assert _jittered(copies, 0.0, rng) is copies
