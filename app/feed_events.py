@@ -165,10 +165,24 @@ def read_all(conn: Connection, chunk_rows: int = CHUNK_ROWS) -> EventBatch:
     return EventBatch(out.ts, out.user_id, out.post_id, out.kind, out.target, np.array([after], np.int64))
 
 
+def scalar(conn: Connection, sql: str):
+    """The first value of a statement without parameters, by the driver's own cursor: a fifth of the CPU
+    of `Connection.execute` (30 against 140 us on PostgreSQL, one host), for the statements a follower
+    runs several times a second on the serving process, where every microsecond holds the GIL. The driver
+    begins a transaction that SQLAlchemy does not know of: the caller ends it on the driver's connection
+    (`Follower._connected`)."""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql)
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return None if row is None else row[0]
+
+
 def max_seq(conn: Connection) -> int:
     """Highest insertion sequence in the feed (0 when empty)."""
-    value = conn.execute(text(f"SELECT MAX({_seq(conn.dialect.name)}) FROM {feed_data.name}")).scalar()
-    return int(value or 0)
+    return int(scalar(conn, f"SELECT MAX({_seq(conn.dialect.name)}) FROM {feed_data.name}") or 0)
 
 
 def pg_snapshot(conn: Connection) -> tuple[int, int]:

@@ -196,6 +196,9 @@ class Follower:
         try:
             yield conn
             conn.rollback()
+            # and the driver's own, begun by `feed_events.scalar` where SQLAlchemy began none (a no-op
+            # without one): an idle poll runs only such statements
+            conn.connection.driver_connection.rollback()
         except BaseException:
             self._conn = None
             with suppress(Exception):
@@ -386,8 +389,8 @@ class TableWatch:
             self._counted = now
             n, top = conn.execute(select(func.count(), func.max(self.key))).one()
             count = int(n or 0)
-        else:
-            top = conn.execute(select(func.max(self.key))).scalar()
+        else:  # several times a second: by the driver's cursor (`feed_events.scalar`)
+            top = feed_events.scalar(conn, f"SELECT MAX({self.key.name}) FROM {self.table.name}")
         top = int(top if top is not None else -1)
         if top == known_top and count in (None, known_count):
             return None

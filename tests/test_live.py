@@ -141,6 +141,39 @@ def test_out_of_order_commits_are_applied_once(trained, world_db, outcome):
 
 
 @pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
+def test_a_poll_leaves_no_transaction_open(trained, world_db):
+    """Idle polls and busy ones end their transaction on the server: an open one would hold
+    PostgreSQL's cleanup horizon back for as long as the service runs (the idle poll's statements go
+    by the driver's cursor, whose transaction SQLAlchemy does not know of)."""
+    recommender = Recommender.load(trained["model_dir"])
+    engine = make_engine(world_db)
+    follower = Follower(engine, recommender.state, users_poll_seconds=0.0, posts_poll_seconds=0.0)
+    snap = recommender.state.snapshot
+    rng = np.random.default_rng(1)
+
+    def state_of_follower() -> str:
+        pid = follower._conn.connection.driver_connection.info.backend_pid
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT state FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar()
+
+    try:
+        follower.poll()  # catches up (a busy poll)
+        assert state_of_follower() == "idle"
+        for _ in range(3):  # nothing new: only the driver's statements
+            follower.poll()
+            assert state_of_follower() == "idle"
+        with engine.begin() as conn:
+            conn.execute(insert(feed_data), _events(rng, snap.user_ids, snap.post_ids, snap.events_until + 5, 3))
+        before = recommender.state.events_applied
+        follower.poll()
+        assert recommender.state.events_applied == before + 3
+        assert state_of_follower() == "idle"
+    finally:
+        follower.stop()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("world_db", ["postgresql"], indirect=True)
 def test_a_lost_database_keeps_serving_and_catches_up(trained, world_db):
     """PostgreSQL goes away mid-stream (a proxy cuts every connection): recommendations keep coming from
     the last state, /ready says so, and once it is back every event is applied exactly once."""
