@@ -71,7 +71,7 @@ from app.features import (
     finalize_posts,
 )
 from app.post_counters import PostTimeline
-from app.rowsets import unique, unique_below
+from app.rowsets import isin, unique_below
 
 RETRIEVAL_FILE = "retrieval.json"
 POPULAR_DAYS = 7
@@ -286,7 +286,7 @@ class _Pool:
     in one contiguous block: gathered once an hour, not per request (at a million posts the gathers of
     400 rows from three catalogue-sized arrays, seven topics a request, cost 0.1 ms a topic)."""
 
-    rows: np.ndarray  # sorted
+    rows: np.ndarray  # sorted (`isin` sorts them again per request: already sorted, at little cost)
     base: np.ndarray  # w[0] * the proxy's score of each row
     joint: np.ndarray  # (len(rows), d_vec + d_tfidf + d_cf) float32: [vec | tfidf_vec | cf]
 
@@ -528,24 +528,22 @@ class Retriever:
         query_tfidf = w[4] * user.topic_tfidf[0, topic]
         score = hourly.score
         posts = self._frame.posts
+
+        def value_of(rows: np.ndarray) -> np.ndarray:  # the blend of rows read from the catalogue
+            return (w[0] * score[rows] + posts.vec[rows] @ sentence + posts.tfidf_vec[rows] @ query_tfidf
+                    + posts.cf[rows] @ query.cf)
+
         cached = hourly.pools[topic] if hourly.pools else None
         if cached is None or len(cached.rows) != min(pool_size, len(hourly.by_topic[topic])):
-            pool = unique(np.concatenate([hourly.by_topic[topic][:pool_size], found]))
-            pool = pool[pool < len(score)]
-            value = (w[0] * score[pool] + posts.vec[pool] @ sentence + posts.tfidf_vec[pool] @ query_tfidf
-                     + posts.cf[pool] @ query.cf)
-            return _top(pool, value, k)
+            pool = unique_below(np.concatenate([hourly.by_topic[topic][:pool_size], found]), len(score))
+            return _top(pool, value_of(pool), k)
         # the hour's pool from its block, then the taste results it does not hold from the catalogue
         value = cached.base + cached.joint @ np.concatenate([sentence, query_tfidf, query.cf])
-        extra = unique(found)
-        extra = extra[extra < len(score)]
-        at = np.minimum(np.searchsorted(cached.rows, extra), len(cached.rows) - 1)
-        extra = extra[cached.rows[at] != extra] if len(cached.rows) else extra
+        extra = unique_below(found, len(score))
+        extra = extra[~isin(extra, cached.rows)]
         if not len(extra):
             return _top(cached.rows, value, k)
-        more = (w[0] * score[extra] + posts.vec[extra] @ sentence + posts.tfidf_vec[extra] @ query_tfidf
-                + posts.cf[extra] @ query.cf)
-        return _top(np.concatenate([cached.rows, extra]), np.concatenate([value, more]), k)
+        return _top(np.concatenate([cached.rows, extra]), np.concatenate([value, value_of(extra)]), k)
 
     def _hour(self, name: str, t: int, timeline: PostTimeline) -> _Hourly:
         """The counter-based sources as of the start of t's hour (events before t only), computed once per
