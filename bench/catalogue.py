@@ -576,6 +576,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--fresh-hours", type=float, default=24.0)
             p.add_argument("--fresh-views", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.command in ("cost", "cost-one") and (args.jitter < 0 or args.recall < 0):
+        sys.exit(f"error: --jitter and --recall must not be negative (got --jitter {args.jitter}, "
+                 f"--recall {args.recall})")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")  # as the service does (app/main.py)

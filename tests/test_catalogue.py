@@ -602,3 +602,13 @@ def test_cost_bench_grows_distinct_unit_vectors_and_keeps_zero_rows_zero():
     assert len(np.unique(out[~zero], axis=0)) == (~zero).sum()  # no two alike
     assert (np.einsum("ij,ij->i", out[~zero], copies[~zero]) > 0.5).all()  # near the post they copy
     assert _jittered(copies, 0.0, rng) is copies
+
+
+@pytest.mark.parametrize("bad", [["--jitter", "-0.1"], ["--recall", "-5"]])
+def test_cost_bench_refuses_a_negative_jitter_or_recall_naming_it(bad):
+    """Refused before the artifact is read, the option named (a negative --recall would cut the requests
+    from the end)."""
+    from bench.catalogue import main
+
+    with pytest.raises(SystemExit, match="--jitter and --recall must not be negative"):
+        main(["cost", "--models", "/nonexistent", "--posts", "7023", *bad])
