@@ -104,6 +104,12 @@ class Budget:
     popular: int = 40
     fresh: int = 30
     cf: int = 50  # nearest by the collaborative vectors, among the posts that have one
+    # in a topic held in a faiss index, the taste lists of the first `searched` favourites only, when the
+    # model has a blend: a search costs ~150 us at a million posts (memory-bound, one per list and space),
+    # and a less-favoured topic's few taste posts are mostly the blend's, which re-scores the proxy's best
+    # of the topic with the same taste vectors. A topic held exactly keeps every list: its products cost
+    # microseconds. `python -m bench.catalogue cost` (docs/catalogue.md) measures both.
+    searched: int = 3
 
     def scaled(self, factor: float) -> Budget:
         """Every retrieval list `factor` times as long (at least one post where it had any); the popular
@@ -444,6 +450,8 @@ class Retriever:
                     ks = (0, 0, ks[2], ks[3])
                 parts += self._exact_topic(topic, user, weights, hourly.score, ks, hourly.topic_score[topic], query)
                 continue
+            if weights is not None and i >= b.searched:
+                ks = (0, 0, 0, ks[3])
             taste = self.topics[topic].nearest(np.stack([user.topic_vec[0, topic], user.vec[0]]), list(ks[:2]))
             tfidf = self.tfidf_topics[topic].nearest(user.topic_tfidf[0, topic][None, :], [ks[2]])
             parts += [taste, tfidf]

@@ -329,6 +329,58 @@ def test_a_topic_moved_to_faiss_keeps_no_copy_of_its_vectors(trained):
     assert held == len(retriever.topics)  # every topic of the demo catalogue has more than 50 posts
 
 
+def test_only_the_first_favourites_are_searched_in_faiss(trained):
+    """With every topic in a faiss index, a request searches the taste lists of its `Budget.searched`
+    favourite topics only (a search is the costly step at a million posts); a less-favoured topic still
+    gives the blend's best of the proxy's pool. With `searched` covering every topic, all are searched."""
+    from dataclasses import replace
+
+    from app.candidates import Retriever, _nth
+
+    cand = Recommender.load(trained["model_dir"])
+    state = cand.state
+    kept = cand.retriever
+    retriever = Retriever(kept.proxies, kept.priors, exact_below=50, nprobe=4)
+    retriever.update(state.catalogue.frame)
+    searched: list[tuple[int, str]] = []
+
+    def spy(kind: str, topic: int, index):
+        original = index.nearest
+
+        def nearest(queries, ks):
+            if any(k > 0 and q.any() for q, k in zip(queries, ks, strict=True)):
+                searched.append((topic, kind))
+            return original(queries, ks)
+        return nearest
+
+    for t in range(len(retriever.topics)):
+        retriever.topics[t].nearest = spy("sentence", t, retriever.topics[t])
+        retriever.tfidf_topics[t].nearest = spy("tfidf", t, retriever.tfidf_topics[t])
+    snap = state.snapshot
+    t = snap.events_until + 3600
+    proxy = retriever.proxies["test"]
+    budget = retriever.budget_for(proxy)
+    hourly = retriever._hour("test", t, state.timeline)
+    checked = beyond = 0
+    for user_id in snap.user_ids[:10]:
+        user, _ = state.at(state.user_row(int(user_id)), t)
+        favourites = [int(x) for x in retriever.favourite_topics(user.view)]
+        searched.clear()
+        rows = retriever.candidates("test", user.view, t, state.timeline, state.catalogue.frame)
+        assert {topic for topic, _ in searched} <= set(favourites[:budget.searched])
+        checked += bool(searched)
+        for i, topic in enumerate(favourites[budget.searched:], start=budget.searched):
+            best = retriever._blend(topic, user.view, proxy.blend, hourly, np.empty(0, np.int64),
+                                    _nth(budget.blend, i), budget.blend_pool)
+            assert len(best) and np.isin(best, rows).all()
+        retriever.budget = replace(kept.budget, searched=len(retriever.topics))
+        searched.clear()
+        retriever.candidates("test", user.view, t, state.timeline, state.catalogue.frame)
+        retriever.budget = kept.budget
+        beyond += bool({topic for topic, _ in searched} - set(favourites[:budget.searched]))
+    assert checked >= 5 and beyond >= 5
+
+
 def test_taste_lists_are_the_nearest_posts_of_the_topic(trained):
     """A topic held exactly gives the taste lists from one product per vector space: the k posts with
     the largest inner product with the topic's taste vector, the overall taste vector and the TF-IDF
