@@ -108,8 +108,9 @@ class Budget:
     # model has a blend: a search costs ~150 us at a million posts (memory-bound, one per list and space),
     # and a less-favoured topic's few taste posts are mostly the blend's, which re-scores the proxy's best
     # of the topic with the same taste vectors. A topic held exactly keeps every list: its products cost
-    # microseconds. `python -m bench.catalogue cost` (docs/catalogue.md) measures both.
-    searched: int = 3
+    # microseconds. `python -m bench.catalogue searched` (docs/catalogue.md, 2026-12-02): 7, 3 and 2 gave
+    # the same recall of full scoring's top 5 on a 70k-post world and on the demo grown to 1M, 1 lost 0.002
+    searched: int = 2
 
     def scaled(self, factor: float) -> Budget:
         """Every retrieval list `factor` times as long (at least one post where it had any); the popular

@@ -8,6 +8,7 @@ new post's insert to candidate, and the fresh-post exposure sweep.
     python -m bench.catalogue young --db URL --models DIR --world PATH [--requests 1000]
     python -m bench.catalogue simcompare --runs A.json B.json ... (`training simulate --json`, one seed)
     python -m bench.catalogue ivf --models DIR [--sizes 10000 60000 150000 512000 1000000]
+    python -m bench.catalogue searched --db URL --models DIR [--size N] [--values 7 3 2 1] [--requests 200]
 
 Each appends its result to docs/catalogue.md with the command, the machine and the load average.
 """
@@ -259,24 +260,12 @@ def cost_one(args) -> None:
     import gc
     import json
 
-    from app.features import PostView
 
     engine = _load(args.models, retrieval=args.mode)
     state = engine.state
-    base = state.catalogue.frame
     started = time.perf_counter()
-    if args.size > base.n:
-        reps = np.resize(np.arange(base.n), args.size - base.n)
-        p = base.posts
-        rng = np.random.default_rng(args.seed)
-        view = PostView(p.static[reps], p.counters[:0], p.text[reps], _jittered(p.vec[reps], args.jitter, rng),
-                        _jittered(p.tfidf_vec[reps], args.jitter, rng), p.topic[reps],
-                        _jittered(p.cf[reps], args.jitter, rng))
-        ids = base.ids.max() + 1 + np.arange(args.size - base.n)
-        frame = pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""})
-        state.add_posts(frame, view, born=state.base_as_of)  # as if there from the base cut on
-        del view, frame, reps, p
-        gc.collect()
+    _grow(engine, args.size, args.jitter, args.seed)
+    gc.collect()
     grow = time.perf_counter() - started
     rng = np.random.default_rng(1)
     users = rng.choice(state.snapshot.user_ids, size=args.requests)
@@ -309,6 +298,80 @@ def cost_one(args) -> None:
                       "p99": float(np.quantile(ms, 0.99)), "parts": parts,
                       "candidates": int(np.median(sizes)) if sizes else state.n_posts,
                       "rss_mb": rss, "grow_s": grow, "jitter": args.jitter, "recall": recall}))
+
+
+def _grow(engine: Recommender, size: int, jitter: float, seed: int) -> None:
+    """Grow the engine's catalogue in memory to `size` posts: the artifact's posts repeated under new ids
+    (their columns, and their vectors made distinct by `_jittered`), as if there from the base cut on."""
+    from app.features import PostView
+
+    state = engine.state
+    base = state.catalogue.frame
+    if size <= base.n:
+        return
+    reps = np.resize(np.arange(base.n), size - base.n)
+    p = base.posts
+    rng = np.random.default_rng(seed)
+    view = PostView(p.static[reps], p.counters[:0], p.text[reps], _jittered(p.vec[reps], jitter, rng),
+                    _jittered(p.tfidf_vec[reps], jitter, rng), p.topic[reps], _jittered(p.cf[reps], jitter, rng))
+    ids = base.ids.max() + 1 + np.arange(size - base.n)
+    state.add_posts(pd.DataFrame({c.POST_ID: ids, c.TEXT: "", c.TOPIC: ""}), view, born=state.base_as_of)
+
+
+def searched(args) -> None:
+    """How many favourite topics get faiss taste searches (`Budget.searched`): per value, the candidates'
+    recall of full scoring's top 5 (the same engine) and the candidates step's p50, on the same requests:
+    at the moment after the latest event, and at held-out moments from the database. Only topics held in
+    a faiss index are searched, so a catalogue below `exact_below` posts a topic shows no difference."""
+    from dataclasses import replace
+
+    if min(args.values) < 0 or args.requests < 1 or args.jitter < 0:
+        sys.exit(f"error: --values and --jitter must not be negative and --requests at least 1 "
+                 f"(got --values {args.values}, --jitter {args.jitter}, --requests {args.requests})")
+    engine = _load(args.models, retrieval="candidates")
+    _grow(engine, args.size, args.jitter, args.seed)
+    state, retriever, policy = engine.state, engine.retriever, engine.policy
+    kept = retriever.budget
+    rng = np.random.default_rng(1)
+    latest = [(int(u), int(state.latest_event + 60)) for u in rng.choice(state.snapshot.user_ids, size=args.requests)]
+    held = _requests(args.db, engine, args.requests, args.seed)
+    held = list(zip(held[c.USER_ID].astype(int).tolist(), held["ts"].astype(int).tolist(), strict=True))
+    rows = []
+    for label, requests in (("latest", latest), ("held-out", held)):
+        tops = []
+        engine.policy = replace(policy, retrieval="full")
+        try:
+            tops = [set(engine.recommend("test", u, t, 5).post_ids.tolist()) for u, t in requests]
+        finally:
+            engine.policy = policy
+        found = {v: [0, 0, [], []] for v in args.values}
+        for rnd in range(2):  # the first round warms the hourly sources; the second is timed
+            for v in args.values:
+                retriever.budget = replace(kept, searched=v)
+                for (u, t), top in zip(requests, tops, strict=True):
+                    user, posts = state.at(state.user_row(u), t)
+                    started = time.perf_counter()
+                    got = engine.candidates("test", user, t, len(posts.topic))
+                    ms = (time.perf_counter() - started) * 1000
+                    if rnd:
+                        f = found[v]
+                        f[0] += len(top & set(engine.post_ids[got].tolist()))
+                        f[1] += len(top)
+                        f[2].append(ms)
+                        f[3].append(len(got))
+        retriever.budget = kept
+        for v, (hit, total, ms, sizes) in found.items():
+            rows.append(f"| {label} | {v}{' (the default)' if v == kept.searched else ''} | {hit / max(total, 1):.4f} "
+                        f"| {np.median(ms):.2f} | {np.median(sizes):.0f} |")
+    topics = sum(index.index is not None for index in retriever.topics)
+    _append("Favourite topics searched in faiss (`Budget.searched`)",
+            f"Artifact {args.models} with {state.n_posts:,} posts ({topics} of {len(retriever.topics)} topics in a "
+            f"faiss index); model `test`; {args.requests} requests at the moment after the latest event and "
+            f"{args.requests} held-out requests (`training.evaluate.sample_requests`, seed {args.seed}) from "
+            f"{masked(args.db)}; recall: the share of full scoring's top 5 (every post scored by the same engine) "
+            "the candidates hold; the candidates step timed in process, one thread, on a second pass over the "
+            "same requests.\n\n| requests | searched | recall of full top 5 | candidates p50 ms | candidates median |"
+            "\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def _jittered(vecs: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
@@ -540,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nprobe", type=int, default=24)
     p.add_argument("--noise", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
-    for name in ("recall", "cost", "cost-one", "newposts", "fresh", "young"):
+    for name in ("recall", "cost", "cost-one", "newposts", "fresh", "young", "searched"):
         p = sub.add_parser(name)
         p.add_argument("--db", default=f"sqlite:///{PROJECT_ROOT / 'data' / 'feed.db'}")
         p.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
@@ -567,6 +630,11 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--size", type=int, required=True)
             p.add_argument("--mode", choices=("candidates", "full"), required=True)
             p.add_argument("--requests", type=int, default=300)
+        if name == "searched":
+            p.add_argument("--size", type=int, default=0, help="grow the catalogue to this many posts first")
+            p.add_argument("--jitter", type=float, default=0.3)
+            p.add_argument("--requests", type=int, default=200)
+            p.add_argument("--values", type=int, nargs="+", default=[7, 3, 2, 1])
         if name == "newposts":
             p.add_argument("--inserts", type=int, default=50)
             p.add_argument("--poll", type=float, default=0.5)
@@ -583,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
 
     threadpool_limits(limits=1, user_api="blas")  # as the service does (app/main.py)
     {"recall": recall, "cost": cost, "cost-one": cost_one, "newposts": newposts, "fresh": fresh, "young": young,
-     "simcompare": simcompare, "ivf": ivf}[args.command](args)
+     "simcompare": simcompare, "ivf": ivf, "searched": searched}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -664,3 +664,12 @@ def test_cost_bench_refuses_a_negative_jitter_or_recall_naming_it(bad):
 
     with pytest.raises(SystemExit, match="--jitter and --recall must not be negative"):
         main(["cost", "--models", "/nonexistent", "--posts", "7023", *bad])
+
+
+@pytest.mark.parametrize("bad", [["--values", "3", "-1"], ["--jitter", "-0.1"], ["--requests", "0"]])
+def test_searched_bench_refuses_bad_options_naming_them(bad):
+    """Refused before the artifact is read, every option named with what it got."""
+    from bench.catalogue import main
+
+    with pytest.raises(SystemExit, match="--values and --jitter must not be negative and --requests at least 1"):
+        main(["searched", "--models", "/nonexistent", *bad])
