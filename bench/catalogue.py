@@ -260,7 +260,6 @@ def cost_one(args) -> None:
     import gc
     import json
 
-
     engine = _load(args.models, retrieval=args.mode)
     state = engine.state
     started = time.perf_counter()
@@ -338,7 +337,6 @@ def searched(args) -> None:
     held = list(zip(held[c.USER_ID].astype(int).tolist(), held["ts"].astype(int).tolist(), strict=True))
     rows = []
     for label, requests in (("latest", latest), ("held-out", held)):
-        tops = []
         engine.policy = replace(policy, retrieval="full")
         try:
             tops = [set(engine.recommend("test", u, t, 5).post_ids.tolist()) for u, t in requests]
