@@ -329,7 +329,7 @@ def searched(args) -> None:
                  f"(got --values {args.values}, --jitter {args.jitter}, --requests {args.requests})")
     engine = _load(args.models, retrieval="candidates")
     _grow(engine, args.size, args.jitter, args.seed)
-    state, retriever, policy = engine.state, engine.retriever, engine.policy
+    state, retriever = engine.state, engine.retriever
     kept = retriever.budget
     rng = np.random.default_rng(1)
     latest = [(int(u), int(state.latest_event + 60)) for u in rng.choice(state.snapshot.user_ids, size=args.requests)]
@@ -337,19 +337,18 @@ def searched(args) -> None:
     held = list(zip(held[c.USER_ID].astype(int).tolist(), held["ts"].astype(int).tolist(), strict=True))
     rows = []
     for label, requests in (("latest", latest), ("held-out", held)):
-        engine.policy = replace(policy, retrieval="full")
-        try:
-            tops = [set(engine.recommend("test", u, t, 5).post_ids.tolist()) for u, t in requests]
-        finally:
-            engine.policy = policy
+        tops = _full_tops(engine, requests)
+        users = []  # each request's user as of t and catalogue size, once for every value
+        for u, t in requests:
+            user, posts = state.at(state.user_row(u), t)
+            users.append((user, len(posts.topic)))
         found = {v: [0, 0, [], []] for v in args.values}
         for rnd in range(2):  # the first round warms the hourly sources; the second is timed
             for v in args.values:
                 retriever.budget = replace(kept, searched=v)
-                for (u, t), top in zip(requests, tops, strict=True):
-                    user, posts = state.at(state.user_row(u), t)
+                for (_, t), top, (user, n) in zip(requests, tops, users, strict=True):
                     started = time.perf_counter()
-                    got = engine.candidates("test", user, t, len(posts.topic))
+                    got = engine.candidates("test", user, t, n)
                     ms = (time.perf_counter() - started) * 1000
                     if rnd:
                         f = found[v]
@@ -385,23 +384,28 @@ def _jittered(vecs: np.ndarray, jitter: float, rng: np.random.Generator) -> np.n
     return np.where(has, out / np.where(norm > 0, norm, 1), 0).astype(np.float32)
 
 
+def _full_tops(engine: Recommender, requests: list[tuple[int, int]]) -> list[set[int]]:
+    """Full scoring's top 5 (every post scored by the same engine and state) at each (user, t)."""
+    from dataclasses import replace
+
+    candidates_policy = engine.policy
+    engine.policy = replace(candidates_policy, retrieval="full")
+    try:
+        return [set(engine.recommend("test", u, t, 5).post_ids.tolist()) for u, t in requests]
+    finally:
+        engine.policy = candidates_policy
+
+
 def _recall_of_full(engine: Recommender, users: np.ndarray, times: np.ndarray) -> float:
     """Share of full scoring's top 5 (every post scored, the same engine and state) that the candidates
     hold, over the given requests."""
-    from dataclasses import replace
-
-    state, candidates_policy = engine.state, engine.policy
+    state = engine.state
+    requests = [(int(u), int(t)) for u, t in zip(users, times, strict=True)]
     hits = total = 0
-    for u, t in zip(users, times, strict=True):
-        u, t = int(u), int(t)
-        engine.policy = replace(candidates_policy, retrieval="full")
-        try:
-            top = engine.recommend("test", u, t, 5).post_ids
-        finally:
-            engine.policy = candidates_policy
+    for (u, t), top in zip(requests, _full_tops(engine, requests), strict=True):
         user, posts = state.at(state.user_row(u), t)
         ids = engine.post_ids[engine.candidates("test", user, t, len(posts.topic))]
-        hits += len(set(top.tolist()) & set(ids.tolist()))
+        hits += len(top & set(ids.tolist()))
         total += len(top)
     return hits / max(total, 1)
 
