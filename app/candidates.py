@@ -106,11 +106,11 @@ class Budget:
     cf: int = 50  # nearest by the collaborative vectors, among the posts that have one
     # in a topic held in a faiss index, the taste lists of the first `searched` favourites only, when the
     # model has a blend: the searches (one per topic and space, memory-bound) were most of what retrieval
-    # grew from 7k to 1M posts (`bench.catalogue cost`),
-    # and a less-favoured topic's few taste posts are mostly the blend's, which re-scores the proxy's best
-    # of the topic with the same taste vectors. A topic held exactly keeps every list: its products cost
-    # microseconds. `python -m bench.catalogue searched` (docs/catalogue.md, 2026-12-02): 7, 3 and 2 gave
-    # the same recall of full scoring's top 5 on a 70k-post world and on the demo grown to 1M, 1 lost 0.002
+    # grew from 7k to 1M posts (`bench.catalogue cost`), and a less-favoured topic's few taste posts are
+    # mostly the blend's, which re-scores the proxy's best of the topic with the same taste vectors. A
+    # topic held exactly keeps every list: its products cost microseconds. `python -m bench.catalogue
+    # searched` (docs/catalogue.md, 2026-12-02): 7, 3 and 2 gave the same recall of full scoring's top 5 on a
+    # 70k-post world and on the demo grown to 1M, 1 lost 0.002
     searched: int = 2
 
     def scaled(self, factor: float) -> Budget:
